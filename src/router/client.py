@@ -1,0 +1,158 @@
+"""`Router`: the library API over the async core, sync and async alike.
+
+>>> import router
+>>> r = router.Router("policies/default.yaml")                               # doctest: +SKIP
+>>> resp = r.complete(messages=[{"role": "user", "content": "Write a Rust ISO date parser"}])  # doctest: +SKIP
+>>> resp.choices[0].message.content, resp.router.model, resp.router.cost_usd  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+from . import sync
+from .decision import Decision
+from .engine import ChunkStream, Engine
+from .metering import Meter
+from .policy import Policy, load_policy
+from .response import ChatCompletion, ChatCompletionChunk, RouterInfo
+from .transport import AiohttpTransport, Transport
+
+__all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_policy_path"]
+
+
+def bundled_policy_path() -> str:
+    """The default policy shipped inside the package."""
+    return str(resources.files("router") / "policies" / "default.yaml")
+
+
+def default_policy_path() -> str:
+    """`ROUTER_POLICY` if set, else the bundled default policy."""
+    return os.environ.get("ROUTER_POLICY") or bundled_policy_path()
+
+
+def _body(messages: Sequence[Any] | None, model: str, params: dict[str, Any]) -> dict[str, Any]:
+    body = dict(params)
+    if messages is not None:
+        body["messages"] = messages if isinstance(messages, list) else list(messages)
+    body["model"] = model
+    return body
+
+
+class Stream:
+    """Async iterator of `ChatCompletionChunk`; `.router` is complete once iteration ends."""
+
+    def __init__(self, inner: ChunkStream):
+        self._inner = inner
+        self.router: RouterInfo = inner.router
+        self.decision: Decision = inner.decision
+
+    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        try:
+            async for chunk in self._inner:
+                yield ChatCompletionChunk(chunk)
+        finally:
+            await self._inner.aclose()
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        return ChatCompletionChunk(await self._inner.__anext__())
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SyncStream(sync.SyncIterator[ChatCompletionChunk]):
+    """Blocking iterator of `ChatCompletionChunk`; `close()` stops early and aborts upstream."""
+
+    def __init__(self, inner: ChunkStream):
+        super().__init__(Stream(inner).__aiter__())
+        self.router: RouterInfo = inner.router
+        self.decision: Decision = inner.decision
+
+
+class Router:
+    """Routes requests by a policy. Thread-safe; share one per process.
+
+    `policy` is a path, a loaded `Policy`, or None for `ROUTER_POLICY` / the bundled default.
+    """
+
+    def __init__(self, policy: str | os.PathLike[str] | Policy | None = None, *,
+                 transport: Transport | None = None, meters: Sequence[Meter] = ()):
+        if not isinstance(policy, Policy):
+            policy = load_policy(policy if policy is not None else default_policy_path())
+        self.engine = Engine(policy, transport or AiohttpTransport(), meters)
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    def reload(self, policy: str | os.PathLike[str] | Policy) -> Policy:
+        """Validate `policy` and swap it in atomically; requests in flight finish on the old one."""
+        if not isinstance(policy, Policy):
+            policy = load_policy(policy)
+        self.engine.policy = policy
+        return policy
+
+    # -- async
+    async def acomplete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
+                        task: str | None = None, residency: str | None = None, tenant: str | None = None,
+                        request_id: str | None = None, **params: Any) -> ChatCompletion | Stream:
+        """Route and send a chat completion. `stream=True` returns an async iterator of chunks."""
+        body = _body(messages, model, params)
+        if stream:
+            return Stream(self.engine.stream(body, task=task, residency=residency, tenant=tenant,
+                                             request_id=request_id))
+        return await self.engine.complete(body, task=task, residency=residency, tenant=tenant,
+                                          request_id=request_id)
+
+    # -- sync
+    def complete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
+                 task: str | None = None, residency: str | None = None, tenant: str | None = None,
+                 request_id: str | None = None, **params: Any) -> ChatCompletion | SyncStream:
+        """`acomplete`, blocking. `stream=True` returns an iterator of chunks."""
+        body = _body(messages, model, params)
+        if stream:
+            inner = self.engine.stream(body, task=task, residency=residency, tenant=tenant, request_id=request_id)
+            return SyncStream(inner)
+        return sync.run(self.engine.complete(body, task=task, residency=residency, tenant=tenant,
+                                             request_id=request_id))
+
+    def explain(self, messages: Sequence[Any] | None = None, *, model: str = "auto", task: str | None = None,
+                residency: str | None = None, tenant: str | None = None, **params: Any) -> Decision:
+        """The decision for this request, without calling anyone."""
+        return self.engine.decide(_body(messages, model, params), task=task, residency=residency, tenant=tenant)
+
+    # -- lifecycle
+    async def aclose(self) -> None:
+        """Close the connection pool of the running loop and flush the meters."""
+        await self.engine.transport.aclose()
+        for meter in self.engine.meters:
+            await meter.aclose()
+
+    def close(self) -> None:
+        """Close the sync API's connection pool and flush the meters."""
+        sync.run(self.aclose())
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

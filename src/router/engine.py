@@ -1,0 +1,387 @@
+"""The one async loop shared by the library and the proxy: decide -> translate -> send -> meter.
+
+For each candidate in the decision's order: up to `retry.attempts` tries with backoff, then the
+next candidate; one deadline (`timeouts.total_s`) bounds the whole request. A streamed request
+fails over only until its first chunk has been handed to the caller. Every request, whatever
+its end, is handed to the meters exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from .decision import EMPTY_STATE, Decision, LiveState, decide
+from .errors import InvalidRequest, RequestError, UpstreamFailed
+from .metering import Meter, record_all
+from .policy import Model, Policy, Provider
+from .response import Attempt, ChatCompletion, RouterInfo
+from .retry import FATAL, NEXT, RetryPolicy, parse_retry_after, verdict
+from .translate import UpstreamCall, Usage, build_call, read_usage
+from .transport import Transport, TransportError, UpstreamResponse
+
+__all__ = ["ChunkStream", "Engine", "new_request_id"]
+
+_ERROR_BODY_LIMIT = 4096
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+class _Failure(Exception):
+    """An attempt failed; carries the verdict and what the engine tells the caller."""
+
+    def __init__(self, outcome: str, status: int | None, message: str, retry_after: float | None = None):
+        self.outcome, self.status, self.message, self.retry_after = outcome, status, message, retry_after
+
+
+def _upstream_message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+        err = data.get("error") if isinstance(data, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else (err if isinstance(err, str) else None)
+        if msg is None and isinstance(data, dict):
+            msg = data.get("message") or data.get("detail")
+        if msg:
+            return str(msg)[:500]
+    except orjson.JSONDecodeError:
+        pass
+    return raw[:200].decode("utf-8", "replace")
+
+
+class _Request:
+    """Per-request state: the policy snapshot, the decision, the clock and what happened."""
+
+    __slots__ = ("call_index", "deadline", "decision", "engine", "info", "policy", "retry", "started")
+
+    def __init__(self, engine: Engine, policy: Policy, decision: Decision, info: RouterInfo, started: float):
+        self.engine, self.policy, self.decision, self.info, self.started = engine, policy, decision, info, started
+        self.deadline = started + policy.timeouts.total_s
+        self.retry = engine._retry_policy(policy)
+
+    def remaining(self) -> float:
+        return self.deadline - self.engine.clock()
+
+
+class Engine:
+    """Executes decisions. Holds the policy (swappable atomically), the transport and the meters."""
+
+    def __init__(self, policy: Policy, transport: Transport, meters: Sequence[Meter] = (), *,
+                 state: Callable[[], LiveState] | None = None, clock: Callable[[], float] = time.perf_counter,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Any] = asyncio.sleep):
+        self.policy = policy
+        self.transport = transport
+        self.meters = list(meters)
+        self.state = state
+        self.clock, self.wall, self.sleep = clock, wall, sleep
+        self._retry_cache: tuple[Policy, RetryPolicy] | None = None
+
+    def _retry_policy(self, policy: Policy) -> RetryPolicy:
+        cached = self._retry_cache
+        if cached is None or cached[0] is not policy:
+            cached = (policy, RetryPolicy.from_policy(policy.retry))
+            self._retry_cache = cached
+        return cached[1]
+
+    def decide(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
+               tenant: str | None = None, policy: Policy | None = None) -> Decision:
+        state = self.state() if self.state is not None else EMPTY_STATE
+        return decide(policy or self.policy, body, task=task, residency=residency, tenant=tenant, state=state)
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _start(self, body: Mapping[str, Any], task: str | None, residency: str | None, tenant: str | None,
+               request_id: str | None) -> tuple[_Request, list[Any]]:
+        policy = self.policy  # one snapshot for the whole request: a reload never splits one
+        started = self.clock()
+        rid = request_id or new_request_id()
+        try:
+            decision = self.decide(body, task=task, residency=residency, tenant=tenant, policy=policy)
+        except RequestError as e:
+            info = RouterInfo(rid, task or "", "hint" if task else "", 0.0, None, "", None, tenant=tenant,
+                              status="error", created=self.wall())
+            info.error = e.message
+            record_all(self.meters, info)
+            raise
+        info = RouterInfo(rid, decision.task, decision.task_source, decision.confidence, decision.language,
+                          decision.route, decision.rule, tenant=decision.tenant, created=self.wall())
+        req = _Request(self, policy, decision, info, started)
+        try:
+            candidates = decision.require_candidates()
+        except RequestError as e:
+            self._finish(req, "error", error=e.message)
+            raise
+        return req, candidates
+
+    def _finish(self, req: _Request, status: str, *, error: str | None = None) -> None:
+        info = req.info
+        info.status = status
+        info.latency_s = self.clock() - req.started
+        if error is not None:
+            info.error = error
+        record_all(self.meters, info)
+
+    def _cost(self, req: _Request, model: Model, usage: Usage) -> None:
+        info = req.info
+        info.prompt_tokens, info.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        info.reasoning_tokens, info.usage_estimated = usage.reasoning_tokens, usage.estimated
+        info.cost_usd = model.price.cost(usage.prompt_tokens, usage.completion_tokens)
+
+    def _failed(self, req: _Request, last: str | None) -> UpstreamFailed:
+        attempts = req.info.attempts
+        tried = "; ".join(f"{a.provider}/{a.model}: {a.outcome}" + (f" ({a.error})" if a.error else "")
+                          for a in attempts) or "none"
+        if last == "deadline" or (attempts and attempts[-1].outcome == "timeout"):
+            status = 504
+        elif attempts and all(a.outcome in ("http_429", "http_503") for a in attempts):
+            status = 503
+        else:
+            status = 502
+        why = "the request deadline passed" if last == "deadline" else "every candidate failed"
+        return UpstreamFailed(f"{why}; attempts: {tried}", attempts=attempts, status=status)
+
+    async def _send(self, req: _Request, model: Model, provider: Provider, call: UpstreamCall,
+                    stream: bool) -> UpstreamResponse:
+        """One attempt up to the response headers; raises _Failure on anything but 200."""
+        remaining = req.remaining()
+        t = req.policy.timeouts
+        try:
+            total = remaining if stream or t.attempt_s is None else min(remaining, t.attempt_s)
+            resp = await self.transport.send(call, connect_s=min(t.connect_s, remaining),
+                                             read_s=t.first_token_s if stream else None, total_s=total)
+        except TransportError as e:
+            raise _Failure(e.outcome, None, str(e)) from None
+        if resp.status == 200:
+            return resp
+        try:
+            raw = await resp.read()
+        except TransportError:
+            raw = b""
+        finally:
+            resp.release()
+        retry_after = parse_retry_after(resp.headers) if resp.status in (429, 503) else None
+        raise _Failure(f"http_{resp.status}", resp.status, _upstream_message(raw[:_ERROR_BODY_LIMIT]), retry_after)
+
+    async def _run_attempts(self, req: _Request, candidates: list[Any], stream: bool,
+                            body: Mapping[str, Any], once: Callable[..., Any]) -> Any:
+        """Try candidates in order with retries; `once(model, provider, call, t0)` makes one attempt."""
+        info, policy, retry = req.info, req.policy, req.retry
+        for cand in candidates:
+            model = policy.models[cand.model]
+            provider = policy.providers[model.provider]
+            call = build_call(provider, model, body, stream=stream)
+            attempt_number = 0
+            while True:
+                attempt_number += 1
+                if req.remaining() <= 0:
+                    raise self._failed(req, "deadline")
+                t0 = self.clock()
+                try:
+                    return await once(model, provider, call, t0)
+                except _Failure as f:
+                    info.attempts.append(Attempt(provider.name, model.alias, f.outcome, self.clock() - t0,
+                                                 f.status, f.message if f.status else None))
+                    v = verdict(f.status) if f.outcome.startswith("http_") else "retry"
+                    if v == FATAL:
+                        err = InvalidRequest(f"{provider.name} rejected the request: {f.message}",
+                                             status=f.status or 400, code="upstream_rejected")
+                        raise err from None
+                    if v == NEXT:
+                        break
+                    wait = retry.wait(attempt_number, f.retry_after)
+                    if wait is None:
+                        break
+                    wait = min(wait, max(0.0, req.remaining()))
+                    if wait > 0:
+                        await self.sleep(wait)
+        raise self._failed(req, None)
+
+    # ------------------------------------------------------------------ JSON
+
+    async def complete(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
+                       tenant: str | None = None, request_id: str | None = None) -> ChatCompletion:
+        req, candidates = self._start(body, task, residency, tenant, request_id)
+        info = req.info
+
+        async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> ChatCompletion:
+            resp = await self._send(req, model, provider, call, stream=False)
+            try:
+                raw = await resp.read()
+            except TransportError as e:
+                resp.close()
+                raise _Failure(e.outcome, None, str(e)) from None
+            resp.release()
+            try:
+                data = orjson.loads(raw)
+                if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+                    raise ValueError
+            except (orjson.JSONDecodeError, ValueError):
+                raise _Failure("malformed", None, "upstream sent a body that is not a chat completion") from None
+            now = self.clock()
+            info.attempts.append(Attempt(provider.name, model.alias, "ok", now - t0, 200))
+            info.provider, info.model, info.upstream_model = provider.name, model.alias, model.model
+            info.region = provider.region
+            usage = read_usage(data) or self._estimate(req, data)
+            self._cost(req, model, usage)
+            return ChatCompletion(data, info)
+
+        try:
+            result = await self._run_attempts(req, candidates, False, body, once)
+        except asyncio.CancelledError:
+            self._finish(req, "cancelled")
+            raise
+        except RequestError as e:
+            self._finish(req, "error", error=e.message)
+            raise
+        info.ttft_s = self.clock() - req.started
+        self._finish(req, "ok")
+        return result
+
+    def _estimate(self, req: _Request, data: Mapping[str, Any]) -> Usage:
+        chars = 0
+        for choice in data.get("choices") or ():
+            msg = choice.get("message") or {} if isinstance(choice, dict) else {}
+            for key in ("content", "reasoning_content"):
+                v = msg.get(key)
+                chars += len(v) if isinstance(v, str) else 0
+        return Usage(req.decision.prompt_tokens, (chars + 3) // 4, 0, True)
+
+    # ------------------------------------------------------------------ streaming
+
+    def stream(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
+               tenant: str | None = None, request_id: str | None = None) -> ChunkStream:
+        """Decide now (so routing errors raise here); connect when iteration starts."""
+        req, candidates = self._start(body, task, residency, tenant, request_id)
+        return ChunkStream(self, req, candidates, body)
+
+
+class ChunkStream:
+    """An async iterator of chat.completion.chunk dicts; `.router` fills in as the stream goes.
+
+    Closing it early (``aclose()``, or breaking out of ``async for`` and letting it be collected)
+    aborts the upstream request and still meters the usage so far.
+    """
+
+    def __init__(self, engine: Engine, req: _Request, candidates: list[Any], body: Mapping[str, Any]):
+        self._engine, self._req, self._candidates, self._body = engine, req, candidates, body
+        opts = body.get("stream_options")
+        self.include_usage = bool(isinstance(opts, Mapping) and opts.get("include_usage"))
+        self.router = req.info
+        self._gen: AsyncIterator[dict[str, Any]] | None = None
+        self._finished = False
+
+    @property
+    def decision(self) -> Decision:
+        return self._req.decision
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        if self._gen is None:
+            self._gen = self._run()
+        return self._gen
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.__aiter__().__anext__()
+
+    async def aclose(self) -> None:
+        if self._gen is None:  # never started: still a request to account for
+            self._finished = True
+            self._gen = self._run()
+            self._engine._finish(self._req, "cancelled")
+            return
+        await self._gen.aclose()  # type: ignore[attr-defined]
+
+    async def _run(self) -> AsyncIterator[dict[str, Any]]:
+        engine, req = self._engine, self._req
+        info = req.info
+        if self._finished:
+            return
+        state: dict[str, Any] = {}
+
+        async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> Any:
+            resp = await engine._send(req, model, provider, call, stream=True)
+            it = resp.sse_data().__aiter__()
+            try:
+                data = await it.__anext__()
+                first = None if data == b"[DONE]" else orjson.loads(data)
+                if first is not None and not isinstance(first, dict):
+                    raise ValueError
+            except StopAsyncIteration:
+                resp.close()
+                raise _Failure("protocol_error", None, "stream ended before its first chunk") from None
+            except TransportError as e:
+                resp.close()
+                raise _Failure(e.outcome, None, str(e)) from None
+            except (orjson.JSONDecodeError, ValueError):
+                resp.close()
+                raise _Failure("malformed", None, "upstream sent a chunk that is not JSON") from None
+            info.attempts.append(Attempt(provider.name, model.alias, "ok", engine.clock() - t0, 200))
+            info.provider, info.model, info.upstream_model = provider.name, model.alias, model.model
+            info.region = provider.region
+            state["model"] = model
+            return resp, it, first
+
+        resp: UpstreamResponse | None = None
+        usage: Usage | None = None
+        chars = 0
+        status, error = "ok", None
+        try:
+            resp, it, first = await engine._run_attempts(req, self._candidates, True, self._body, once)
+            info.ttft_s = engine.clock() - req.started
+            include_usage = self.include_usage
+            chunk = first
+            while chunk is not None:
+                u = chunk.get("usage")
+                if u:
+                    usage = read_usage(chunk) or usage
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    if delta:
+                        for key in ("content", "reasoning_content"):
+                            v = delta.get(key)
+                            if isinstance(v, str):
+                                chars += len(v)
+                if include_usage:
+                    yield chunk
+                elif chunk.get("choices"):
+                    if "usage" in chunk:
+                        del chunk["usage"]
+                    yield chunk
+                try:
+                    data = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                if data == b"[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamFailed(f"{info.provider} sent a malformed chunk mid-stream",
+                                         attempts=info.attempts) from None
+            if resp is not None:
+                resp.release()
+                resp = None
+        except TransportError as e:
+            status, error = "error", f"stream interrupted: {e}"
+            raise UpstreamFailed(f"{info.provider} {error}", attempts=info.attempts) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        except RequestError as e:
+            status, error = "error", e.message
+            raise
+        finally:
+            if resp is not None:
+                resp.close()
+            model = state.get("model")
+            if model is not None:
+                if usage is None:
+                    usage = Usage(req.decision.prompt_tokens, (chars + 3) // 4, 0, True)
+                engine._cost(req, model, usage)
+            engine._finish(req, status, error=error)

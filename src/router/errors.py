@@ -1,0 +1,145 @@
+"""The exceptions `router` raises, drawn as the tree they form::
+
+    RouterError
+    ├── PolicyError                 an invalid policy file; carries every PolicyIssue found
+    └── RequestError                a request that cannot be served; carries an HTTP status
+        ├── InvalidRequest          400: bad fields, or an upstream rejected the request as invalid
+        ├── AuthenticationError     401: no or unknown API key (proxy)
+        ├── PermissionDenied        403: the tenant may not do this
+        ├── NotFound                404: unknown model alias or route
+        ├── PayloadTooLarge         413: body over the configured limit (proxy)
+        ├── BudgetExceeded          429: the tenant's budget cannot pay for any candidate
+        ├── NoCandidate             503: every candidate was excluded (residency, context window, ...)
+        └── UpstreamFailed          502/503/504: every candidate that was tried failed
+
+Messages never contain secrets: API keys are held in `Secret` objects and URLs are
+printed without credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BudgetExceeded",
+    "InvalidRequest",
+    "NoCandidate",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "PolicyError",
+    "PolicyIssue",
+    "RequestError",
+    "RouterError",
+    "UpstreamFailed",
+]
+
+
+class RouterError(Exception):
+    """Base of every error `router` raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One problem in a policy file: where it is and what to do about it."""
+
+    file: str
+    path: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.message}" + (f" (fix: {self.fix})" if self.fix else "")
+
+
+class PolicyError(RouterError):
+    """A policy that failed to load or validate. `issues` lists every problem found."""
+
+    def __init__(self, issues: Sequence[PolicyIssue]):
+        self.issues = list(issues)
+        n = len(self.issues)
+        head = f"invalid policy ({n} problem{'s' if n != 1 else ''}):"
+        super().__init__("\n".join([head, *(f"  {i}" for i in self.issues)]))
+
+
+class RequestError(RouterError):
+    """A request that cannot be served, shaped to become an OpenAI error object."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_request"
+
+
+class AuthenticationError(RequestError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(RequestError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class BudgetExceeded(RequestError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class NoCandidate(RequestError):
+    """Every candidate of the route was excluded; `decision` says why for each."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "no_candidate"
+
+    def __init__(self, message: str, *, decision: Any = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.decision = decision
+
+
+class UpstreamFailed(RequestError):
+    """Every candidate that was tried failed; `attempts` lists each try and its outcome."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_failed"
+
+    def __init__(self, message: str, *, attempts: Sequence[Any] = (), status: int = 502):
+        super().__init__(message, status=status)
+        self.attempts = list(attempts)

@@ -1,0 +1,72 @@
+"""Model prices from litellm's bundled catalogue, read offline without importing litellm.
+
+litellm ships ``model_prices_and_context_window_backup.json`` inside its package. Importing
+litellm takes seconds, so this module finds the file through the import system's metadata
+(no import) and parses it once, on the first lookup, only when a policy leaves a price out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import orjson
+
+__all__ = ["CatalogueEntry", "catalogue_lookup", "catalogue_path"]
+
+# How a provider kind is spelled as a key prefix in the catalogue.
+_PREFIX = {"openai": "", "deepseek": "deepseek/", "mistral": "mistral/", "litellm": "", "vllm": None}
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    key: str
+    input_per_mtok: float
+    output_per_mtok: float
+    context_window: int | None
+
+
+def catalogue_path() -> str | None:
+    """Path of litellm's bundled price file, or None when litellm is not installed."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for base in spec.submodule_search_locations:
+        path = os.path.join(base, "model_prices_and_context_window_backup.json")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+@cache
+def _catalogue() -> dict[str, Any]:
+    path = catalogue_path()
+    if path is None:
+        return {}
+    with open(path, "rb") as f:
+        return orjson.loads(f.read())
+
+
+def catalogue_lookup(kind: str, model: str) -> CatalogueEntry | None:
+    """Price and context window of `model` as served by a provider of `kind`, or None.
+
+    >>> catalogue_lookup("deepseek", "deepseek-chat").input_per_mtok  # doctest: +SKIP
+    0.28
+    """
+    prefix = _PREFIX.get(kind, "")
+    if prefix is None:  # self-hosted: the catalogue cannot know what your GPUs cost
+        return None
+    data = _catalogue()
+    for key in dict.fromkeys((prefix + model, model)):
+        entry = data.get(key)
+        if not isinstance(entry, dict):
+            continue
+        inp, out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+        if not isinstance(inp, (int, float)) or not isinstance(out, (int, float)):
+            continue
+        ctx = entry.get("max_input_tokens") or entry.get("max_tokens")
+        return CatalogueEntry(key, round(inp * 1e6, 9), round(out * 1e6, 9), int(ctx) if ctx else None)
+    return None
