@@ -60,9 +60,10 @@ def test_shipped_policies_are_valid(path: pathlib.Path):
     assert check_policy(path, env=EXAMPLE_ENV) == []
 
 
-def test_bundled_default_matches_repo_default():
-    bundled = ROOT / "src" / "router" / "policies" / "default.yaml"
-    assert bundled.read_text() == (ROOT / "policies" / "default.yaml").read_text()
+@pytest.mark.parametrize("name", ["default.yaml", "demo.yaml"])
+def test_bundled_policies_match_the_repo(name):
+    bundled = ROOT / "src" / "router" / "policies" / name
+    assert bundled.read_text() == (ROOT / "policies" / name).read_text()
 
 
 def test_valid_base():

@@ -37,6 +37,7 @@ __all__ = [
     "RouterInfo",
     "UpstreamFailed",
     "__version__",
+    "aclose",
     "acomplete",
     "complete",
     "default_router",
@@ -105,3 +106,9 @@ async def acomplete(messages: Any = None, **kwargs: Any) -> Any:
 def explain(messages: Any = None, **kwargs: Any) -> Any:
     """The routing decision for a request, without sending it. See `Router.explain`."""
     return default_router().explain(messages, **kwargs)
+
+
+async def aclose() -> None:
+    """Close the default router's connection pool on the running loop (call before your loop ends)."""
+    if _default is not None:
+        await _default.aclose()
