@@ -60,7 +60,10 @@ def catalogue_lookup(kind: str, model: str) -> CatalogueEntry | None:
     if prefix is None:  # self-hosted: the catalogue cannot know what your GPUs cost
         return None
     data = _catalogue()
-    for key in dict.fromkeys((prefix + model, model)):
+    keys = [prefix + model, model]
+    if kind == "litellm" and "/" in model:  # litellm names carry their provider: "anthropic/claude-..."
+        keys.append(model.split("/", 1)[1])
+    for key in dict.fromkeys(keys):
         entry = data.get(key)
         if not isinstance(entry, dict):
             continue

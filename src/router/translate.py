@@ -40,6 +40,8 @@ class UpstreamCall:
     headers: Mapping[str, str]
     payload: dict[str, Any]
     dropped: tuple[str, ...] = ()   # request fields this provider does not accept
+    kind: str = "openai"            # the provider's kind: picks the transport (litellm has its own)
+    base_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,7 @@ def build_call(provider: Provider, model: Model, body: Mapping[str, Any], *, str
     headers = {"Content-Type": "application/json", **provider.headers}
     if provider.api_key is not None:
         headers["Authorization"] = "Bearer " + provider.api_key.reveal()
-    return UpstreamCall(provider.base_url + path, headers, payload, tuple(dropped))
+    return UpstreamCall(provider.base_url + path, headers, payload, tuple(dropped), kind, provider.base_url)
 
 
 def read_usage(data: Mapping[str, Any] | None) -> Usage | None:

@@ -20,6 +20,7 @@ from .translate import UpstreamCall
 
 __all__ = [
     "AiohttpTransport",
+    "ProviderTransport",
     "Transport",
     "TransportError",
     "UpstreamConnectError",
@@ -162,3 +163,24 @@ class AiohttpTransport(Transport):
 
     def sessions(self) -> list[Any]:
         return list(self._sessions.values())
+
+
+class ProviderTransport(Transport):
+    """The default: aiohttp for OpenAI-compatible providers, litellm (loaded on first use) for `kind: litellm`."""
+
+    def __init__(self, http: Transport | None = None):
+        self.http = http or AiohttpTransport()
+        self._litellm: Transport | None = None
+
+    async def send(self, call: UpstreamCall, *, connect_s: float, read_s: float | None,
+                   total_s: float | None) -> UpstreamResponse:
+        if call.kind == "litellm":
+            if self._litellm is None:
+                from .litellm_transport import LitellmTransport
+
+                self._litellm = LitellmTransport()
+            return await self._litellm.send(call, connect_s=connect_s, read_s=read_s, total_s=total_s)
+        return await self.http.send(call, connect_s=connect_s, read_s=read_s, total_s=total_s)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
