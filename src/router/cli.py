@@ -64,6 +64,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(verbose=args.verbose)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .client import default_policy_path
+    from .serve import ServeOptions, serve
+
+    return serve(ServeOptions(policy=args.policy or default_policy_path(), host=args.host, port=args.port,
+                              workers=args.workers, watch=args.watch, watch_interval_s=args.watch_interval_s,
+                              grace_s=args.grace_s, max_body_mb=args.max_body_mb, keepalive_s=args.keepalive_s))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import run
+
+    return run(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router", description="Route LLM requests by task, cost and residency.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,9 +103,29 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("key", nargs="?", help="the key (read from stdin when absent, which keeps it out of history)")
     h.set_defaults(fn=_cmd_hash_key)
 
+    rp = sub.add_parser("report", help="spend, tokens, errors and savings from the ledger; or a price comparison")
+    from .report import add_arguments as _report_arguments
+
+    _report_arguments(rp)
+    rp.set_defaults(fn=_cmd_report)
+
     d = sub.add_parser("demo", help="route a mix of requests through simulated providers and print a table")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("serve", help="run the OpenAI-compatible proxy (see docs/proxy.md)")
+    s.add_argument("--policy", help="policy file (default: $ROUTER_POLICY, else the bundled policy)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    s.add_argument("--watch", action="store_true", help="reload the policy when the file changes")
+    s.add_argument("--watch-interval-s", type=float, default=1.0, dest="watch_interval_s")
+    s.add_argument("--grace-s", type=float, default=30.0, dest="grace_s",
+                   help="on SIGTERM, how long requests in flight may take to finish")
+    s.add_argument("--max-body-mb", type=float, default=10.0, dest="max_body_mb")
+    s.add_argument("--keepalive-s", type=float, default=10.0, dest="keepalive_s",
+                   help="SSE keep-alive comment interval while the upstream is silent")
+    s.set_defaults(fn=_cmd_serve)
     return p
 
 

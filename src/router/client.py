@@ -14,12 +14,14 @@ from importlib import resources
 from typing import Any
 
 from . import sync
+from .budget import BudgetBackend
 from .decision import Decision
 from .engine import ChunkStream, Engine
+from .load import Monitor
 from .metering import Meter
 from .policy import Policy, load_policy
 from .response import ChatCompletion, ChatCompletionChunk, RouterInfo
-from .transport import AiohttpTransport, Transport
+from .transport import ProviderTransport, Transport
 
 __all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_policy_path"]
 
@@ -89,10 +91,14 @@ class Router:
     """
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None = None, *,
-                 transport: Transport | None = None, meters: Sequence[Meter] = ()):
+                 transport: Transport | None = None, meters: Sequence[Meter] = (),
+                 budget: BudgetBackend | None = None,
+                 monitor: Monitor | bool = True):
         if not isinstance(policy, Policy):
             policy = load_policy(policy if policy is not None else default_policy_path())
-        self.engine = Engine(policy, transport or AiohttpTransport(), meters)
+        self.engine = Engine(policy, transport or ProviderTransport(), meters, budget=budget)
+        # health + load: circuit breakers, in-flight counts, vLLM scrapes, probes (False: none)
+        self.engine.monitor = Monitor(policy) if monitor is True else (monitor or None)
 
     @property
     def policy(self) -> Policy:
@@ -140,6 +146,10 @@ class Router:
         await self.engine.transport.aclose()
         for meter in self.engine.meters:
             await meter.aclose()
+        if self.engine.budget is not None:
+            await self.engine.budget.aclose()
+        if self.engine.monitor is not None:
+            await self.engine.monitor.aclose()
 
     def close(self) -> None:
         """Close the sync API's connection pool and flush the meters."""

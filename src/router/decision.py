@@ -28,6 +28,7 @@ class LiveState:
     budget_remaining: Mapping[str, float] = field(default_factory=dict)  # tenant -> USD left
     circuit_open: frozenset[str] = frozenset()                           # model aliases
     saturated: frozenset[str] = frozenset()                              # model aliases
+    ttft: Mapping[str, float] = field(default_factory=dict)              # alias -> EWMA seconds to first token
 
 
 EMPTY_STATE = LiveState()
@@ -176,7 +177,7 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
             raise PermissionDenied(f"tenant '{ten.name}' may not use '{model}'", param="model")
 
     # Task: hint, then a route named after a task, then the classifier.
-    needs_language = model == "auto" and any("language" in r.conditions for r in policy.rules)
+    needs_language = model == "auto" and policy.uses_language
     confidence, language, classified = 1.0, None, None
     if task is not None:
         source = "hint"
@@ -264,7 +265,11 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
             cheapest.excluded, downgraded = None, True
             allowed = [cheapest]
     if route is not None and route.strategy == "cheapest":
-        allowed.sort(key=lambda c: c.estimated_cost_usd)
+        ttft = state.ttft  # latency breaks cost ties; unmeasured deployments count as fastest, to get measured
+        allowed.sort(key=lambda c: (c.estimated_cost_usd, ttft.get(c.model, 0.0)))
+    elif route is not None and route.strategy == "fastest":
+        ttft = state.ttft
+        allowed.sort(key=lambda c: ttft.get(c.model, 0.0))
     ordered = allowed + [c for c in candidates if c.excluded is not None]
     return Decision(task, source, confidence, language, route_name, rule_index, ordered, prompt_tokens,
                     out_tokens, tenant_name, tuple(residencies), classified, downgraded)

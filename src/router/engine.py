@@ -9,10 +9,11 @@ its end, is handed to the meters exactly once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +25,10 @@ from .response import Attempt, ChatCompletion, RouterInfo
 from .retry import FATAL, NEXT, RetryPolicy, parse_retry_after, verdict
 from .translate import UpstreamCall, Usage, build_call, read_usage
 from .transport import Transport, TransportError, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .budget import BudgetBackend
+    from .load import Monitor
 
 __all__ = ["ChunkStream", "Engine", "new_request_id"]
 
@@ -58,12 +63,15 @@ def _upstream_message(raw: bytes) -> str:
 class _Request:
     """Per-request state: the policy snapshot, the decision, the clock and what happened."""
 
-    __slots__ = ("call_index", "deadline", "decision", "engine", "info", "policy", "retry", "started")
+    __slots__ = ("call_index", "deadline", "decision", "engine", "info", "policy", "reservation", "retry", "started",
+                 "upstream")
 
     def __init__(self, engine: Engine, policy: Policy, decision: Decision, info: RouterInfo, started: float):
         self.engine, self.policy, self.decision, self.info, self.started = engine, policy, decision, info, started
         self.deadline = started + policy.timeouts.total_s
         self.retry = engine._retry_policy(policy)
+        self.reservation: Any = None        # the budget reservation, settled in _finish
+        self.upstream: str | None = None    # provider of the attempt in flight, for in-flight gauges
 
     def remaining(self) -> float:
         return self.deadline - self.engine.clock()
@@ -75,13 +83,19 @@ class Engine:
     def __init__(self, policy: Policy, transport: Transport, meters: Sequence[Meter] = (), *,
                  state: Callable[[], LiveState] | None = None, clock: Callable[[], float] = time.perf_counter,
                  wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Any] = asyncio.sleep):
+                 sleep: Callable[[float], Any] = asyncio.sleep, budget: BudgetBackend | None = None):
         self.policy = policy
         self.transport = transport
         self.meters = list(meters)
         self.state = state
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self._retry_cache: tuple[Policy, RetryPolicy] | None = None
+        self.budget = budget
+        self.monitor: Monitor | None = None  # health + load (router.load.Monitor); set by Router
+        for meter in self.meters:  # meters that track in-flight upstream calls (e.g. PrometheusMeter)
+            attach = getattr(meter, "attach", None)
+            if attach is not None:
+                attach(self)
 
     def _retry_policy(self, policy: Policy) -> RetryPolicy:
         cached = self._retry_cache
@@ -93,6 +107,10 @@ class Engine:
     def decide(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
                tenant: str | None = None, policy: Policy | None = None) -> Decision:
         state = self.state() if self.state is not None else EMPTY_STATE
+        if self.monitor is not None:
+            state = self.monitor.overlay(state, policy or self.policy)
+        if self.budget is not None:
+            state = dataclasses.replace(state, budget_remaining=self.budget.view(policy or self.policy))
         return decide(policy or self.policy, body, task=task, residency=residency, tenant=tenant, state=state)
 
     # ------------------------------------------------------------------ shared pieces
@@ -126,13 +144,50 @@ class Engine:
         info.latency_s = self.clock() - req.started
         if error is not None:
             info.error = error
+        self._track_upstream(req, None)
+        if self.monitor is not None:
+            self.monitor.end(req)
+            self.monitor.record(info.attempts)
+        if req.reservation is not None and self.budget is not None:
+            self.budget.settle(req.reservation, info.cost_usd)
+            req.reservation = None
         record_all(self.meters, info)
+
+    def _track_upstream(self, req: _Request, provider: str | None) -> None:
+        if req.upstream is not None:
+            for meter in self.meters:
+                track = getattr(meter, "track_inflight", None)
+                if track is not None:
+                    track(req.upstream, -1)
+        req.upstream = provider
+        if provider is not None:
+            for meter in self.meters:
+                track = getattr(meter, "track_inflight", None)
+                if track is not None:
+                    track(provider, 1)
+
+    async def _reserve(self, req: _Request, candidates: list[Any]) -> list[Any]:
+        """Reserve the request's estimated cost against its tenant's budget; may narrow the candidates."""
+        if self.budget is None or req.info.tenant is None:
+            return candidates
+        try:
+            req.reservation, candidates = await self.budget.reserve(req.policy, req.decision, candidates)
+        except RequestError as e:
+            self._finish(req, "error", error=e.message)
+            raise
+        except asyncio.CancelledError:
+            self._finish(req, "cancelled")
+            raise
+        return candidates
 
     def _cost(self, req: _Request, model: Model, usage: Usage) -> None:
         info = req.info
         info.prompt_tokens, info.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         info.reasoning_tokens, info.usage_estimated = usage.reasoning_tokens, usage.estimated
         info.cost_usd = model.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        ref = req.policy.reference_model
+        if ref is not None:
+            info.reference_cost_usd = ref.price.cost(usage.prompt_tokens, usage.completion_tokens)
 
     def _failed(self, req: _Request, last: str | None) -> UpstreamFailed:
         attempts = req.info.attempts
@@ -183,9 +238,15 @@ class Engine:
                 if req.remaining() <= 0:
                     raise self._failed(req, "deadline")
                 t0 = self.clock()
+                self._track_upstream(req, provider.name)
+                if self.monitor is not None:
+                    self.monitor.begin(req, model.alias)
                 try:
                     return await once(model, provider, call, t0)
                 except _Failure as f:
+                    self._track_upstream(req, None)
+                    if self.monitor is not None:
+                        self.monitor.end(req)
                     info.attempts.append(Attempt(provider.name, model.alias, f.outcome, self.clock() - t0,
                                                  f.status, f.message if f.status else None))
                     v = verdict(f.status) if f.outcome.startswith("http_") else "retry"
@@ -208,6 +269,7 @@ class Engine:
     async def complete(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
                        tenant: str | None = None, request_id: str | None = None) -> ChatCompletion:
         req, candidates = self._start(body, task, residency, tenant, request_id)
+        candidates = await self._reserve(req, candidates)
         info = req.info
 
         async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> ChatCompletion:
@@ -302,6 +364,7 @@ class ChunkStream:
         info = req.info
         if self._finished:
             return
+        self._candidates = await engine._reserve(req, self._candidates)
         state: dict[str, Any] = {}
 
         async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> Any:

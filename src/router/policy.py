@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import math
 import os
@@ -29,14 +30,19 @@ __all__ = [
     "PROVIDER_KINDS",
     "Budget",
     "ClassifierSettings",
+    "MeteringSettings",
     "Condition",
+    "HealthSettings",
     "Model",
     "Policy",
     "Price",
     "Provider",
+    "ProbeSettings",
+    "ReferenceModel",
     "Retry",
     "Route",
     "Rule",
+    "SaturationSettings",
     "Secret",
     "Tenant",
     "Timeouts",
@@ -47,7 +53,7 @@ __all__ = [
 ]
 
 PROVIDER_KINDS = ("vllm", "openai", "deepseek", "mistral", "litellm")
-STRATEGIES = ("ordered", "cheapest")
+STRATEGIES = ("ordered", "cheapest", "fastest")
 TASK_LABELS = ("coding", "reasoning", "general")
 CONDITION_KEYS = ("task", "residency", "language", "tenant", "tools")
 
@@ -97,6 +103,40 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """Active health probe: GET `path` (appended to base_url, or a full URL) every `interval_s`."""
+
+    path: str = "/models"
+    interval_s: float = 10.0
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """Circuit breaker per deployment (see docs/routing.md)."""
+
+    failure_threshold: int = 5      # consecutive failures that open the circuit
+    window_s: float = 30.0          # the sliding window the failure rate is computed over
+    min_requests: int = 20          # outcomes needed in the window before the rate counts
+    failure_rate: float = 0.5       # share of failures in the window that opens the circuit
+    open_s: float = 30.0            # how long an open circuit stays open before half-open
+    half_open_probes: int = 1       # successes needed in half-open (and requests let through at once)
+    probe: ProbeSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaturationSettings:
+    """When a deployment counts as saturated, from vLLM's /metrics, with hysteresis."""
+
+    max_waiting: float | None = None        # enter: num_requests_waiting > this
+    max_kv_cache: float | None = None       # enter: kv_cache_usage_perc > this (0..1)
+    recover_waiting: float | None = None    # leave: waiting <= this (default max_waiting / 2)
+    recover_kv_cache: float | None = None   # leave: kv cache <= this (default max_kv_cache - 0.1)
+    scrape_interval_s: float = 2.0
+    stale_after_s: float = 10.0             # older samples are ignored: fall back to in-flight counts
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     kind: str
@@ -107,6 +147,10 @@ class Provider:
     max_concurrency: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     self_hosted: bool = False
+    health: HealthSettings = HealthSettings()
+    saturation: SaturationSettings | None = None
+    gpu_hour_usd: float | None = None       # fixed cost of one GPU hour, for amortised cost reports
+    gpus: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +204,7 @@ class Budget:
     daily_usd: float | None = None
     monthly_usd: float | None = None
     on_exhausted: str = "reject"   # reject | downgrade
+    routes: Mapping[str, Budget] = field(default_factory=dict)   # per-route limits inside the tenant's
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +223,20 @@ class ClassifierSettings:
     fallback_task: str = "general"
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceModel:
+    """What every request would have cost on one reference model: savings = reference - actual."""
+
+    name: str
+    price: Price
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringSettings:
+    tenant_label: bool = False      # add a `tenant` label to request and cost metrics
+    ledger: str | None = None       # ledger URL or SQLite path
+
+
 @dataclass(frozen=True)
 class Policy:
     source: str
@@ -192,6 +251,13 @@ class Policy:
     classifier: ClassifierSettings = ClassifierSettings()
     expected_output_tokens: int = 256
     digest: str = ""
+    reference_model: ReferenceModel | None = None
+    metering: MeteringSettings = MeteringSettings()
+
+    @functools.cached_property
+    def uses_language(self) -> bool:
+        """Whether any rule looks at the language (else auto-routing with a hint skips the classifier)."""
+        return any("language" in r.conditions for r in self.rules)
 
     def tenant_for_key(self, key: str) -> Tenant | None:
         """The tenant owning API key `key`, compared in constant time."""
@@ -362,7 +428,8 @@ class _Parser:
     # -- sections
     def parse(self, raw: Any) -> Policy | None:
         top = self.mapping("", raw, ("version", "providers", "models", "routes", "rules", "residency",
-                                     "tenants", "retry", "timeouts", "classifier", "defaults"),
+                                     "tenants", "retry", "timeouts", "classifier", "defaults",
+                                     "reference_model", "metering"),
                            ("providers", "models", "routes"))
         if top is None:
             return None
@@ -383,12 +450,15 @@ class _Parser:
             expected = self.number("defaults.expected_output_tokens", defaults["expected_output_tokens"],
                                    integer=True, positive=True) or expected
         self.check_residency(providers, models, routes, rules, residency, tenants)
+        reference = self.reference_model(top.get("reference_model"), models) if "reference_model" in top else None
+        metering = self.metering_settings(top.get("metering"))
         return Policy(self.source, providers, models, routes, tuple(rules), residency, tenants, retry,
-                      timeouts, classifier, int(expected))
+                      timeouts, classifier, int(expected), reference_model=reference, metering=metering)
 
     def provider(self, path: str, name: str, raw: Any) -> Provider | None:
         m = self.mapping(path, raw, ("kind", "base_url", "api_key", "region", "metrics_url", "max_concurrency",
-                                     "headers", "self_hosted"), ("kind", "base_url"))
+                                     "headers", "self_hosted", "health", "saturation", "gpu_hour_usd", "gpus"),
+                           ("kind", "base_url"))
         if m is None:
             return None
         kind = self.choice(_fmt(path, "kind"), m.get("kind"), PROVIDER_KINDS) if "kind" in m else None
@@ -416,10 +486,80 @@ class _Parser:
         if not isinstance(self_hosted, bool):
             self.err(_fmt(path, "self_hosted"), "expected true or false")
             self_hosted = False
+        health = self.health_settings(_fmt(path, "health"), m.get("health"))
+        saturation = None
+        if m.get("saturation") is not None:
+            saturation = self.saturation_settings(_fmt(path, "saturation"), m["saturation"], metrics_url)
+        gpu_hour = None
+        if m.get("gpu_hour_usd") is not None:
+            gpu_hour = self.number(_fmt(path, "gpu_hour_usd"), m["gpu_hour_usd"])
+        gpus = 1
+        if m.get("gpus") is not None:
+            gpus = int(self.number(_fmt(path, "gpus"), m["gpus"], integer=True, positive=True) or 1)
         if kind is None or base_url is None:
             return None
         return Provider(name, kind, base_url.rstrip("/"), key, region, metrics_url,
-                        int(mc) if mc else None, headers, self_hosted)
+                        int(mc) if mc else None, headers, self_hosted, health, saturation, gpu_hour, gpus)
+
+    def health_settings(self, path: str, raw: Any) -> HealthSettings:
+        keys = ("failure_threshold", "window_s", "min_requests", "failure_rate", "open_s", "half_open_probes",
+                "probe")
+        m = self.mapping(path, raw if raw is not None else {}, keys)
+        d = HealthSettings()
+        if not m:
+            return d
+        values: dict[str, Any] = {}
+        for k in ("failure_threshold", "min_requests", "half_open_probes"):
+            if m.get(k) is not None:
+                values[k] = int(self.number(_fmt(path, k), m[k], integer=True, positive=True) or getattr(d, k))
+        for k in ("window_s", "open_s", "failure_rate"):
+            if m.get(k) is not None:
+                values[k] = self.number(_fmt(path, k), m[k], positive=True) or getattr(d, k)
+        if values.get("failure_rate", 0) > 1:
+            self.err(_fmt(path, "failure_rate"), "must be between 0 and 1", "write 0.5 for 50%")
+        if m.get("probe") is not None:
+            pp = _fmt(path, "probe")
+            pm = self.mapping(pp, m["probe"], ("path", "interval_s", "timeout_s"))
+            if pm is not None:
+                dp = ProbeSettings()
+                ppath = self.string(_fmt(pp, "path"), pm["path"]) if pm.get("path") is not None else dp.path
+                interval = (self.number(_fmt(pp, "interval_s"), pm["interval_s"], positive=True)
+                            if pm.get("interval_s") is not None else dp.interval_s)
+                timeout = (self.number(_fmt(pp, "timeout_s"), pm["timeout_s"], positive=True)
+                           if pm.get("timeout_s") is not None else dp.timeout_s)
+                values["probe"] = ProbeSettings(ppath or dp.path, interval or dp.interval_s, timeout or dp.timeout_s)
+        return dataclasses.replace(d, **values)
+
+    def saturation_settings(self, path: str, raw: Any, metrics_url: str | None) -> SaturationSettings | None:
+        keys = ("max_waiting", "max_kv_cache", "recover_waiting", "recover_kv_cache", "scrape_interval_s",
+                "stale_after_s")
+        m = self.mapping(path, raw, keys)
+        if m is None:
+            return None
+        d = SaturationSettings()
+        v: dict[str, Any] = {}
+        for k in keys:
+            if m.get(k) is not None:
+                v[k] = self.number(_fmt(path, k), m[k], positive=k.endswith("_s"))
+        for k in ("max_kv_cache", "recover_kv_cache"):
+            if v.get(k) is not None and v[k] > 1:
+                self.err(_fmt(path, k), f"KV-cache usage is a fraction between 0 and 1, got {v[k]:g}",
+                         "write 0.9 for 90%")
+        if v.get("max_waiting") is None and v.get("max_kv_cache") is None:
+            self.err(path, "no threshold: a deployment could never count as saturated",
+                     "set `max_waiting:` and/or `max_kv_cache:`")
+        for hi, lo in (("max_waiting", "recover_waiting"), ("max_kv_cache", "recover_kv_cache")):
+            if v.get(lo) is not None and v.get(hi) is not None and v[lo] > v[hi]:
+                self.err(_fmt(path, lo), f"must not exceed {hi} ({v[hi]:g}), or the deployment would flap",
+                         f"set it below {hi}")
+        if not metrics_url:
+            self.err(path, "saturation is read from vLLM's /metrics, but the provider has no metrics_url",
+                     "add `metrics_url: http://HOST:PORT/metrics`")
+        if v.get("max_waiting") is not None and v.get("recover_waiting") is None:
+            v["recover_waiting"] = v["max_waiting"] / 2
+        if v.get("max_kv_cache") is not None and v.get("recover_kv_cache") is None:
+            v["recover_kv_cache"] = max(0.0, v["max_kv_cache"] - 0.1)
+        return SaturationSettings(**{k: (val if val is not None else getattr(d, k)) for k, val in v.items()})
 
     def model(self, path: str, alias: str, raw: Any, providers: Mapping[str, Provider]) -> Model | None:
         m = self.mapping(path, raw, ("provider", "model", "price", "context_window", "capabilities", "params"),
@@ -499,14 +639,25 @@ class _Parser:
         budget = None
         if m.get("budget") is not None:
             bp = _fmt(path, "budget")
-            b = self.mapping(bp, m["budget"], ("daily_usd", "monthly_usd", "on_exhausted"))
+            b = self.mapping(bp, m["budget"], ("daily_usd", "monthly_usd", "on_exhausted", "routes"))
             if b is not None:
                 daily = self.number(_fmt(bp, "daily_usd"), b["daily_usd"]) if b.get("daily_usd") is not None else None
                 monthly = (self.number(_fmt(bp, "monthly_usd"), b["monthly_usd"])
                            if b.get("monthly_usd") is not None else None)
                 action = self.choice(_fmt(bp, "on_exhausted"), b.get("on_exhausted", "reject"),
                                      ("reject", "downgrade")) or "reject"
-                budget = Budget(daily, monthly, action)
+                per_route: dict[str, Budget] = {}
+                for rname, rb in (self.each(_fmt(bp, "routes"), b.get("routes"), lambda p, n, v: (p, v))).items():
+                    rp, raw_rb = rb
+                    if rname not in routes and rname not in models:
+                        self.dangling(rp, "route", rname, routes)
+                    rm = self.mapping(rp, raw_rb, ("daily_usd", "monthly_usd"))
+                    if rm is not None:
+                        rd = self.number(_fmt(rp, "daily_usd"), rm["daily_usd"]) if rm.get("daily_usd") is not None else None
+                        rmo = (self.number(_fmt(rp, "monthly_usd"), rm["monthly_usd"])
+                               if rm.get("monthly_usd") is not None else None)
+                        per_route[rname] = Budget(rd, rmo, action)
+                budget = Budget(daily, monthly, action, per_route)
         hints = self.boolean(_fmt(path, "allow_hints"), m.get("allow_hints", True))
         allowed = None
         if m.get("routes") is not None:
@@ -597,6 +748,38 @@ class _Parser:
             self.err("classifier.min_confidence", "must be between 0 and 1")
         task = self.choice("classifier.fallback_task", m.get("fallback_task", "general"), TASK_LABELS)
         return ClassifierSettings(conf or 0.0, task or "general")
+
+    def reference_model(self, raw: Any, models: Mapping[str, Model]) -> ReferenceModel | None:
+        if isinstance(raw, str):
+            model = models.get(raw)
+            if model is None:
+                self.dangling("reference_model", "model", raw, models)
+                return None
+            return ReferenceModel(raw, model.price)
+        m = self.mapping("reference_model", raw, ("name", "price"), ("name", "price"))
+        if m is None:
+            return None
+        name = self.string("reference_model.name", m.get("name", "")) if "name" in m else None
+        price = None
+        if "price" in m:
+            pm = self.mapping("reference_model.price", m["price"], ("input_per_mtok", "output_per_mtok"),
+                              ("input_per_mtok", "output_per_mtok"))
+            if pm is not None and "input_per_mtok" in pm and "output_per_mtok" in pm:
+                inp = self.number("reference_model.price.input_per_mtok", pm["input_per_mtok"])
+                out = self.number("reference_model.price.output_per_mtok", pm["output_per_mtok"])
+                if inp is not None and out is not None:
+                    price = Price(inp, out)
+        if not name or price is None:
+            return None
+        return ReferenceModel(name, price)
+
+    def metering_settings(self, raw: Any) -> MeteringSettings:
+        m = self.mapping("metering", raw or {}, ("tenant_label", "ledger"))
+        if not m:
+            return MeteringSettings()
+        label = self.boolean("metering.tenant_label", m["tenant_label"]) if "tenant_label" in m else False
+        ledger = self.string("metering.ledger", m["ledger"]) if m.get("ledger") is not None else None
+        return MeteringSettings(bool(label), ledger or None)
 
     def check_residency(self, providers: Mapping[str, Provider], models: Mapping[str, Model],
                         routes: Mapping[str, Route], rules: list[Rule], residency: Mapping[str, frozenset[str]],

@@ -107,6 +107,7 @@ class RouterInfo:
     status: str = "pending"             # ok | error | cancelled
     error: str | None = None
     created: float = 0.0                # wall-clock time the request arrived (Unix seconds)
+    reference_cost_usd: float | None = None  # the same tokens at the policy's reference_model price
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

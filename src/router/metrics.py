@@ -1,0 +1,158 @@
+"""Prometheus metrics: `PrometheusMeter`, a `Meter` that turns every finished request into counters.
+
+Labels are bounded: route, task, provider and model names come from the policy; status and
+outcome from small fixed sets. No keys, IPs, request ids or free text ever become labels.
+`tenant` is added to the request and cost metrics only when the policy opts in
+(``metering: {tenant_label: true}``); budgets are per tenant by nature.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes), values go to that directory
+and `render()` aggregates every process's files.
+
+>>> meter = PrometheusMeter()                                   # doctest: +SKIP
+>>> body, content_type = meter.render()                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+try:  # the text format generate_latest writes; Prometheus 2.x reads it whatever its version
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+except ImportError:  # pragma: no cover - prometheus_client < 0.21
+    from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+
+from .metering import Meter
+from .response import RouterInfo
+
+__all__ = ["BUCKETS", "PrometheusMeter"]
+
+#: latency buckets, 50 ms to 10 minutes
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+NONE = "none"   # the label value for "not set" (e.g. the provider of a request no provider served)
+
+
+def _v(value: str | None) -> str:
+    return value if value else NONE
+
+
+class PrometheusMeter(Meter):
+    """Request, token, cost, attempt, budget and ledger metrics for one process (or, in multiprocess
+    mode, all of them).
+
+    `registry`: where to register (a fresh `CollectorRegistry` when None, so several meters can
+    live in one process). The engine calls `attach(engine)` and `track_inflight(provider, delta)`;
+    budgets call `budget_remaining`; a `LedgerMeter` calls `ledger_pending`, `ledger_error` and
+    `ledger_dropped`.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, tenant_label: bool = False):
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.tenant_label = tenant_label
+        if self.multiprocess:
+            # values live in the directory; this registry only aggregates them at render time
+            self.registry = registry if registry is not None else CollectorRegistry()
+            MultiProcessCollector(self.registry)
+            reg: CollectorRegistry | None = None
+        else:
+            self.registry = registry if registry is not None else CollectorRegistry()
+            reg = self.registry
+        t = ("tenant",) if tenant_label else ()
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=reg, multiprocess_mode=mode)
+
+        self.requests = Counter("router_requests_total", "Requests finished, by how they ended.",
+                                ("route", "task", "provider", "model", "status", *t), registry=reg)
+        self.duration = Histogram("router_request_duration_seconds",
+                                  "Request latency, arrival to last byte, every retry included.",
+                                  ("route", "provider"), buckets=BUCKETS, registry=reg)
+        self.ttft = Histogram("router_time_to_first_token_seconds",
+                              "Time from arrival to the first chunk (streams) or the whole body (JSON).",
+                              ("route", "provider"), buckets=BUCKETS, registry=reg)
+        self.tokens = Counter("router_tokens_total", "Tokens metered (estimated when the upstream sent no usage).",
+                              ("provider", "model", "kind"), registry=reg)
+        self.cost = Counter("router_cost_usd_total", "Cost in USD at the policy's prices.",
+                            ("route", "provider", "model", *t), registry=reg)
+        self.savings = Counter("router_savings_usd_total",
+                               "USD saved against the policy's reference_model (never negative).",
+                               ("route", *t), registry=reg)
+        self.reference_cost = Counter("router_reference_cost_usd_total",
+                                      "What the same tokens would have cost on the reference_model.",
+                                      ("route", *t), registry=reg)
+        self.attempts = Counter("router_upstream_attempts_total", "Upstream attempts, by outcome.",
+                                ("provider", "model", "outcome"), registry=reg)
+        self.fallbacks = Counter("router_fallbacks_total",
+                                 "Moves to the next candidate, by the outcome that caused them.",
+                                 ("route", "reason"), registry=reg)
+        self.budget = gauge("router_budget_remaining_usd", "USD left in the tenant's tightest budget period.",
+                            ("tenant",), "mostrecent")
+        self.inflight = gauge("router_inflight_requests", "Upstream calls in flight.", ("provider",), "livesum")
+        self.provider_state = gauge("router_provider_state",
+                                    "0 healthy, 1 degraded, 2 down (static 0 until health tracking lands).",
+                                    ("provider", "model"), "max")
+        self.classifier = Counter("router_classifier_decisions_total", "How each request's task was chosen.",
+                                  ("task", "source"), registry=reg)
+        self.ledger_pending_records = gauge("router_ledger_pending_records",
+                                            "Records accepted but not yet committed to the ledger.", (), "livesum")
+        self.ledger_errors = Counter("router_ledger_errors_total", "Failed ledger writes (each is retried).",
+                                     registry=reg)
+        self.ledger_dropped_records = Counter("router_ledger_dropped_records_total",
+                                              "Records dropped because the ledger buffer was full.", registry=reg)
+        self.ledger_pending_records.set(0)
+
+    # -- Meter
+    def record(self, info: RouterInfo) -> None:
+        route, provider, model = _v(info.route), _v(info.provider), _v(info.model)
+        t = (_v(info.tenant),) if self.tenant_label else ()
+        self.requests.labels(route, _v(info.task), provider, model, info.status, *t).inc()
+        self.duration.labels(route, provider).observe(info.latency_s)
+        if info.ttft_s is not None:
+            self.ttft.labels(route, provider).observe(info.ttft_s)
+        if info.task:
+            self.classifier.labels(info.task, _v(info.task_source)).inc()
+        if info.provider is not None:
+            for kind, n in (("prompt", info.prompt_tokens), ("completion", info.completion_tokens),
+                            ("reasoning", info.reasoning_tokens)):
+                self.tokens.labels(provider, model, kind).inc(n)
+            self.cost.labels(route, provider, model, *t).inc(info.cost_usd)
+        if info.reference_cost_usd is not None:
+            self.reference_cost.labels(route, *t).inc(info.reference_cost_usd)
+            self.savings.labels(route, *t).inc(max(0.0, info.reference_cost_usd - info.cost_usd))
+        prev = None
+        for a in info.attempts:
+            self.attempts.labels(a.provider, a.model, a.outcome).inc()
+            if prev is not None and (prev.provider, prev.model) != (a.provider, a.model):
+                self.fallbacks.labels(route, prev.outcome).inc()
+            prev = a
+
+    # -- engine hooks
+    def attach(self, engine: Any) -> None:
+        """Called by the engine it meters: publish the provider state series for the policy's models."""
+        for model in engine.policy.models.values():
+            self.provider_state.labels(model.provider, model.alias).set(0)
+
+    def track_inflight(self, provider: str, delta: int) -> None:
+        self.inflight.labels(provider).inc(delta)
+
+    # -- budget and ledger hooks
+    def budget_remaining(self, tenant: str, usd: float) -> None:
+        self.budget.labels(tenant).set(usd)
+
+    def ledger_pending(self, n: int) -> None:
+        self.ledger_pending_records.set(n)
+
+    def ledger_error(self) -> None:
+        self.ledger_errors.inc()
+
+    def ledger_dropped(self, n: int) -> None:
+        self.ledger_dropped_records.inc(n)
+
+    # -- exposition
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of every metric (all processes' in multiprocess mode) and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE

@@ -1,0 +1,134 @@
+"""Dashboards: the files are the generator's output, and every panel's PromQL returns data from a real
+Prometheus scraping a PrometheusMeter that metered real traffic through the simulators."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from router import Router
+from router.budget import InProcessBudget
+from router.dashboards import DASHBOARDS, build
+from router.errors import UpstreamFailed
+from router.metrics import PrometheusMeter
+
+from .conftest import ROOT
+from .metering_support import make_policy, msgs, start_sims
+
+
+def test_committed_dashboards_are_the_generated_ones():
+    for d in DASHBOARDS:
+        with open(ROOT / "dashboards" / f"{d.uid}.json", encoding="utf-8") as f:
+            assert json.load(f) == build(d), f"regenerate: python -m router.dashboards dashboards ({d.uid})"
+    prov = yaml.safe_load((ROOT / "dashboards" / "provisioning" / "dashboards.yaml").read_text())
+    assert prov["apiVersion"] == 1 and prov["providers"][0]["type"] == "file"
+
+
+def test_the_three_dashboards_cover_the_issue():
+    titles = {d.uid: " | ".join(p.title for p in d.panels) for d in DASHBOARDS}
+    for word in ("route", "provider", "Error rate", "Fallbacks", "p95", "Time to first token"):
+        assert word in titles["router-overview"]
+    for word in ("route", "provider", "model", "tenant", "Savings", "Budget remaining"):
+        assert word in titles["router-cost"]
+    for word in ("state", "outcome", "in flight"):
+        assert word in titles["router-providers"]
+
+
+def _prometheus() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        if os.environ.get("ROUTER_TEST_PROMETHEUS") == "1":
+            pytest.fail("ROUTER_TEST_PROMETHEUS=1 but no `prometheus` binary (apt-get install -y prometheus)")
+        pytest.skip("prometheus is not installed")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
+    binary = _prometheus()
+    sims = await start_sims()
+    prom = PrometheusMeter(tenant_label=True)
+    policy = make_policy(sims, "tenants:\n  acme: {budget: {daily_usd: 10}}\nmetering: {tenant_label: true}\n")
+    r = Router(policy, meters=[prom], budget=InProcessBudget(metrics=prom))
+    sims["gpu"].inject("status:500", times=2)
+    for task in ("coding", "coding", "reasoning", "general"):
+        await r.acomplete(msgs(), task=task, tenant="acme", max_tokens=8)
+    s = await r.acomplete(msgs(), task="general", tenant="acme", stream=True, max_tokens=8)
+    async for _ in s:
+        pass
+    sims["ds"].set_fault("status:500")
+    sims["oa"].set_fault("status:500")
+    with pytest.raises(UpstreamFailed):
+        await r.acomplete(msgs(), task="general", tenant="acme")
+
+    async def metrics(_request: web.Request) -> web.Response:
+        body, ctype = prom.render()
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    prom_port = _free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "router", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}))
+    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    api = f"http://127.0.0.1:{prom_port}/api/v1/query"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def query(expr: str) -> dict:
+                async with http.get(api, params={"query": expr}) as resp:
+                    return await resp.json()
+
+            deadline = time.monotonic() + 30
+            while True:   # at least three scrapes, so rate() and increase() have points
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+                try:
+                    got = await query('count_over_time(up{job="router"}[1m])')
+                    if got["data"]["result"] and float(got["data"]["result"][0]["value"][1]) >= 3:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "prometheus never scraped the meter"
+                await asyncio.sleep(0.25)
+            empty = []
+            for d in DASHBOARDS:
+                for p in d.panels:
+                    for t in p.targets:
+                        expr = t.expr.replace("$__rate_interval", "1m")
+                        got = await query(expr)
+                        assert got["status"] == "success", (p.title, got)
+                        if not got["data"]["result"]:
+                            empty.append(f"{d.uid} / {p.title}: {expr}")
+            assert not empty, "panels without data:\n" + "\n".join(empty)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+        await runner.cleanup()
+        await r.aclose()
+        for sim in sims.values():
+            await sim.stop()
