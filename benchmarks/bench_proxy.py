@@ -1,0 +1,336 @@
+"""Benchmark `router serve` against a near-zero-cost upstream, with wrk as the load generator.
+
+    apt-get install -y wrk                       # Debian/Ubuntu; the benchmark stops if wrk is missing
+    python benchmarks/bench_proxy.py             # ~1 minute on 2 cores
+    python benchmarks/bench_proxy.py --litellm --portkey   # side by side (see docs/proxy.md)
+
+What runs, all on 127.0.0.1 in this one run:
+
+- a static upstream (raw asyncio, uvloop when installed) answering every POST with a fixed
+  chat.completion (or, for ``"stream": true``, a fixed SSE stream);
+- ``router serve`` with one worker, routing ``model: auto`` through the classifier, with the
+  Prometheus meter on, pointed at that upstream;
+- wrk with a Lua script POSTing a chat body, for 1, 16 and 64 connections, straight to the
+  upstream (the baseline) and through each proxy.
+
+It prints requests/s, the latency the proxy adds (proxy minus direct, p50 and p99), the
+streaming time-to-first-token the proxy adds, the proxy's RSS and its time to ready.
+Optional: ``--litellm`` (``pip install 'litellm[proxy]'``) and ``--portkey`` (needs node and npm;
+``npm install @portkey-ai/gateway`` runs in a temp dir) for the same runs against those proxies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+CHAT_BODY = (b'{"model":"auto","messages":[{"role":"user","content":'
+             b'"Write a Python function that merges two sorted lists."}],"max_tokens":32}')
+
+_COMPLETION = (b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model",'
+               b'"choices":[{"index":0,"message":{"role":"assistant","content":"def merge(a, b): ..."},'
+               b'"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":8,"total_tokens":28}}')
+_CHUNK = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+          b'"model":"bench-model","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
+_USAGE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+          b'"model":"bench-model","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":8,'
+          b'"total_tokens":28}}\n\n')
+_SSE = _CHUNK * 8 + _USAGE + b"data: [DONE]\n\n"
+
+
+def _http(status_body: bytes, content_type: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
+            + str(len(status_body)).encode() + b"\r\n\r\n" + status_body)
+
+
+JSON_RESPONSE = _http(_COMPLETION, b"application/json")
+SSE_RESPONSE = _http(_SSE, b"text/event-stream")
+
+
+# ------------------------------------------------------------------------------------ upstream
+
+class _Upstream(asyncio.Protocol):
+    """Minimal HTTP/1.1 keep-alive server: any request with a body gets the fixed answer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buf[:end].lower()
+            m = re.search(rb"content-length:\s*(\d+)", head)
+            n = int(m.group(1)) if m else 0
+            if len(buf) < end + 4 + n:
+                break
+            body = buf[end + 4:end + 4 + n]
+            buf = buf[end + 4 + n:]
+            if head.startswith(b"get"):
+                self.t.write(_http(b'{"object":"list","data":[]}', b"application/json"))
+            else:
+                self.t.write(SSE_RESPONSE if b'"stream":true' in body.replace(b" ", b"") else JSON_RESPONSE)
+        self.buf = buf
+
+
+def run_upstream(port: int) -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(_Upstream, "127.0.0.1", port, backlog=2048))
+    print("ready", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run_forever()
+    server.close()
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[:4]} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.005)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], **kw) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, connections: int, seconds: float, lua: str, headers: dict[str, str]) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", lua]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    proc = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30)
+    out = proc.stdout
+    if "Requests/sec" not in out:
+        raise SystemExit(f"wrk failed on {url}:\n{out}{proc.stderr}")
+    res: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        res[f"p{pct}"] = float(m.group(1)) * _UNITS[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["errors"] = float(errors.group(1)) if errors else 0.0
+    return res
+
+
+async def _ttft(url: str, n: int, headers: dict[str, str]) -> float:
+    """Median time from sending a streamed request to its first `data:` line, one at a time."""
+    body = CHAT_BODY[:-1] + b',"stream":true}'
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    req = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    reader, writer = await asyncio.open_connection(host, int(port))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        writer.write(req)
+        while True:
+            line = await reader.readline()
+            if line.startswith(b"data:"):
+                times.append(time.perf_counter() - t0)
+                break
+        # drain the rest of this response (fixed or chunked); it ends at [DONE]
+        while b"[DONE]" not in line:
+            line = await reader.readline()
+        while True:  # chunked encoding: skip to the terminating 0-length chunk
+            if line.strip() in (b"0", b""):
+                if line.strip() == b"0":
+                    await reader.readline()
+                break
+            line = await reader.readline()
+    writer.close()
+    return statistics.median(times) * 1e3
+
+
+def ttft(url: str, n: int = 300, headers: dict[str, str] | None = None) -> float:
+    return asyncio.run(_ttft(url, n, headers or {}))
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------------ the run
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
+    p.add_argument("--connections", default="1,16,64")
+    p.add_argument("--litellm", action="store_true", help="also run the LiteLLM proxy (litellm[proxy])")
+    p.add_argument("--portkey", action="store_true", help="also run the Portkey gateway (node, npm)")
+    p.add_argument("--portkey-dir", help="an existing `npm install @portkey-ai/gateway` prefix to reuse")
+    p.add_argument("--upstream", type=int, help=argparse.SUPPRESS)  # internal: serve the static upstream
+    args = p.parse_args()
+    if args.upstream:
+        run_upstream(args.upstream)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or build it from "
+              "https://github.com/wg/wrk", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    lua = tmp / "post.lua"
+    lua.write_text(textwrap.dedent(f"""\
+        wrk.method = "POST"
+        wrk.body = '{CHAT_BODY.decode()}'
+        wrk.headers["Content-Type"] = "application/json"
+        """))
+    up_port, px_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/v1"
+    policy = tmp / "policy.yaml"
+    policy.write_text(textwrap.dedent(f"""\
+        version: 1
+        providers:
+          local: {{kind: vllm, base_url: "{upstream}", region: eu}}
+        models:
+          bench: {{provider: local, model: bench-model, price: {{input_per_mtok: 0.1, output_per_mtok: 0.2}}}}
+        routes:
+          coding:  {{targets: [bench]}}
+          general: {{targets: [bench]}}
+        rules:
+          - {{if: {{task: coding}}, route: coding}}
+          - {{route: general}}
+        """))
+    conns = [int(c) for c in args.connections.split(",")]
+    targets: list[tuple[str, str, dict[str, str]]] = []
+    with contextlib.ExitStack() as stack:
+        up = stack.enter_context(process([sys.executable, __file__, "--upstream", str(up_port)]))
+        wait_ready(upstream + "/models", up)
+        targets.append(("direct", upstream + "/chat/completions", {}))
+
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}
+        px = stack.enter_context(process([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy),
+                                          "--port", str(px_port)], env=env))
+        ready_s = wait_ready(f"http://127.0.0.1:{px_port}/readyz", px)
+        targets.append(("router", f"http://127.0.0.1:{px_port}/v1/chat/completions", {}))
+
+        if args.litellm:
+            targets.append(start_litellm(stack, tmp, upstream))
+        if args.portkey:
+            targets.append(start_portkey(stack, Path(args.portkey_dir) if args.portkey_dir else tmp, upstream))
+
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for c in conns:
+            for name, url, headers in targets:
+                results[name, c] = wrk(url, c, args.seconds, str(lua), headers)
+        rss = rss_mb(px.pid)
+        ttft_direct = ttft(upstream + "/chat/completions")
+        ttft_router = ttft(f"http://127.0.0.1:{px_port}/v1/chat/completions")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{px_port}/metrics").read().decode()
+
+    print(f"\nrouter serve, 1 worker, {os.cpu_count()} cores, wrk -t1 {args.seconds:g}s per run, "
+          f"model=auto (classifier on), Prometheus meter on\n")
+    print(f"{'conns':>5} {'target':>8} {'req/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'added p50':>9} {'added p99':>9} {'non-2xx':>7}")
+    for c in conns:
+        d = results["direct", c]
+        for name, _, _ in targets:
+            r = results[name, c]
+            added = "" if name == "direct" else f"{r['p50'] - d['p50']:9.3f} {r['p99'] - d['p99']:9.3f}"
+            print(f"{c:>5} {name:>8} {r['rps']:>9.0f} {r['rps'] / d['rps']:>9.3f} {r['p50']:>8.3f} "
+                  f"{r['p99']:>8.3f} {added:>19} {int(r['errors']):>7}")
+        for name, _, _ in targets:
+            if name not in ("direct", "router") and (name, c) in results:
+                print(f"{'':>5} router/{name}: {results['router', c]['rps'] / results[name, c]['rps']:.1f}x req/s")
+    print(f"\nstreaming TTFT (median of 300, sequential): direct {ttft_direct:.3f} ms, "
+          f"router {ttft_router:.3f} ms, added {ttft_router - ttft_direct:.3f} ms")
+    print(f"router RSS after the runs: {rss:.1f} MB; time to ready (spawn to /readyz 200): {ready_s:.3f} s")
+    total = sum(float(m.group(1)) for m in re.finditer(r'^router_requests_total\{[^}]*status="ok"[^}]*\} (\S+)$',
+                                                        metrics, re.M))
+    print(f"requests metered ok by the proxy: {total:.0f}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def start_litellm(stack: contextlib.ExitStack, tmp: Path, upstream: str) -> tuple[str, str, dict[str, str]]:
+    exe = shutil.which("litellm")
+    if exe is None:
+        raise SystemExit("litellm proxy not installed: pip install 'litellm[proxy]'")
+    port = free_port()
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        model_list:
+          - model_name: auto
+            litellm_params: {{model: openai/bench-model, api_base: "{upstream}", api_key: none}}
+        general_settings: {{master_key: sk-bench-1b2c3d}}
+        litellm_settings: {{drop_params: true}}
+        """))
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    proc = stack.enter_context(process([exe, "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
+                                       env=env))
+    wait_ready(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=120)
+    return "litellm", f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": "Bearer sk-bench-1b2c3d"}
+
+
+def start_portkey(stack: contextlib.ExitStack, prefix: Path, upstream: str) -> tuple[str, str, dict[str, str]]:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        raise SystemExit("the Portkey gateway needs node and npm")
+    start = prefix / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if not start.exists():
+        subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix), "@portkey-ai/gateway"],
+                       check=True, timeout=300, capture_output=True)
+    port = free_port()
+    proc = stack.enter_context(process(["node", str(start), f"--port={port}", "--headless"]))
+    wait_ready(f"http://127.0.0.1:{port}/", proc, timeout=60)
+    headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream, "Authorization": "Bearer none"}
+    return "portkey", f"http://127.0.0.1:{port}/v1/chat/completions", headers
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""`router serve` as a real process: SIGHUP and --watch reload, SIGTERM drain, --workers with /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from router.simulator import Simulator
+
+POLICY = """
+version: 1
+providers:
+  a: {{kind: vllm, base_url: "{url}", region: eu}}
+models:
+  one: {{provider: a, model: model-one, price: {{input_per_mtok: 1, output_per_mtok: 2}}}}
+  two: {{provider: a, model: model-two, price: {{input_per_mtok: 1, output_per_mtok: 2}}}}
+routes:
+  general: {{targets: [{target}]}}
+rules:
+  - {{route: general}}
+"""
+
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+HINT = {"X-Router-Task": "general"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen, url: str, stderr_path: str):
+        self.proc, self.url, self.stderr_path = proc, url, stderr_path
+
+    def stderr(self) -> str:
+        with open(self.stderr_path) as f:
+            return f.read()
+
+
+@pytest.fixture
+async def sim():
+    async with Simulator(models=["model-one", "model-two"]) as s:
+        yield s
+
+
+@pytest.fixture
+def serve(tmp_path):
+    procs: list[subprocess.Popen] = []
+
+    async def start(policy_path, *args: str) -> Served:
+        port = free_port()
+        err = str(tmp_path / f"stderr-{port}.log")
+        proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy_path),
+                                 "--port", str(port), *args],
+                                stdout=subprocess.DEVNULL, stderr=open(err, "w"))  # noqa: SIM115
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(url + "/readyz") as r:
+                        if r.status == 200:
+                            return Served(proc, url, err)
+                except aiohttp.ClientError:
+                    pass
+                assert proc.poll() is None, Served(proc, url, err).stderr()
+                await asyncio.sleep(0.05)
+        raise AssertionError("router serve did not become ready")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait()
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def routed_model(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.post(
+            url + "/v1/chat/completions", json=BODY, headers=HINT) as r:
+        assert r.status == 200
+        return r.headers["x-router-model"]
+
+
+async def test_sighup_reloads_a_valid_policy_and_rejects_an_invalid_one(sim, serve, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    s = await serve(path)
+    assert await routed_model(s.url) == "one"
+
+    path.write_text(POLICY.format(url=sim.base_url, target="two"))
+    s.proc.send_signal(signal.SIGHUP)
+
+    async def is_two() -> bool:
+        return await routed_model(s.url) == "two"
+    await wait_until(is_two)
+
+    path.write_text(POLICY.format(url=sim.base_url, target="three"))  # a dangling model alias
+    s.proc.send_signal(signal.SIGHUP)
+
+    async def rejected() -> bool:
+        return "was rejected" in s.stderr()
+    await wait_until(rejected)
+    err = s.stderr()
+    assert "1 problem" in err and "routes.general.targets[0]: unknown model 'three'" in err
+    assert await routed_model(s.url) == "two" and s.proc.poll() is None
+
+
+async def test_watch_reloads_on_file_change(sim, serve, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    s = await serve(path, "--watch", "--watch-interval-s", "0.1")
+    assert await routed_model(s.url) == "one"
+    path.write_text(POLICY.format(url=sim.base_url, target="two") + "\n# changed\n")
+
+    async def is_two() -> bool:
+        return await routed_model(s.url) == "two"
+    await wait_until(is_two)
+    assert "file changed: reloaded" in s.stderr()
+
+
+async def test_sigterm_drains_streams_in_flight_then_exits_0(sim, serve, tmp_path):
+    sim.configure_model("model-one", tokens_per_s=20, reply_tokens=16)  # a stream of ~0.8 s
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    s = await serve(path, "--grace-s", "5")
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(s.url + "/v1/chat/completions", json={**BODY, "stream": True}, headers=HINT)
+        assert r.status == 200
+        await r.content.readline()
+        s.proc.send_signal(signal.SIGTERM)
+        raw = await r.read()
+        assert raw.endswith(b"data: [DONE]\n\n")  # the stream in flight finished
+        await asyncio.sleep(0.1)
+        with pytest.raises(aiohttp.ClientConnectionError):  # and no new connection is accepted
+            async with http.get(s.url + "/healthz", headers={"Connection": "close"}):
+                pass
+    assert await asyncio.to_thread(s.proc.wait, 10) == 0
+    assert "stopped" in s.stderr()
+
+
+async def test_sigterm_cuts_streams_at_the_grace_deadline(sim, serve, tmp_path):
+    sim.configure_model("model-one", tokens_per_s=5, reply_tokens=100)  # 20 s: longer than the grace
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    s = await serve(path, "--grace-s", "0.5")
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(s.url + "/v1/chat/completions", json={**BODY, "stream": True}, headers=HINT)
+        await r.content.readline()
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(s.proc.wait, 10) == 0
+        assert time.monotonic() - t0 < 3
+        r.close()
+    for _ in range(50):
+        if sim.in_flight()[0] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sim.in_flight()[0] == 0
+
+
+def _counter_total(text: str, name: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M))
+
+
+async def test_workers_share_a_port_and_metrics_aggregate(sim, serve, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    s = await serve(path, "--workers", "2", "--grace-s", "2")
+    n = 40
+    pids = set()
+    for _ in range(n):  # a new connection each time, so the kernel spreads them over the workers
+        async with aiohttp.ClientSession() as http, http.post(
+                s.url + "/v1/chat/completions", json=BODY, headers=HINT) as r:
+            assert r.status == 200
+        async with aiohttp.ClientSession() as http, http.get(s.url + "/healthz") as r:
+            pids.add(r.headers["x-router-worker"])
+    assert len(pids) == 2
+    for _ in range(4):  # whichever worker answers the scrape reports every worker's requests
+        async with aiohttp.ClientSession() as http, http.get(s.url + "/metrics") as r:
+            text = await r.text()
+        assert _counter_total(text, "router_requests_total") == n
+    s.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(s.proc.wait, 10) == 0
+
+
+async def test_invalid_policy_at_start_exits_1_with_check_messages(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("version: 1\nproviders: {}\n")
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "router.cli", "serve", "--policy",
+                                                    str(path), "--port", str(free_port())],
+                                   capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1
+    assert f"{path}: " in proc.stderr and "missing required key 'models'" in proc.stderr
+    assert os.path.exists(path)
