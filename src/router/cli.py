@@ -79,6 +79,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import run
+
+    return run(args.policy, args.traffic, days=args.days, plot_path=args.plot)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router", description="Route LLM requests by task, cost and residency.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--keepalive-s", type=float, default=10.0, dest="keepalive_s",
                    help="SSE keep-alive comment interval while the upstream is silent")
     s.set_defaults(fn=_cmd_serve)
+
+    sm = sub.add_parser("simulate", help="replay synthetic traffic through the decision engine: cost, latency, spill")
+    sm.add_argument("--policy", action="append", default=[], help="policy file (repeat to compare; default: the "
+                    "spec's `policies:`)")
+    sm.add_argument("--traffic", required=True, help="traffic spec (YAML), e.g. simulate/100m.yaml")
+    sm.add_argument("--days", type=float, default=30, help="days to simulate (costs are scaled to a month)")
+    sm.add_argument("--plot", help="draw tokens per hour by provider to this PNG (needs matplotlib)")
+    sm.set_defaults(fn=_cmd_simulate)
     return p
 
 
