@@ -1,0 +1,269 @@
+"""Tests for router.classifier and router.language (the shipped task model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from router.classifier import (
+    DEFAULT_MODEL_PATH,
+    TASKS,
+    Classification,
+    Classifier,
+    classify,
+    extract_features,
+)
+from router.language import detect_language
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "data" / "tasks" / "train.jsonl"
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def is_holdout(text: str) -> bool:
+    # Same rule as scripts/train_classifier.py: rows the shipped model was never trained on.
+    return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 100 < 20
+
+
+# --- interface -------------------------------------------------------------------------------
+
+
+def test_public_interface() -> None:
+    assert TASKS == ("coding", "reasoning", "general")
+    c = classify(user("hello there"))
+    assert isinstance(c, Classification)
+    assert c.task in TASKS and 0.0 < c.confidence <= 1.0 and isinstance(c.language, str)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.task = "coding"  # type: ignore[misc]
+    assert not hasattr(c, "__dict__")  # slots
+
+
+def test_probabilities_sum_to_one_and_confidence_is_the_top_one() -> None:
+    clf = Classifier.load()
+    msgs = user("Write a SQL query that lists customers without orders")
+    probs = clf.probabilities(msgs)
+    assert set(probs) == set(TASKS)
+    assert sum(probs.values()) == pytest.approx(1.0)
+    c = clf.classify(msgs)
+    assert c.task == max(probs, key=probs.__getitem__)
+    assert c.confidence == pytest.approx(probs[c.task], abs=1e-4)
+
+
+# --- accuracy --------------------------------------------------------------------------------
+
+
+def test_held_out_accuracy_floor() -> None:
+    rows = [json.loads(line) for line in TRAIN.open(encoding="utf-8")]
+    held = [r for r in rows if is_holdout(r["text"])]
+    assert 900 <= len(held) <= 1100
+    clf = Classifier.load()
+    correct = sum(clf.classify(user(r["text"])).task == r["task"] for r in held)
+    assert correct / len(held) >= 0.97
+
+
+CODING = [
+    "getting this error pls help\nTypeError: Cannot read properties of undefined (reading 'length')",
+    "Traceback (most recent call last):\n  File \"run.py\", line 4, in <module>\n    x = int(v)\nValueError: invalid literal for int() with base 10: 'abc'",
+    "how do i revert a pushed git commit",
+    "write a bash script that backs up my home folder every night",
+    "SQL to get the second highest salary from employees",
+    "write a regex for a UK postcode",
+    "convert this to go: def add(a, b): return a + b",
+    "docker says 'no space left on device', how do I clean up",
+    "Wie schreibe ich in Python eine Funktion, die eine Liste umdreht?",
+    "用Java写一个单例模式",
+]
+REASONING = [
+    "if I drive 180 miles at 60 mph and then 120 miles at 40 mph, what's my average speed?",
+    "Prove that the product of two odd numbers is odd.",
+    "A is older than B, B is older than C, C is older than D. Who is the second oldest?",
+    "what's the probability of drawing two aces in a row from a deck without replacement?",
+    "I have $1,000 and it grows 8% a year. How many years until it doubles?",
+    "Un tren recorre 300 km en 2 horas y media. ¿Cuál es su velocidad media?",
+]
+GENERAL = [
+    "what is Kubernetes and why do companies use it",
+    "hi! how are you today?",
+    "write an email to my boss asking for Friday off",
+    "what's the capital of Peru",
+    "summarize: The museum will close for renovations in May and reopen next spring with a new wing.",
+    "give me ideas for a 10 year old's birthday party",
+    "what's the difference between a CPU and a GPU",
+    "Qu'est-ce que le cloud computing ?",
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "text"),
+    [("coding", t) for t in CODING] + [("reasoning", t) for t in REASONING] + [("general", t) for t in GENERAL],
+)
+def test_realistic_examples(task: str, text: str) -> None:
+    assert classify(user(text)).task == task
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "run_shell", "description": "Run a shell command in the repo"}},
+    {"type": "function", "function": {"name": "edit_file", "description": "Replace text in a source file"}},
+]
+
+
+def test_agent_conversation_with_tools_and_stack_trace_is_coding() -> None:
+    messages = [
+        {"role": "system", "content": "You are a coding agent working in a Node.js repository."},
+        {"role": "user", "content": "run the tests"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "run_shell", "arguments": '{"cmd": "npm test"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "1", "content": "TypeError: Cannot read properties of null (reading 'id')\n"
+         "    at getUser (src/users.js:42:17)\n    at processTicksAndRejections (node:internal/process/task_queues:95:5)"},
+        {"role": "user", "content": "try again"},
+    ]
+    assert classify(messages, TOOLS).task == "coding"
+    # The context is what makes it coding: the same last turn alone is not.
+    assert classify(user("try again")).task != "coding"
+
+
+def test_follow_up_turn_inherits_the_conversation_task() -> None:
+    messages = [
+        {"role": "user", "content": "A shop sells pens at 3 for $2. How much do 12 pens cost?"},
+        {"role": "assistant", "content": "12 pens are 4 groups of 3, so 4 x $2 = $8."},
+        {"role": "user", "content": "and 20 pens if the price goes up to 3 for $2.50?"},
+    ]
+    assert classify(messages).task == "reasoning"
+
+
+def test_content_parts_and_images() -> None:
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "what's wrong with this code?"},
+        {"type": "text", "text": "```python\nfor i in range(10)\n    print(i)\n```"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]}]
+    assert classify(messages).task == "coding"
+
+
+def test_last_user_turn_weighs_most() -> None:
+    messages = [
+        {"role": "user", "content": "write a python function that parses ISO dates"},
+        {"role": "assistant", "content": "```python\ndef parse(s): ...\n```"},
+        {"role": "user", "content": "thanks! unrelated: can you write a short poem about the sea for my mum?"},
+    ]
+    assert classify(messages).task == "general"
+
+
+def test_degenerate_inputs_do_not_crash() -> None:
+    for messages in ([], [{"role": "user", "content": ""}], [{"role": "assistant", "content": None}],
+                     [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]):
+        c = classify(messages)
+        assert c.task in TASKS and 0 < c.confidence <= 1
+
+
+def test_long_inputs_are_bounded() -> None:
+    line = "def f(x):\n    return x\n"
+    huge = line * 20000  # ~440 kB
+    feats = extract_features(user("please review:\n" + huge + "thanks"))
+    small = extract_features(user("please review:\n" + line * 2000 + "thanks"))
+    assert len(feats) < 2000
+    assert classify(user(huge)).task == "coding"
+    # Only a head and a tail are read, so growing the middle changes nothing.
+    assert feats == small
+
+
+# --- language --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lang", "text"),
+    [
+        ("en", "Can you help me write a cover letter for a nursing job?"),
+        ("zh", "请帮我把这段话翻译成英文，谢谢"),
+        ("ja", "明日の天気はどうなりますか？"),
+        ("ko", "이 코드에서 버그를 찾아 주세요"),
+        ("de", "Kannst du mir bitte erklären, wie eine Wärmepumpe funktioniert?"),
+        ("fr", "Pourquoi le ciel est-il bleu pendant la journée ?"),
+        ("es", "¿Cuál es la mejor manera de aprender a tocar la guitarra?"),
+        ("ru", "Как приготовить настоящий украинский борщ?"),
+        ("ar", "ما هي أفضل طريقة لتعلم البرمجة؟"),
+        ("pt", "Você pode me ajudar a escrever um e-mail para o meu chefe?"),
+        ("it", "Qual è la differenza tra un virus e un batterio?"),
+        ("uk", "Привіт, як справи? Що ти робиш сьогодні?"),
+    ],
+)
+def test_detect_language(lang: str, text: str) -> None:
+    assert detect_language(text) == lang
+
+
+def test_language_ignores_pasted_code_and_errors() -> None:
+    trace = 'Traceback (most recent call last):\n  File "app.py", line 3, in <module>\n    import numpy\nModuleNotFoundError: No module named \'numpy\''
+    assert detect_language("这个报错怎么解决？\n" + trace) == "zh"
+    assert detect_language(trace + "\n\nwie behebe ich das?") == "de"
+    assert detect_language("SELECT * FROM users WHERE id = 1;") == "en"
+    assert detect_language("") == "en"
+
+
+def test_classify_reports_language_of_the_last_user_turn() -> None:
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant. Answer in the user's language."},
+        {"role": "user", "content": "Bonjour, peux-tu m'aider à écrire une lettre de motivation ?"},
+    ]
+    assert classify(messages).language == "fr"
+    assert classify(user("파이썬으로 리스트를 정렬하는 방법을 알려주세요")).language == "ko"
+
+
+# --- loading and determinism -----------------------------------------------------------------
+
+
+def _run_python(code: str, **env: str) -> str:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_does_not_load_the_model() -> None:
+    code = f"""
+import sys
+opened = []
+sys.addaudithook(lambda ev, args: opened.append(str(args[0])) if ev == "open" else None)
+import router.classifier as c
+model = {str(DEFAULT_MODEL_PATH)!r}
+print(c._model is None, model in opened, "numpy" in sys.modules)
+c.classify([{{"role": "user", "content": "hi"}}])
+print(c._model is not None, model in opened)
+"""
+    assert _run_python(code).splitlines() == ["True False False", "True True"]
+
+
+def test_deterministic_across_calls_and_processes() -> None:
+    msgs = user("my pandas merge returns NaN for every row, why? both frames have an id column")
+    first = classify(msgs)
+    assert all(classify(msgs) == first for _ in range(3))
+    code = (
+        "from router.classifier import classify;"
+        "c = classify([{'role': 'user', 'content': 'my pandas merge returns NaN for every row, why? both frames have an id column'}]);"
+        "print(c.task, repr(c.confidence), c.language)"
+    )
+    outputs = {_run_python(code, PYTHONHASHSEED=str(seed)) for seed in (1, 2, 3)}
+    assert outputs == {f"{first.task} {first.confidence!r} {first.language}"}
+
+
+def test_load_rejects_a_foreign_file(tmp_path: Path) -> None:
+    bad = tmp_path / "m.json.gz"
+    with gzip.open(bad, "wb") as fh:
+        fh.write(json.dumps({"format": "something-else/9"}).encode())
+    with pytest.raises(ValueError, match="not a router-task-classifier"):
+        Classifier.load(bad)
+
+
+def test_shipped_model_is_small() -> None:
+    assert DEFAULT_MODEL_PATH.stat().st_size < 3_000_000
