@@ -61,9 +61,10 @@ def serve(tmp_path):
     async def start(policy_path, *args: str) -> Served:
         port = free_port()
         err = str(tmp_path / f"stderr-{port}.log")
+        env = {**os.environ, "ROUTER_LEDGER": str(tmp_path / f"ledger-{port}.db")}
         proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy_path),
                                  "--port", str(port), *args],
-                                stdout=subprocess.DEVNULL, stderr=open(err, "w"))  # noqa: SIM115
+                                stdout=subprocess.DEVNULL, stderr=open(err, "w"), env=env)  # noqa: SIM115
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
@@ -216,3 +217,27 @@ async def test_invalid_policy_at_start_exits_1_with_check_messages(tmp_path):
     assert proc.returncode == 1
     assert f"{path}: " in proc.stderr and "missing required key 'models'" in proc.stderr
     assert os.path.exists(path)
+
+
+async def test_served_requests_reach_the_ledger_and_provider_state(sim, serve, tmp_path):
+    from router.ledger import open_ledger
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    ledger_path = tmp_path / "served-ledger.db"
+    s = await serve(path, "--ledger", str(ledger_path))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(s.url + "/v1/chat/completions", json=BODY,
+                             headers={**HINT, "X-Request-Id": "req-ledger-1"}) as r:
+            assert r.status == 200
+            cost = float(r.headers["x-router-cost-usd"])
+        async with http.get(s.url + "/metrics") as r:
+            text = await r.text()
+    assert re.search(r'router_provider_state\{model="[^"]+",provider="[^"]+"\} 0', text), text
+    s.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(s.proc.wait, 10) == 0
+    ledger = open_ledger(str(ledger_path))
+    row = ledger.get("req-ledger-1")
+    ledger.close()
+    assert row is not None and row.status == "ok"
+    assert round(row.cost_usd, 2) == round(cost, 2) and abs(row.cost_usd - cost) < 1e-9

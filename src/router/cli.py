@@ -70,7 +70,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     return serve(ServeOptions(policy=args.policy or default_policy_path(), host=args.host, port=args.port,
                               workers=args.workers, watch=args.watch, watch_interval_s=args.watch_interval_s,
-                              grace_s=args.grace_s, max_body_mb=args.max_body_mb, keepalive_s=args.keepalive_s))
+                              grace_s=args.grace_s, max_body_mb=args.max_body_mb, keepalive_s=args.keepalive_s,
+                              ledger=args.ledger, budgets=args.budgets))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -129,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grace-s", type=float, default=30.0, dest="grace_s",
                    help="on SIGTERM, how long requests in flight may take to finish")
     s.add_argument("--max-body-mb", type=float, default=10.0, dest="max_body_mb")
+    s.add_argument("--ledger", help="SQLite path or postgresql:// URL for the ledger, or none (default: "
+                                    "$ROUTER_LEDGER, else the policy's metering.ledger, else ./router-ledger.db)")
+    s.add_argument("--budgets", help="budget backend: memory or redis://host:port/db (default: $ROUTER_BUDGETS, "
+                                     "else memory; use Redis with several replicas)")
     s.add_argument("--keepalive-s", type=float, default=10.0, dest="keepalive_s",
                    help="SSE keep-alive comment interval while the upstream is silent")
     s.set_defaults(fn=_cmd_serve)

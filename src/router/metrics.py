@@ -51,6 +51,7 @@ class PrometheusMeter(Meter):
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, tenant_label: bool = False):
+        self._engine: Any = None  # set by attach(); /metrics reads its monitor for router_provider_state
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.tenant_label = tenant_label
         if self.multiprocess:
@@ -133,6 +134,7 @@ class PrometheusMeter(Meter):
     # -- engine hooks
     def attach(self, engine: Any) -> None:
         """Called by the engine it meters: publish the provider state series for the policy's models."""
+        self._engine = engine
         for model in engine.policy.models.values():
             self.provider_state.labels(model.provider, model.alias).set(0)
 
@@ -155,4 +157,8 @@ class PrometheusMeter(Meter):
     # -- exposition
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric (all processes' in multiprocess mode) and its content type."""
+        monitor = getattr(getattr(self, "_engine", None), "monitor", None)
+        if monitor is not None:  # circuit and saturation state, read at scrape time
+            for (provider, alias), state in monitor.states().items():
+                self.provider_state.labels(provider, alias).set(state)
         return generate_latest(self.registry), CONTENT_TYPE

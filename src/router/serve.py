@@ -49,6 +49,17 @@ class ServeOptions:
     grace_s: float = 30.0
     max_body_mb: float = 10.0
     keepalive_s: float = 10.0
+    ledger: str | None = None    # SQLite path or postgresql:// URL; "none" disables; None: policy, else default
+    budgets: str | None = None   # "memory" or redis://...; None: $ROUTER_BUDGETS, else memory
+
+
+DEFAULT_LEDGER = "router-ledger.db"
+
+
+def ledger_target(opts: ServeOptions, policy: Policy) -> str | None:
+    """--ledger, else $ROUTER_LEDGER, else the policy's `metering.ledger`, else ./router-ledger.db."""
+    target = opts.ledger or os.environ.get("ROUTER_LEDGER") or policy.metering.ledger or DEFAULT_LEDGER
+    return None if target == "none" else target
 
 
 def _say(message: str) -> None:
@@ -92,7 +103,7 @@ class _FileWatch:
         return True
 
 
-def _metrics(multiprocess: bool) -> tuple[list[Meter], Callable[[], tuple[bytes, str]]]:
+def _metrics(multiprocess: bool, policy: Policy) -> tuple[list[Meter], Callable[[], tuple[bytes, str]]]:
     """The meters the proxy adds to the engine and the /metrics renderer.
 
     `PrometheusMeter` aggregates every worker's values itself in multiprocess mode.
@@ -113,7 +124,7 @@ def _metrics(multiprocess: bool) -> tuple[list[Meter], Callable[[], tuple[bytes,
             return generate_latest(registry), CONTENT_TYPE_LATEST
 
         return [], render
-    meter = PrometheusMeter()
+    meter = PrometheusMeter(tenant_label=policy.metering.tenant_label)
     return [meter], meter.render
 
 
@@ -136,12 +147,21 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch: bool) -> int:
     from aiohttp import web
 
-    from .engine import Engine
+    from .budget import open_budget
+    from .client import Router
+    from .ledger import LedgerMeter, open_ledger
     from .proxy import Proxy, ProxyOptions
-    from .transport import AiohttpTransport
 
-    meters, render = _metrics(bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
-    engine = Engine(policy, AiohttpTransport(), meters)
+    meters, render = _metrics(bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")), policy)
+    prom = meters[0] if meters else None
+    target = ledger_target(opts, policy)
+    if target is not None:
+        meters.append(LedgerMeter(open_ledger(target), metrics=prom))
+    budget = None
+    if any(t.budget is not None for t in policy.tenants.values()):
+        budget = open_budget(opts.budgets or os.environ.get("ROUTER_BUDGETS"), metrics=prom)
+    router = Router(policy, meters=meters, budget=budget)  # same construction as the library's
+    engine = router.engine
     options = ProxyOptions(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), keepalive_s=opts.keepalive_s)
     proxy = Proxy(engine, options, metrics=render)
     runner = web.ServerRunner(proxy.server(), handle_signals=False, shutdown_timeout=opts.grace_s)
@@ -193,9 +213,7 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
     if watcher is not None:
         watcher.cancel()
     await runner.cleanup()
-    await engine.transport.aclose()
-    for meter in engine.meters:
-        await meter.aclose()
+    await router.aclose()  # closes the pool, flushes the ledger, stops probes and scrapes
     _say("stopped")
     return 0
 
