@@ -60,7 +60,19 @@ _LAZY = {
 if TYPE_CHECKING:
     from .client import Router
     from .decision import Decision
-    from .errors import *  # noqa: F403
+    from .errors import (
+        AuthenticationError,
+        BudgetExceeded,
+        InvalidRequest,
+        NoCandidate,
+        NotFound,
+        PayloadTooLarge,
+        PermissionDenied,
+        PolicyError,
+        RequestError,
+        RouterError,
+        UpstreamFailed,
+    )
     from .metering import MemoryMeter, Meter
     from .policy import Policy, load_policy
     from .response import ChatCompletion, ChatCompletionChunk, RouterInfo

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from .transport import Transport, UpstreamConnectError, UpstreamResponse, UpstreamTimeout
 from .translate import UpstreamCall
+from .transport import Transport, UpstreamConnectError, UpstreamResponse, UpstreamTimeout
 
 __all__ = ["LitellmTransport"]
 
