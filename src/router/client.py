@@ -23,7 +23,7 @@ from .policy import Policy, load_policy
 from .response import ChatCompletion, ChatCompletionChunk, RouterInfo
 from .transport import ProviderTransport, Transport
 
-__all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_policy_path"]
+__all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_meters", "default_policy_path"]
 
 
 def bundled_policy_path() -> str:
@@ -34,6 +34,17 @@ def bundled_policy_path() -> str:
 def default_policy_path() -> str:
     """`ROUTER_POLICY` if set, else the bundled default policy."""
     return os.environ.get("ROUTER_POLICY") or bundled_policy_path()
+
+
+def default_meters(policy: Policy) -> list[Meter]:
+    """The library's meters when none are given: the ledger at `$ROUTER_LEDGER`, else at the policy's
+    `metering.ledger`, else none (the proxy always keeps one; see docs/metering.md)."""
+    target = os.environ.get("ROUTER_LEDGER") or policy.metering.ledger
+    if not target or target == "none":
+        return []
+    from .ledger import LedgerMeter, open_ledger
+
+    return [LedgerMeter(open_ledger(target))]
 
 
 def _body(messages: Sequence[Any] | None, model: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +102,17 @@ class Router:
     """
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None = None, *,
-                 transport: Transport | None = None, meters: Sequence[Meter] = (),
+                 transport: Transport | None = None, meters: Sequence[Meter] | None = None,
                  budget: BudgetBackend | None = None,
                  monitor: Monitor | bool = True):
         if not isinstance(policy, Policy):
             policy = load_policy(policy if policy is not None else default_policy_path())
+        if meters is None:
+            meters = default_meters(policy)
+        if budget is None and any(t.budget is not None for t in policy.tenants.values()):
+            from .budget import open_budget  # a budget in the policy is enforced, whoever routes
+
+            budget = open_budget(os.environ.get("ROUTER_BUDGETS"))
         self.engine = Engine(policy, transport or ProviderTransport(), meters, budget=budget)
         # health + load: circuit breakers, in-flight counts, vLLM scrapes, probes (False: none)
         self.engine.monitor = Monitor(policy) if monitor is True else (monitor or None)
