@@ -113,6 +113,13 @@ def test_route_named_after_task_sets_task_source_alias(policy):
     assert (d.task, d.task_source) == ("reasoning", "alias")
 
 
+def test_alias_of_one_task_route_gives_its_task(policy):
+    d = decide(policy, {"messages": msgs("hello there"), "model": "ds-r1"})  # only in `reasoning`
+    assert (d.task, d.task_source) == ("reasoning", "alias")
+    d = decide(policy, {"messages": msgs("hello there"), "model": "ds-chat"})  # in coding and general
+    assert d.task_source == "classifier"
+
+
 def test_unknown_model_is_404(policy):
     with pytest.raises(NotFound) as ei:
         decide(policy, {"messages": msgs("hi"), "model": "gpt-5"})

@@ -183,6 +183,8 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
         source = "hint"
     elif route is not None and route.name in TASKS:
         task, source = route.name, "alias"
+    elif pinned is not None and pinned.alias in policy.alias_tasks:
+        task, source = policy.alias_tasks[pinned.alias], "alias"
     else:
         source = "classifier"
     if source == "classifier" or needs_language:

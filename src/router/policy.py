@@ -255,6 +255,16 @@ class Policy:
     metering: MeteringSettings = MeteringSettings()
 
     @functools.cached_property
+    def alias_tasks(self) -> Mapping[str, str]:
+        """Model alias -> task, for aliases that are targets of exactly one task-named route."""
+        seen: dict[str, set[str]] = {}
+        for route in self.routes.values():
+            if route.name in TASK_LABELS:
+                for alias in route.targets:
+                    seen.setdefault(alias, set()).add(route.name)
+        return {alias: next(iter(tasks)) for alias, tasks in seen.items() if len(tasks) == 1}
+
+    @functools.cached_property
     def uses_language(self) -> bool:
         """Whether any rule looks at the language (else auto-routing with a hint skips the classifier)."""
         return any("language" in r.conditions for r in self.rules)
