@@ -55,7 +55,8 @@ def test_repo_copy_of_contract_is_identical():
     assert (ROOT / "policies" / "example.yaml").read_text() == CONTRACT.read_text()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "policies").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(ROOT / "policies").glob("*.yaml"), *(ROOT / "simulate" / "policies").glob("*.yaml")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_policies_are_valid(path: pathlib.Path):
     assert check_policy(path, env=EXAMPLE_ENV) == []
 
