@@ -210,3 +210,17 @@ async def test_two_processes_against_one_redis_overspend_at_most_one_request_eac
     day = scopes_for("acme", policy.tenants["acme"].budget, None, time.time())[0].key[len("acme"):]
     assert await budget.spent(day, "acme") == pytest.approx(sum(costs), abs=1e-12)   # settled, to the cent
     await budget.aclose()
+
+
+def test_open_budget_takes_the_redis_key_prefix_from_the_url():
+    from router.budget import open_budget
+
+    b = open_budget("redis://127.0.0.1:6379/0?socket_timeout=1&prefix=staging:budget")
+    assert isinstance(b, RedisBudget)
+    assert (b.url, b.prefix) == ("redis://127.0.0.1:6379/0?socket_timeout=1", "staging:budget")
+    b = open_budget("redis://127.0.0.1:6379/0")
+    assert (b.url, b.prefix) == ("redis://127.0.0.1:6379/0", "router:budget")
+    assert open_budget("redis://h/0?prefix=x", prefix="explicit").prefix == "explicit"
+    assert isinstance(open_budget("memory"), InProcessBudget)
+    with pytest.raises(ValueError, match="unknown budget backend"):
+        open_budget("mysql://x")

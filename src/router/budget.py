@@ -433,8 +433,21 @@ class RedisBudget(BudgetBackend):
 
 
 def open_budget(url: str | None, **kwargs: Any) -> BudgetBackend:
-    """`redis://...` gives a `RedisBudget`; None or ``memory`` the in-process one."""
+    """`redis://...` gives a `RedisBudget`; None or ``memory`` the in-process one.
+
+    A ``prefix`` query parameter sets the Redis key prefix and is removed from the URL
+    (``redis://host:6379/0?prefix=staging:budget``): replicas sharing a prefix share budgets.
+    """
     if url and url.startswith(("redis://", "rediss://", "unix://")):
+        from urllib.parse import parse_qsl, urlencode
+
+        base, _, qs = url.partition("?")
+        query = parse_qsl(qs, keep_blank_values=True)
+        prefixes = [v for k, v in query if k == "prefix"]
+        if prefixes:
+            kwargs.setdefault("prefix", prefixes[-1])
+            rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+            url = base + ("?" + rest if rest else "")
         return RedisBudget(url, **kwargs)
     if url in (None, "", "memory"):
         return InProcessBudget(**kwargs)
