@@ -132,3 +132,20 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
         await r.aclose()
         for sim in sims.values():
             await sim.stop()
+
+
+def test_the_json_carries_every_panel_query_the_prometheus_test_evaluates():
+    # the Prometheus test evaluates the panel data; this ties that data to what Grafana is given
+    for d in DASHBOARDS:
+        built = build(d)
+        assert built["uid"] == d.uid and built["schemaVersion"] == 39
+        assert [p["title"] for p in built["panels"]] == [p.title for p in d.panels]
+        for data, panel in zip(d.panels, built["panels"], strict=True):
+            assert [t["expr"] for t in panel["targets"]] == [t.expr for t in data.targets]
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["fieldConfig"]["defaults"]["unit"] == data.unit and panel["type"] == data.kind
+        ids = [p["id"] for p in built["panels"]]
+        assert len(set(ids)) == len(ids)
+        cells = {(x, y) for p in built["panels"] for g in [p["gridPos"]]
+                 for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert len(cells) == sum(p["gridPos"]["w"] * p["gridPos"]["h"] for p in built["panels"])  # no overlap

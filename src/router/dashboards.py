@@ -1,8 +1,13 @@
 """Grafana dashboards for router's metrics, generated from code: overview, cost, providers.
 
+The panels are data (`Dashboard`, `Panel`, `Target`: title, PromQL, unit, kind) and `build()` turns
+each dashboard into Grafana's JSON model with Grafana's foundation SDK (`grafana-foundation-sdk`,
+the build for Grafana 11.1: ``pip install 'router[dashboards]'``), which also lays the panels out.
+Only `build()` needs the SDK; the panel list (read by the PromQL test) does not.
+
 ``python -m router.dashboards dashboards/`` writes ``<uid>.json`` for each dashboard; the files in
 the repository are its output (a test keeps them in sync, and a test evaluates every panel's
-PromQL against a real Prometheus). Each panel is one `Panel`; a dashboard is a title and a list.
+PromQL against a real Prometheus).
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DASHBOARDS", "Dashboard", "Panel", "Target", "build", "write_all"]
 
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE_UID = "${datasource}"   # a dashboard variable: pick the Prometheus data source in Grafana
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,8 @@ COST = Dashboard("router-cost", "router / cost", "Spend, savings against the ref
 PROVIDERS = Dashboard("router-providers", "router / providers", "Provider state, attempts and load.", (
     Panel("Provider state (0 healthy, 1 degraded, 2 down)", (Target(
         "max by (provider, model) (router_provider_state)", "{{provider}}/{{model}}"),), "short", "table",
-        description="Static 0 until health tracking lands."),
+        description="From the health monitor at scrape time: 1 while a circuit is half-open, 2 while it is "
+                    "open or the provider's probe fails."),
     Panel("Upstream attempts per second by outcome", (Target(
         "sum by (provider, outcome) (rate(router_upstream_attempts_total[$__rate_interval]))",
         "{{provider}}: {{outcome}}"),), "ops"),
@@ -114,37 +121,44 @@ PROVIDERS = Dashboard("router-providers", "router / providers", "Provider state,
 DASHBOARDS = (OVERVIEW, COST, PROVIDERS)
 
 
-def _panel(p: Panel, pid: int, x: int, y: int) -> dict:
-    out = {
-        "id": pid, "type": p.kind, "title": p.title, "description": p.description, "datasource": DS,
-        "gridPos": {"h": 8, "w": p.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
-        if p.kind == "timeseries" else {},
-        "targets": [{"refId": chr(ord("A") + i), "datasource": DS, "expr": t.expr, "legendFormat": t.legend,
-                     "format": "table" if p.kind == "table" else "time_series",
-                     "instant": p.kind == "table", "range": p.kind != "table"}
-                    for i, t in enumerate(p.targets)],
-    }
-    return out
+def _panel(p: Panel, pid: int) -> Any:
+    """The SDK builder of one panel: a Prometheus query per target, the unit, the legend below."""
+    from grafana_foundation_sdk.builders import common, prometheus, stat, table, timeseries
+    from grafana_foundation_sdk.models import common as cm
+    from grafana_foundation_sdk.models.dashboard import DataSourceRef
+    from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+    ds = DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
+    kinds = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel}
+    b = kinds[p.kind]().id(pid).title(p.title).datasource(ds).unit(p.unit).height(8).span(p.width)
+    if p.description:
+        b = b.description(p.description)
+    for i, t in enumerate(p.targets):
+        q = prometheus.Dataquery().ref_id(chr(ord("A") + i)).datasource(ds).expr(t.expr).legend_format(t.legend)
+        b = b.with_target(q.instant().format(PromQueryFormat.TABLE) if p.kind == "table" else q.range())
+    if p.kind == "timeseries":
+        b = b.legend(common.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                     .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+    elif p.kind == "stat":
+        b = b.reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
+    return b
 
 
 def build(d: Dashboard) -> dict:
-    """The Grafana dashboard JSON model of `d` (schemaVersion 39)."""
-    panels, x, y = [], 0, 0
+    """The Grafana dashboard JSON model of `d`, built with Grafana's foundation SDK."""
+    try:
+        from grafana_foundation_sdk.builders import dashboard
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    except ImportError as e:
+        raise ImportError(f"building dashboards needs Grafana's foundation SDK: "
+                          f"pip install 'router[dashboards]' ({e})") from e
+
+    b = (dashboard.Dashboard(d.title).uid(d.uid).description(d.description).tags(["router"]).editable()
+         .refresh("30s").time("now-6h", "now").timezone("utc").version(1)
+         .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus")))
     for i, p in enumerate(d.panels):
-        if x + p.width > 24:
-            x, y = 0, y + 8
-        panels.append(_panel(p, i + 1, x, y))
-        x += p.width
-    return {
-        "uid": d.uid, "title": d.title, "description": d.description, "tags": ["router"],
-        "editable": True, "schemaVersion": 39, "version": 1, "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"}, "timezone": "utc",
-        "templating": {"list": [{"name": "datasource", "label": "Prometheus", "type": "datasource",
-                                 "query": "prometheus", "current": {}, "hide": 0}]},
-        "annotations": {"list": []}, "links": [], "panels": panels,
-    }
+        b = b.with_panel(_panel(p, i + 1))
+    return json.loads(json.dumps(b.build(), cls=JSONEncoder))
 
 
 def write_all(directory: str, dashboards: Sequence[Dashboard] = DASHBOARDS) -> list[str]:
