@@ -166,10 +166,18 @@ class AiohttpTransport(Transport):
 
 
 class ProviderTransport(Transport):
-    """The default: aiohttp for OpenAI-compatible providers, litellm (loaded on first use) for `kind: litellm`."""
+    """The default: `http` for OpenAI-compatible providers, litellm (loaded on first use) for `kind: litellm`.
+
+    `http` defaults to `router.http1.Http1Transport` (a lean HTTP/1.1 keep-alive client); pass
+    ``AiohttpTransport()`` to use aiohttp's client instead.
+    """
 
     def __init__(self, http: Transport | None = None):
-        self.http = http or AiohttpTransport()
+        if http is None:
+            from .http1 import Http1Transport
+
+            http = Http1Transport()
+        self.http = http
         self._litellm: Transport | None = None
 
     async def send(self, call: UpstreamCall, *, connect_s: float, read_s: float | None,
