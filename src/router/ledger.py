@@ -21,6 +21,7 @@ import atexit
 import collections
 import contextlib
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -29,7 +30,7 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
@@ -74,7 +75,7 @@ class LedgerRecord:
 
     @classmethod
     def from_info(cls, info: RouterInfo) -> LedgerRecord:
-        attempts = orjson.dumps([a.to_dict() for a in info.attempts]).decode()
+        attempts = orjson.dumps(info.attempts).decode()  # orjson writes dataclasses as asdict() would
         return cls(info.request_id, info.created, info.tenant, info.task, info.task_source, info.route,
                    info.provider, info.model, info.upstream_model, info.region, info.prompt_tokens,
                    info.completion_tokens, info.reasoning_tokens, info.usage_estimated, info.cost_usd,
@@ -83,6 +84,7 @@ class LedgerRecord:
 
 
 COLUMNS = tuple(f.name for f in fields(LedgerRecord))
+_row = operator.attrgetter(*COLUMNS)  # a record as a row tuple; what astuple() gives, without its deep copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,7 @@ class SQLiteLedger(Ledger):
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(sql, [astuple(r) for r in records])
+                self._conn.executemany(sql, [_row(r) for r in records])
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -291,7 +293,7 @@ class PostgresLedger(Ledger):
             try:
                 conn = self._connection()
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(sql, [astuple(r) for r in records])
+                    cur.executemany(sql, [_row(r) for r in records])
             except Exception:
                 self._drop()
                 raise

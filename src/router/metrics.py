@@ -105,28 +105,74 @@ class PrometheusMeter(Meter):
         self.ledger_dropped_records = Counter("router_ledger_dropped_records_total",
                                               "Records dropped because the ledger buffer was full.", registry=reg)
         self.ledger_pending_records.set(0)
+        self._cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._attempt_cache: dict[tuple[str, str, str], Any] = {}
+        self._inflight_cache: dict[str, Any] = {}
 
     # -- Meter
+    def _children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The label children one request touches, looked up once per label combination.
+
+        prometheus_client's ``labels()`` returns the same child for the same values, so caching
+        it changes nothing but the cost (a lock, a tuple and a dict lookup per metric per request).
+        Children are created exactly when the uncached code would create them (a child is a
+        visible series, even at 0).
+        """
+        route, task, task_source, provider, model, status, tenant, has_provider = key
+        t = (tenant,) if self.tenant_label else ()
+        p, m = provider or NONE, model or NONE
+        children = (
+            self.requests.labels(route, task or NONE, p, m, status, *t),
+            self.duration.labels(route, p),
+            self.classifier.labels(task, task_source or NONE) if task else None,
+            tuple(self.tokens.labels(p, m, kind) for kind in ("prompt", "completion", "reasoning"))
+            if has_provider else None,
+            self.cost.labels(route, p, m, *t) if has_provider else None,
+            [None, None, None],  # ttft, reference cost, savings: created on first use
+        )
+        if len(self._cache) > 10_000:  # labels are bounded by the policy; this only guards against surprises
+            self._cache.clear()
+        self._cache[key] = children
+        return children
+
     def record(self, info: RouterInfo) -> None:
-        route, provider, model = _v(info.route), _v(info.provider), _v(info.model)
-        t = (_v(info.tenant),) if self.tenant_label else ()
-        self.requests.labels(route, _v(info.task), provider, model, info.status, *t).inc()
-        self.duration.labels(route, provider).observe(info.latency_s)
+        route, provider = info.route or NONE, info.provider
+        key = (route, info.task, info.task_source, provider, info.model, info.status,
+               (info.tenant or NONE) if self.tenant_label else None, provider is not None)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._children(key)
+        requests, duration, classifier, tokens, cost, lazy = children
+        requests.inc()
+        duration.observe(info.latency_s)
         if info.ttft_s is not None:
-            self.ttft.labels(route, provider).observe(info.ttft_s)
-        if info.task:
-            self.classifier.labels(info.task, _v(info.task_source)).inc()
-        if info.provider is not None:
-            for kind, n in (("prompt", info.prompt_tokens), ("completion", info.completion_tokens),
-                            ("reasoning", info.reasoning_tokens)):
-                self.tokens.labels(provider, model, kind).inc(n)
-            self.cost.labels(route, provider, model, *t).inc(info.cost_usd)
+            ttft = lazy[0]
+            if ttft is None:
+                ttft = lazy[0] = self.ttft.labels(route, provider or NONE)
+            ttft.observe(info.ttft_s)
+        if classifier is not None:
+            classifier.inc()
+        if tokens is not None:
+            tokens[0].inc(info.prompt_tokens)
+            tokens[1].inc(info.completion_tokens)
+            tokens[2].inc(info.reasoning_tokens)
+            cost.inc(info.cost_usd)
         if info.reference_cost_usd is not None:
-            self.reference_cost.labels(route, *t).inc(info.reference_cost_usd)
-            self.savings.labels(route, *t).inc(max(0.0, info.reference_cost_usd - info.cost_usd))
+            if lazy[1] is None:
+                t = (info.tenant or NONE,) if self.tenant_label else ()
+                lazy[1], lazy[2] = self.reference_cost.labels(route, *t), self.savings.labels(route, *t)
+            lazy[1].inc(info.reference_cost_usd)
+            lazy[2].inc(max(0.0, info.reference_cost_usd - info.cost_usd))
         prev = None
+        attempts = self._attempt_cache
         for a in info.attempts:
-            self.attempts.labels(a.provider, a.model, a.outcome).inc()
+            akey = (a.provider, a.model, a.outcome)
+            child = attempts.get(akey)
+            if child is None:
+                if len(attempts) > 10_000:
+                    attempts.clear()
+                child = attempts[akey] = self.attempts.labels(*akey)
+            child.inc()
             if prev is not None and (prev.provider, prev.model) != (a.provider, a.model):
                 self.fallbacks.labels(route, prev.outcome).inc()
             prev = a
@@ -139,7 +185,10 @@ class PrometheusMeter(Meter):
             self.provider_state.labels(model.provider, model.alias).set(0)
 
     def track_inflight(self, provider: str, delta: int) -> None:
-        self.inflight.labels(provider).inc(delta)
+        child = self._inflight_cache.get(provider)
+        if child is None:
+            child = self._inflight_cache[provider] = self.inflight.labels(provider)
+        child.inc(delta)
 
     # -- budget and ledger hooks
     def budget_remaining(self, tenant: str, usd: float) -> None:
