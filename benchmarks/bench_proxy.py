@@ -2,21 +2,26 @@
 
     apt-get install -y wrk                       # Debian/Ubuntu; the benchmark stops if wrk is missing
     python benchmarks/bench_proxy.py             # ~1 minute on 2 cores
-    python benchmarks/bench_proxy.py --litellm --portkey   # side by side (see docs/proxy.md)
+    python benchmarks/bench_proxy.py --litellm --litellm-bin /tmp/lvenv/bin/litellm --portkey
+                                                 # side by side (see benchmarks/README.md)
 
 What runs, all on 127.0.0.1 in this one run:
 
-- a static upstream (raw asyncio, uvloop when installed) answering every POST with a fixed
-  chat.completion (or, for ``"stream": true``, a fixed SSE stream);
-- ``router serve`` with one worker, routing ``model: auto`` through the classifier, with the
-  Prometheus meter on, pointed at that upstream;
+- the static upstream, ``benchmarks/static_upstream.py`` (raw asyncio, uvloop when installed),
+  answering every POST with a fixed chat.completion (or, for ``"stream": true``, a fixed SSE
+  stream);
+- ``router serve`` with one worker and its default meters, pointed at that upstream: routing
+  ``model: auto`` through the classifier, the Prometheus meter and the SQLite ledger (in a temp
+  directory) on;
 - wrk with a Lua script POSTing a chat body, for 1, 16 and 64 connections, straight to the
   upstream (the baseline) and through each proxy.
 
 It prints requests/s, the latency the proxy adds (proxy minus direct, p50 and p99), the
 streaming time-to-first-token the proxy adds, the proxy's RSS and its time to ready.
-Optional: ``--litellm`` (``pip install 'litellm[proxy]'``) and ``--portkey`` (needs node and npm;
-``npm install @portkey-ai/gateway`` runs in a temp dir) for the same runs against those proxies.
+Optional: ``--litellm`` (the LiteLLM proxy; ``--litellm-bin`` names its executable, e.g. from a
+venv, see benchmarks/README.md) and ``--portkey`` (needs node and npm; ``npm install
+@portkey-ai/gateway`` runs in a temp dir unless ``--portkey-dir`` has it) for the same runs
+against those proxies.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -39,71 +45,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 CHAT_BODY = (b'{"model":"auto","messages":[{"role":"user","content":'
              b'"Write a Python function that merges two sorted lists."}],"max_tokens":32}')
-
-_COMPLETION = (b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model",'
-               b'"choices":[{"index":0,"message":{"role":"assistant","content":"def merge(a, b): ..."},'
-               b'"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":8,"total_tokens":28}}')
-_CHUNK = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-          b'"model":"bench-model","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
-_USAGE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-          b'"model":"bench-model","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":8,'
-          b'"total_tokens":28}}\n\n')
-_SSE = _CHUNK * 8 + _USAGE + b"data: [DONE]\n\n"
-
-
-def _http(status_body: bytes, content_type: bytes) -> bytes:
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
-            + str(len(status_body)).encode() + b"\r\n\r\n" + status_body)
-
-
-JSON_RESPONSE = _http(_COMPLETION, b"application/json")
-SSE_RESPONSE = _http(_SSE, b"text/event-stream")
-
-
-# ------------------------------------------------------------------------------------ upstream
-
-class _Upstream(asyncio.Protocol):
-    """Minimal HTTP/1.1 keep-alive server: any request with a body gets the fixed answer."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                break
-            head = buf[:end].lower()
-            m = re.search(rb"content-length:\s*(\d+)", head)
-            n = int(m.group(1)) if m else 0
-            if len(buf) < end + 4 + n:
-                break
-            body = buf[end + 4:end + 4 + n]
-            buf = buf[end + 4 + n:]
-            if head.startswith(b"get"):
-                self.t.write(_http(b'{"object":"list","data":[]}', b"application/json"))
-            else:
-                self.t.write(SSE_RESPONSE if b'"stream":true' in body.replace(b" ", b"") else JSON_RESPONSE)
-        self.buf = buf
-
-
-def run_upstream(port: int) -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(_Upstream, "127.0.0.1", port, backlog=2048))
-    print("ready", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        loop.run_forever()
-    server.close()
-
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -129,7 +73,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> float
 
 @contextlib.contextmanager
 def process(cmd: list[str], **kw) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+    kw.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True, **kw)
     try:
         yield proc
     finally:
@@ -212,13 +157,11 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
     p.add_argument("--connections", default="1,16,64")
     p.add_argument("--litellm", action="store_true", help="also run the LiteLLM proxy (litellm[proxy])")
+    p.add_argument("--litellm-bin", default="litellm",
+                   help="the LiteLLM proxy executable (default: `litellm` on PATH), e.g. /tmp/lvenv/bin/litellm")
     p.add_argument("--portkey", action="store_true", help="also run the Portkey gateway (node, npm)")
     p.add_argument("--portkey-dir", help="an existing `npm install @portkey-ai/gateway` prefix to reuse")
-    p.add_argument("--upstream", type=int, help=argparse.SUPPRESS)  # internal: serve the static upstream
     args = p.parse_args()
-    if args.upstream:
-        run_upstream(args.upstream)
-        return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or build it from "
               "https://github.com/wg/wrk", file=sys.stderr)
@@ -250,18 +193,23 @@ def main() -> int:
     conns = [int(c) for c in args.connections.split(",")]
     targets: list[tuple[str, str, dict[str, str]]] = []
     with contextlib.ExitStack() as stack:
-        up = stack.enter_context(process([sys.executable, __file__, "--upstream", str(up_port)]))
+        up = stack.enter_context(process([sys.executable, str(HERE / "static_upstream.py"), str(up_port)]))
         wait_ready(upstream + "/models", up)
         targets.append(("direct", upstream + "/chat/completions", {}))
 
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}
-        px = stack.enter_context(process([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy),
-                                          "--port", str(px_port)], env=env))
+        # the default `router serve` setup: one process, Prometheus meter, SQLite ledger
+        env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "ROUTER_LEDGER")}
+        log = tmp / "router.log"
+        with open(log, "wb") as err:
+            px = stack.enter_context(process([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy),
+                                              "--port", str(px_port), "--ledger", str(tmp / "ledger.db")],
+                                             env=env, stderr=err))
         ready_s = wait_ready(f"http://127.0.0.1:{px_port}/readyz", px)
+        loop_name = m.group(1) if (m := re.search(r"event loop: (\w+)", log.read_text())) else "unknown"
         targets.append(("router", f"http://127.0.0.1:{px_port}/v1/chat/completions", {}))
 
         if args.litellm:
-            targets.append(start_litellm(stack, tmp, upstream))
+            targets.append(start_litellm(stack, tmp, upstream, args.litellm_bin))
         if args.portkey:
             targets.append(start_portkey(stack, Path(args.portkey_dir) if args.portkey_dir else tmp, upstream))
 
@@ -274,8 +222,8 @@ def main() -> int:
         ttft_router = ttft(f"http://127.0.0.1:{px_port}/v1/chat/completions")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{px_port}/metrics").read().decode()
 
-    print(f"\nrouter serve, 1 worker, {os.cpu_count()} cores, wrk -t1 {args.seconds:g}s per run, "
-          f"model=auto (classifier on), Prometheus meter on\n")
+    print(f"\nrouter serve, 1 worker, {loop_name} event loop, {os.cpu_count()} cores, wrk -t1 {args.seconds:g}s "
+          f"per run, model=auto (classifier on), Prometheus meter and SQLite ledger on\n")
     print(f"{'conns':>5} {'target':>8} {'req/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'added p50':>9} {'added p99':>9} {'non-2xx':>7}")
     for c in conns:
@@ -298,24 +246,26 @@ def main() -> int:
     return 0
 
 
-def start_litellm(stack: contextlib.ExitStack, tmp: Path, upstream: str) -> tuple[str, str, dict[str, str]]:
-    exe = shutil.which("litellm")
+def start_litellm(stack: contextlib.ExitStack, tmp: Path, upstream: str,
+                  exe_name: str = "litellm") -> tuple[str, str, dict[str, str]]:
+    exe = shutil.which(exe_name)
     if exe is None:
-        raise SystemExit("litellm proxy not installed: pip install 'litellm[proxy]'")
+        raise SystemExit(f"LiteLLM proxy not found ({exe_name}): see benchmarks/README.md for a venv recipe")
     port = free_port()
+    key = "sk-" + secrets.token_hex(16)  # the proxy refuses well-known master keys
     cfg = tmp / "litellm.yaml"
     cfg.write_text(textwrap.dedent(f"""\
         model_list:
           - model_name: auto
             litellm_params: {{model: openai/bench-model, api_base: "{upstream}", api_key: none}}
-        general_settings: {{master_key: sk-bench-1b2c3d}}
+        general_settings: {{master_key: {key}}}
         litellm_settings: {{drop_params: true}}
         """))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
     proc = stack.enter_context(process([exe, "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
                                        env=env))
-    wait_ready(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=120)
-    return "litellm", f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": "Bearer sk-bench-1b2c3d"}
+    wait_ready(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=180)
+    return "litellm", f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {key}"}
 
 
 def start_portkey(stack: contextlib.ExitStack, prefix: Path, upstream: str) -> tuple[str, str, dict[str, str]]:
