@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from router.classifier import MODEL_FORMAT, TASKS, extract_features  # noqa: E402
+from router.classifier import MODEL_FORMAT, TASKS, extract_features, feature_norm  # noqa: E402
 
 DEFAULT_DATA = ROOT / "data" / "tasks" / "train.jsonl"
-DEFAULT_EXTRA = [ROOT / "data" / "tasks" / "extra.jsonl"]
+DEFAULT_EXTRA = [ROOT / "data" / "tasks" / "extra.jsonl", ROOT / "data" / "tasks" / "extra_weak_spots.jsonl"]
 DEFAULT_OUT = ROOT / "src" / "router" / "data" / "task_model.json.gz"
 HOLDOUT_PERCENT = 20
 
@@ -81,8 +81,8 @@ def vectorise(feats: list[dict[str, float]], vocab: dict[str, int]):
 
     indptr, indices, values = [0], [], []
     for f in feats:
-        # The runtime normalises over all features, known to the model or not; so does training.
-        norm = sum(v * v for v in f.values()) ** 0.5 or 1.0
+        # The runtime normalises over all features but stems, known to the model or not; so does training.
+        norm = feature_norm(f)
         for name, v in f.items():
             j = vocab.get(name)
             if j is not None:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled JSONL with the held-out split")
     ap.add_argument("--extra", type=Path, action="append", help="more labelled JSONL, trained on in full")
-    ap.add_argument("--no-default-extra", action="store_true", help="don't add data/tasks/extra.jsonl")
+    ap.add_argument("--no-default-extra", action="store_true", help="don't add data/tasks/extra*.jsonl")
     ap.add_argument("--extra-weight", type=float, default=3.0, help="sample weight of --extra rows")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--c", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "weights": weights_out,
     }
-    payload = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    payload = json.dumps(data, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as fh:
         fh.write(payload)

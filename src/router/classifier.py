@@ -44,6 +44,7 @@ __all__ = [
     "classify",
     "detect_language",
     "extract_features",
+    "feature_norm",
 ]
 
 TASKS = ("coding", "reasoning", "general")
@@ -74,53 +75,103 @@ class Classification:
 # Features
 # ---------------------------------------------------------------------------------------------
 
-# Tokens: letter runs, digit runs and single symbols. ASCII text (most traffic) takes the faster
-# pattern; Python's re costs ~20 us per 1,000 characters per pass, so passes are counted.
-_ASCII_TOKENS = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
-_TOKENS = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
+# Features are computed on the UTF-8 bytes of the lower-cased text with two C-level translations
+# and splits, so a request costs a handful of passes over at most ~2,000 characters and one dict
+# look-up per distinct feature; no regex runs on ASCII text (most traffic).
+#   words:  ASCII punctuation -> space, digits 1-9 -> "0" (numbers matter by length, not value)
+#   symbols: letters, digits and non-ASCII bytes -> space, so runs such as "();", "=>", "```" remain
+_WORD_BYTES = bytearray(range(256))
+_SYMBOL_BYTES = bytearray(range(256))
+for _i in range(256):
+    _c = chr(_i)
+    if _i < 128 and not _c.isalnum():
+        _WORD_BYTES[_i] = 32
+    elif _c in "123456789":
+        _WORD_BYTES[_i] = 48
+    if _i >= 128 or _c.isalnum() or _c.isspace():
+        _SYMBOL_BYTES[_i] = 32
+_WORD_TABLE, _SYMBOL_TABLE = bytes(_WORD_BYTES), bytes(_SYMBOL_BYTES)
+del _WORD_BYTES, _SYMBOL_BYTES, _i, _c
+_PAIR_WORDS = 120  # word pairs come from the first 120 words of a text only
+_ASCII = frozenset(map(chr, range(128)))
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
-_CJK_CHARS = 400  # each CJK character yields two features; this caps them
-_ZERO_DIGITS = str.maketrans("123456789", "000000000")  # fast on ASCII text only
-_NONZERO_DIGIT = re.compile(r"[1-9]")
-# Shape markers found by substring tests, which cost well under a microsecond each.
-_SHAPES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("__fence", ("```",)),
-    (
-        "__trace",
-        (
-            "Traceback (most recent", "Error:", "Exception:", "Exception in", "error:", "error[",
-            "panicked at", "ERR!", "FATAL", "Segmentation fault", 'File "', "\tat ", "    at ",
-            "exit code", "exit status", "Uncaught ", "errno", "stack trace", "Warning:",
-        ),
-    ),
-    ("__codeline", (";\n", "{\n", "}\n", "):\n", "\n    ", "\n\t", "=>", "->", "();", "!=", "==", "&&", "||")),
-    ("__path", (".py", ".js", ".ts", ".go", ".rs", ".java", ".cpp", ".yaml", ".yml", ".json", ".sh", ".sql", "~/", "./")),
-)
+_MARKERS = frozenset({"__tab", "__err", "__tool"})
+_CJK_CHARS = 400  # CJK character pairs come from the first 400 CJK characters only
 
 
-def _text_features(text: str) -> set[str]:
-    """Binary features of one piece of text (bounded by the caller)."""
-    feats = {name for name, marks in _SHAPES if any(map(text.__contains__, marks))}
-    # Numbers by length only ("0", "00"...): word problems carry numbers, their values don't matter.
+def _text_keys(text: str) -> tuple[set, set]:
+    """The distinct features of one piece of text (bounded by the caller), as two sets of keys.
+
+    ``tokens``: words and symbol runs (``bytes``), single symbols, CJK characters and CJK character
+    pairs (``str``), and the markers ``"__tab"`` (indented lines) and ``"__err"`` (error text);
+    ``pairs``: adjacent words (``tuple`` of two ``bytes``). Key types keep the kinds apart.
+
+    Every ``bytes`` token longer than six also counts once for its stem (:func:`_stem`), so
+    inflections (functions, Funktionen, функцию) share weight; the model folds stem weights into
+    the words it knows, so only unknown words need their stem computed.
+    """
     lowered = text.lower()
-    if lowered.isascii():
-        words = _ASCII_TOKENS.findall(lowered.translate(_ZERO_DIGITS))
-    else:
-        words = _TOKENS.findall(_NONZERO_DIGIT.sub("0", lowered))
+    raw = lowered.encode("utf-8", "surrogatepass")
+    words = raw.translate(_WORD_TABLE).split()
+    tokens = set(words)
+    symbols = raw.translate(_SYMBOL_TABLE).split()
+    tokens.update(symbols)
+    tokens.update(b"".join(symbols).decode())  # each ASCII symbol on its own, as a str
+    pairs = set(zip(words[:_PAIR_WORDS], words[1:_PAIR_WORDS]))
+    if len(raw) != len(lowered):  # not ASCII
+        # Non-ASCII symbols (€, ×, ≤, 。) on their own; CJK text has no spaces, so its characters and
+        # character pairs stand in for words. Letters of alphabets (é, я) are only part of words.
+        tokens.update([c for c in set(lowered) - _ASCII if not c.isalpha()])
         budget = _CJK_CHARS
         for run in _CJK.findall(lowered):
-            # CJK has no spaces: characters and character bigrams stand in for words.
             run = run[:budget]
-            feats.update(run)
-            feats.update(map(str.__add__, run, run[1:]))
+            tokens.update(run)
+            tokens.update(map(str.__add__, run, run[1:]))
             budget -= len(run)
             if budget <= 0:
                 break
-    feats.update(words)
-    feats.update(map(" ".join, zip(words, words[1:], strict=False)))
-    # A five-letter stem of long words, so inflections (functions, Funktionen, функцию) share weight.
-    feats.update([w[:5] + "~" for w in words if len(w) > 6])
-    return feats
+    # Two shape markers that words miss: indented lines (code, stack frames) and error messages.
+    if b"\n  " in raw or b"\n\t" in raw:
+        tokens.add("__tab")
+    if b"error:" in raw or b"exception" in raw:
+        tokens.add("__err")
+    return tokens, pairs
+
+
+def _stem(word: bytes) -> bytes:
+    """The first five letters (ASCII) or ten bytes (other scripts) of a token longer than six."""
+    return word[:5] if word[0] < 128 else word[:10]
+
+
+def _decode(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def _feature_name(key: object) -> str:
+    """The name a key has in the model file: ``word``, ``();``, ``word word``, ``c:中``, ``__err``.
+
+    (Stems are named ``stem~``.) The forms can't be confused: words have no symbols, symbol runs no
+    letters, only pairs have a space, and ``c:`` and ``__`` start neither.
+    """
+    if isinstance(key, bytes):
+        return _decode(key)
+    if isinstance(key, tuple):
+        return _decode(key[0]) + " " + _decode(key[1])
+    return key if key in _MARKERS else "c:" + key  # type: ignore[operator]  # c:( c:€ c:中 c:中文
+
+
+def _feature_key(name: str) -> tuple[bool, object]:
+    """Inverse of the naming: (is a stem, key)."""
+    if name in _MARKERS:
+        return False, name
+    if name.startswith("c:") and len(name) in (3, 4):
+        return False, name[2:]
+    if " " in name:
+        a, b = name.split(" ", 1)
+        return False, (a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
+    if name.endswith("~") and len(name) > 1 and (name[0].isalnum() or not name[0].isascii()):
+        return True, name[:-1].encode("utf-8", "surrogateescape")
+    return False, name.encode("utf-8", "surrogateescape")
 
 
 def _content_text(content: object) -> str:
@@ -198,29 +249,52 @@ def _split(messages: Sequence[Mapping], tools: Sequence | None) -> tuple[str, li
     return main, context
 
 
-def _feature_sets(messages: Sequence[Mapping], tools: Sequence | None) -> tuple[set[str], set[str]]:
-    """(features of the last user turn, features only the context has)."""
+_Keys = tuple[set, set]
+_NO_KEYS: _Keys = (set(), set())
+
+
+def _feature_sets(messages: Sequence[Mapping], tools: Sequence | None) -> tuple[_Keys, _Keys | None]:
+    """(keys of the last user turn, keys only the context has, or None without context)."""
     main, context = _split(messages, tools)
-    feats = _text_features(main) if main else set()
+    keys = _text_keys(main) if main else _NO_KEYS
     if not context:
-        return feats, set()
-    ctx = _text_features("\n".join(context))
-    ctx.difference_update(feats)
+        return keys, None
+    ctx = _text_keys("\n".join(context))
+    ctx[0].difference_update(keys[0])
+    ctx[1].difference_update(keys[1])
     if tools:
-        ctx.add("__tools")
-    return feats, ctx
+        ctx[0].add("__tool")
+    return keys, ctx
 
 
 def extract_features(messages: Sequence[Mapping], tools: Sequence | None = None) -> dict[str, float]:
-    """Feature name -> weight for a conversation: 1.0 from the last user turn, else CONTEXT_WEIGHT.
+    """Feature name -> value for a conversation: 1.0 from the last user turn, else CONTEXT_WEIGHT.
 
-    >>> sorted(extract_features([{"role": "user", "content": "hi there"}]).items())
-    [('hi', 1.0), ('hi there', 1.0), ('there', 1.0)]
+    Stems (``name~``) count the distinct long tokens that share them and stay out of the norm
+    (:func:`feature_norm`).
+
+    >>> sorted(extract_features([{"role": "user", "content": "Hi there, functions!"}]).items())
+    [('!', 1.0), (',', 1.0), ('c:!', 1.0), ('c:,', 1.0), ('functions', 1.0), ('funct~', 1.0), ('hi', 1.0), ('hi there', 1.0), ('there', 1.0), ('there functions', 1.0)]
     """
     main, ctx = _feature_sets(messages, tools)
-    feats = dict.fromkeys(main, 1.0)
-    feats.update(dict.fromkeys(ctx, CONTEXT_WEIGHT))
+    feats: dict[str, float] = {}
+    for keys, weight in ((ctx, CONTEXT_WEIGHT), (main, 1.0)):
+        if keys is None:
+            continue
+        tokens, pairs = keys
+        feats.update(dict.fromkeys(map(_feature_name, tokens), weight))
+        feats.update(dict.fromkeys(map(_feature_name, pairs), weight))
+    for keys, weight in ((main, 1.0), (ctx, CONTEXT_WEIGHT)):
+        for token in keys[0] if keys else ():
+            if isinstance(token, bytes) and len(token) > 6:
+                name = _decode(_stem(token)) + "~"
+                feats[name] = feats.get(name, 0.0) + weight
     return feats
+
+
+def feature_norm(features: Mapping[str, float]) -> float:
+    """The L2 norm the model divides by: over all features except stems, known to it or not."""
+    return math.sqrt(sum(v * v for name, v in features.items() if not _feature_key(name)[0])) or 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +309,7 @@ class Classifier:
     ``{"format", "classes", "bias", "temperature", "weights": {feature: [w per class]}}``.
     """
 
-    __slots__ = ("_weights", "bias", "classes", "temperature")
+    __slots__ = ("_bias", "_scale", "_stems", "_weights", "bias", "classes", "temperature")
 
     def __init__(
         self,
@@ -249,14 +323,25 @@ class Classifier:
         self.classes = tuple(classes)
         self.bias = tuple(float(b) for b in bias)
         self.temperature = float(temperature)
+        self._bias = ((self.bias[1] - self.bias[0]) / self.temperature, (self.bias[2] - self.bias[0]) / self.temperature)
+        self._scale = 1.0 / (self.temperature * _FIXED)
         # Softmax only needs the scores of classes 1 and 2 relative to class 0. Both differences ride
         # in one complex number per feature, so a single C-level sum(map(dict.get, ...)) scores both.
         # The parts are fixed-point integers (exact in floats), so the sum is exact in any order and
         # the result doesn't depend on set iteration order (which varies with PYTHONHASHSEED).
-        self._weights = {
-            f: complex(round((float(w[1]) - float(w[0])) * _FIXED), round((float(w[2]) - float(w[0])) * _FIXED))
-            for f, w in weights.items()
-        }
+        # Keys are what _text_keys produces (bytes, str, tuples); stems have their own table.
+        self._weights: dict[object, complex] = {}
+        self._stems: dict[bytes, complex] = {}
+        for name, w in weights.items():
+            stem, key = _feature_key(name)
+            (self._stems if stem else self._weights)[key] = complex(  # type: ignore[index]
+                round((float(w[1]) - float(w[0])) * _FIXED), round((float(w[2]) - float(w[0])) * _FIXED)
+            )
+        # Fold each stem into the long words the model knows, so a known word costs one look-up;
+        # an unknown long word (the rest) looks its stem up in _stems.
+        for key, value in self._weights.items():
+            if isinstance(key, bytes) and len(key) > 6:
+                self._weights[key] = value + self._stems.get(_stem(key), 0j)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> Classifier:
@@ -266,17 +351,24 @@ class Classifier:
             raise ValueError(f"{path}: not a {MODEL_FORMAT} model (format={data.get('format')!r})")
         return cls(data["classes"], data["bias"], data["weights"], data.get("temperature", 1.0))
 
-    def _probabilities(self, main: set[str], ctx: set[str]) -> tuple[float, float, float]:
-        # Features are L2-normalised (over all of them, known or not) so length doesn't matter.
-        norm = math.sqrt(len(main) + CONTEXT_WEIGHT * CONTEXT_WEIGHT * len(ctx)) or 1.0
-        scale = 1.0 / (norm * self.temperature * _FIXED)
-        b0, b1, b2 = self.bias
-        get = self._weights.get
-        s = sum(map(get, main, repeat(0j)))
-        if ctx:
-            s += CONTEXT_WEIGHT * sum(map(get, ctx, repeat(0j)))
-        z1 = s.real * scale + (b1 - b0) / self.temperature
-        z2 = s.imag * scale + (b2 - b0) / self.temperature
+    def _probabilities(self, main: _Keys, ctx: _Keys | None) -> tuple[float, float, float]:
+        # Features are binary (stems: counts) and L2-normalised over all non-stem features, known
+        # or not, so length alone doesn't decide. Key kinds never collide.
+        weights, stems = self._weights, self._stems
+        get, zero = weights.get, repeat(0j)
+        tokens, pairs = main
+        s = sum(map(get, tokens, zero)) + sum(map(get, pairs, zero))
+        s += sum(map(stems.get, [_stem(t) for t in tokens.difference(weights) if len(t) > 6], zero))
+        n = len(tokens) + len(pairs)
+        if ctx is not None:
+            tokens, pairs = ctx
+            c = sum(map(get, tokens, zero)) + sum(map(get, pairs, zero))
+            c += sum(map(stems.get, [_stem(t) for t in tokens.difference(weights) if len(t) > 6], zero))
+            s += CONTEXT_WEIGHT * c
+            n += CONTEXT_WEIGHT * CONTEXT_WEIGHT * (len(tokens) + len(pairs))
+        scale = self._scale / math.sqrt(n) if n else self._scale
+        z1 = s.real * scale + self._bias[0]
+        z2 = s.imag * scale + self._bias[1]
         top = max(0.0, z1, z2)
         e0, e1, e2 = math.exp(-top), math.exp(z1 - top), math.exp(z2 - top)
         total = e0 + e1 + e2

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from itertools import compress, repeat
+from operator import itemgetter
 
 __all__ = ["DEFAULT_LANGUAGE", "detect_language"]
 
@@ -210,25 +212,44 @@ def _script_language(script: str, runs: list[str], text: str) -> str:
     return _SCRIPT_LANG[script]
 
 
+# Stop-word and suffix evidence is scored in one C-level sum: every word maps to an int holding its
+# weight for each language in a 16-bit field (units of 1/60, so shared words split exactly).
+_LANGS = tuple(_STOPWORDS)
+_UNIT = 60
+_PACKED: dict[str, int] = {
+    w: sum(round(v * _UNIT) << (16 * _LANGS.index(lang)) for lang, v in langs.items())
+    for w, langs in _STOP_WEIGHT.items()
+}
+# Suffixes by their last two letters (in _SUFFIXES order), so most words need one set look-up.
+_SUFFIX_TAILS: dict[str, list[tuple[str, int]]] = {}
+for _suffix, _lang in _SUFFIXES:
+    _SUFFIX_TAILS.setdefault(_suffix[-2:], []).append((_suffix, round(0.5 * _UNIT) << (16 * _LANGS.index(_lang))))
+_LAST_TWO = itemgetter(slice(-2, None))
+_HINT_LETTERS = frozenset(_LETTER_HINTS)
+
+
 def _latin_language(text: str) -> str:
-    scores: dict[str, float] = {}
     lowered = text[:_LATIN_CHARS].lower()
-    for word in _WORD.findall(lowered):
-        hit = _STOP_WEIGHT.get(word)
-        if hit:
-            for lang, w in hit.items():
-                scores[lang] = scores.get(lang, 0.0) + w
-        elif len(word) > 4 and word.endswith(_ALL_SUFFIXES):
-            for suffix, lang in _SUFFIXES:
+    words = _WORD.findall(lowered)
+    get = _PACKED.get
+    packed = sum(map(get, words, repeat(0)))
+    # Only words whose last two letters end some suffix are checked against the suffixes.
+    for word in compress(words, map(_SUFFIX_TAILS.__contains__, map(_LAST_TWO, words))):
+        if len(word) > 4 and word not in _PACKED:
+            for suffix, value in _SUFFIX_TAILS[word[-2:]]:
                 if word.endswith(suffix):
-                    scores[lang] = scores.get(lang, 0.0) + 0.5
+                    packed += value
                     break
+    scores: dict[str, float] = {}
+    if packed:
+        for i, lang in enumerate(_LANGS):
+            v = (packed >> (16 * i)) & 0xFFFF
+            if v:
+                scores[lang] = v / _UNIT
     if not lowered.isascii():
-        for ch, (lang, w) in _LETTER_HINTS.items():
-            n = lowered.count(ch)
-            if n:
-                scores[lang] = scores.get(lang, 0.0) + w * min(n, 5)
+        for ch in sorted(_HINT_LETTERS.intersection(lowered)):
+            lang, w = _LETTER_HINTS[ch]
+            scores[lang] = scores.get(lang, 0.0) + w * min(lowered.count(ch), 5)
     if not scores:
         return DEFAULT_LANGUAGE
-    best = max(scores, key=lambda k: (scores[k], k == DEFAULT_LANGUAGE))
-    return best
+    return max(scores, key=lambda k: (scores[k], k == DEFAULT_LANGUAGE))
