@@ -111,26 +111,29 @@ async def start_proxies(n: int, policy_path, budgets: str, tmp_path) -> list[tup
     return out
 
 
-async def hammer(url: str) -> Tally:
+async def send(http: aiohttp.ClientSession, url: str, tally: Tally) -> None:
+    async with http.post(url + "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        body = await r.json()
+        if r.status == 200:
+            tally.costs.append(float(r.headers["x-router-cost-usd"]))
+        elif (r.status == 429 and r.headers.get("x-should-retry") == "false"
+              and body["error"]["type"] == "insufficient_quota"):
+            tally.rejected += 1
+        else:
+            tally.other.append(f"{r.status} {dict(r.headers)} {body}")
+
+
+async def hammer(url: str, tally: Tally, go: asyncio.Event) -> None:
     """PER_PROXY concurrent clients on one proxy, until it has rejected ENOUGH_REJECTIONS requests."""
-    tally = Tally()
-    headers = {"Authorization": f"Bearer {KEY}"}
-
-    async def client(http: aiohttp.ClientSession) -> None:
-        while tally.rejected < ENOUGH_REJECTIONS and len(tally.costs) < 1000 and len(tally.other) < 5:
-            async with http.post(url + "/v1/chat/completions", json=BODY, headers=headers) as r:
-                body = await r.json()
-                if r.status == 200:
-                    tally.costs.append(float(r.headers["x-router-cost-usd"]))
-                elif (r.status == 429 and r.headers.get("x-should-retry") == "false"
-                      and body["error"]["type"] == "insufficient_quota"):
-                    tally.rejected += 1
-                else:
-                    tally.other.append(f"{r.status} {dict(r.headers)} {body}")
-
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=PER_PROXY)) as http:
-        await asyncio.gather(*(client(http) for _ in range(PER_PROXY)))
-    return tally
+        await send(http, url, tally)   # warm: pool, Redis connection; else one proxy may start late and lose
+        await go.wait()
+
+        async def client() -> None:
+            while tally.rejected < ENOUGH_REJECTIONS and len(tally.costs) < 1000 and len(tally.other) < 5:
+                await send(http, url, tally)
+
+        await asyncio.gather(*(client() for _ in range(PER_PROXY)))
 
 
 def redis_spent(client, prefix: str) -> float:
@@ -148,8 +151,16 @@ async def test_two_proxies_one_tenant_overspend_at_most_one_request_per_replica(
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(url=sim.base_url, key=hash_key(KEY), limit=LIMIT))
     proxies = await start_proxies(2, policy, backend, tmp_path)
+    tallies = [Tally() for _ in proxies]
+    go = asyncio.Event()
     try:
-        tallies = await asyncio.gather(*(hammer(url) for _, url, _ in proxies))
+        runs = [asyncio.create_task(hammer(url, t, go)) for (_, url, _), t in zip(proxies, tallies, strict=True)]
+        while sum(len(t.costs) + len(t.other) for t in tallies) < len(proxies):   # both warm
+            if any(run.done() for run in runs):
+                break
+            await asyncio.sleep(0.01)
+        go.set()
+        await asyncio.gather(*runs)
     finally:
         for proc, _, _ in proxies:   # SIGTERM: settle every reservation and flush the ledger, then exit 0
             if proc.poll() is None:
