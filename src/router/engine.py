@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .decision import EMPTY_STATE, Decision, LiveState, decide
-from .errors import InvalidRequest, RequestError, UpstreamFailed
+from .errors import InvalidRequest, RequestError, UpstreamFailed, redact
 from .metering import Meter, record_all
 from .policy import Model, Policy, Provider
 from .response import Attempt, ChatCompletion, RouterInfo
@@ -222,7 +222,9 @@ class Engine:
         finally:
             resp.release()
         retry_after = parse_retry_after(resp.headers) if resp.status in (429, 503) else None
-        raise _Failure(f"http_{resp.status}", resp.status, _upstream_message(raw[:_ERROR_BODY_LIMIT]), retry_after)
+        message = redact(_upstream_message(raw[:_ERROR_BODY_LIMIT]),
+                         (provider.api_key.reveal(),) if provider.api_key is not None else ())
+        raise _Failure(f"http_{resp.status}", resp.status, message, retry_after)
 
     async def _run_attempts(self, req: _Request, candidates: list[Any], stream: bool,
                             body: Mapping[str, Any], once: Callable[..., Any]) -> Any:

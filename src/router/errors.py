@@ -18,7 +18,8 @@ printed without credentials.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,29 @@ __all__ = [
     "RequestError",
     "RouterError",
     "UpstreamFailed",
+    "redact",
 ]
+
+_SECRETISH = re.compile(
+    r"(?i)\b(?:sk|pk|rk|api[-_]?key|key)[-_][A-Za-z0-9_\-*.]{6,}"   # sk-..., sk-proj-..., key_...
+    r"|(?i:bearer)\s+[^\s\"']+"                                     # Authorization values
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"                              # user:password@ in URLs
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the given secret values, and anything shaped like a key or URL credentials, masked.
+
+    Upstream error messages can quote the key they rejected ("Incorrect API key provided: sk-...");
+    everything `router` reports from an upstream passes through here first.
+
+    >>> redact("Incorrect API key provided: sk-proj-abc123XYZ", ["sk-proj-abc123XYZ"])
+    'Incorrect API key provided: [redacted]'
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _SECRETISH.sub("[redacted]", text)
 
 
 class RouterError(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -166,17 +167,27 @@ class AiohttpTransport(Transport):
 
 
 class ProviderTransport(Transport):
-    """The default: `http` for OpenAI-compatible providers, litellm (loaded on first use) for `kind: litellm`.
+    """The default transport: picks a client per call.
 
-    `http` defaults to `router.http1.Http1Transport` (a lean HTTP/1.1 keep-alive client); pass
-    ``AiohttpTransport()`` to use aiohttp's client instead.
+    - ``kind: litellm`` providers: litellm, imported on first use.
+    - ``https://`` upstreams (public APIs): aiohttp's client: TLS, proxies and the long tail of
+      HTTP behaviour, where the network round trip dwarfs the client's own cost anyway.
+    - ``http://`` upstreams (self-hosted vLLM inside your network, loopback sidecars): the lean
+      HTTP/1.1 client in `router.http1`, which costs about half of aiohttp's per call
+      (benchmarks/README.md). ``ROUTER_HTTP_CLIENT=aiohttp`` uses aiohttp for these too.
+
+    Pass `http` / `https` to choose explicitly.
     """
 
-    def __init__(self, http: Transport | None = None):
+    def __init__(self, http: Transport | None = None, https: Transport | None = None):
+        self.https = https or AiohttpTransport()
         if http is None:
-            from .http1 import Http1Transport
+            if os.environ.get("ROUTER_HTTP_CLIENT", "").lower() == "aiohttp":
+                http = self.https
+            else:
+                from .http1 import Http1Transport
 
-            http = Http1Transport()
+                http = Http1Transport()
         self.http = http
         self._litellm: Transport | None = None
 
@@ -188,7 +199,10 @@ class ProviderTransport(Transport):
 
                 self._litellm = LitellmTransport()
             return await self._litellm.send(call, connect_s=connect_s, read_s=read_s, total_s=total_s)
-        return await self.http.send(call, connect_s=connect_s, read_s=read_s, total_s=total_s)
+        client = self.https if call.url.startswith("https:") else self.http
+        return await client.send(call, connect_s=connect_s, read_s=read_s, total_s=total_s)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.https is not self.http:
+            await self.https.aclose()
