@@ -241,3 +241,13 @@ async def test_served_requests_reach_the_ledger_and_provider_state(sim, serve, t
     ledger.close()
     assert row is not None and row.status == "ok"
     assert round(row.cost_usd, 2) == round(cost, 2) and abs(row.cost_usd - cost) < 1e-9
+
+
+async def test_workers_with_in_process_budgets_refuse_to_start(sim, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one") + "tenants:\n  t: {budget: {daily_usd: 1}}\n")
+    run = [sys.executable, "-m", "router.cli", "serve", "--policy", str(path), "--port", str(free_port()),
+           "--workers", "2", "--ledger", "none"]
+    env = {k: v for k, v in os.environ.items() if k != "ROUTER_BUDGETS"}
+    proc = await asyncio.to_thread(subprocess.run, run, capture_output=True, text=True, timeout=20, env=env)
+    assert proc.returncode == 1 and "--budgets redis://" in proc.stderr

@@ -94,7 +94,7 @@ class PrometheusMeter(Meter):
                             ("tenant",), "mostrecent")
         self.inflight = gauge("router_inflight_requests", "Upstream calls in flight.", ("provider",), "livesum")
         self.provider_state = gauge("router_provider_state",
-                                    "0 healthy, 1 degraded, 2 down (static 0 until health tracking lands).",
+                                    "0 healthy, 1 degraded (half-open or saturated), 2 down (circuit open or probe failed).",
                                     ("provider", "model"), "max")
         self.classifier = Counter("router_classifier_decisions_total", "How each request's task was chosen.",
                                   ("task", "source"), registry=reg)

@@ -250,6 +250,12 @@ def _supervise(opts: ServeOptions) -> int:
     policy = _load(opts.policy, "start")
     if policy is None:
         return 1
+    budgets = opts.budgets or os.environ.get("ROUTER_BUDGETS") or "memory"
+    if budgets == "memory" and any(t.budget is not None for t in policy.tenants.values()):
+        # Each worker would keep its own budget: a tenant could spend `workers` times its limit.
+        _say(f"refusing to start: {opts.policy} sets tenant budgets, and with --workers {opts.workers} "
+             "in-process budgets are per worker (fix: --budgets redis://host:6379/0, or --workers 1)")
+        return 1
     own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Before anything imports prometheus_client: it picks its value store at import time.
