@@ -92,11 +92,12 @@ for _i in range(256):
         _SYMBOL_BYTES[_i] = 32
 _WORD_TABLE, _SYMBOL_TABLE = bytes(_WORD_BYTES), bytes(_SYMBOL_BYTES)
 del _WORD_BYTES, _SYMBOL_BYTES, _i, _c
-_PAIR_WORDS = 120  # word pairs come from the first 120 words of a text only
-_ASCII = frozenset(map(chr, range(128)))
+_PAIR_WORDS = 80  # word pairs come from the first 80 words of a text only
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+_OTHER_SYMBOL = re.compile(r"[^\x00-\x7f\w]")  # non-ASCII, not a letter or digit: €, ×, ≤, 。
 _MARKERS = frozenset({"__tab", "__err", "__tool"})
-_CJK_CHARS = 400  # CJK character pairs come from the first 400 CJK characters only
+_CJK_CHARS = 60  # CJK characters and pairs come from the first 60 CJK characters only
+
 
 
 def _text_keys(text: str) -> tuple[set, set]:
@@ -121,10 +122,10 @@ def _text_keys(text: str) -> tuple[set, set]:
     if len(raw) != len(lowered):  # not ASCII
         # Non-ASCII symbols (€, ×, ≤, 。) on their own; CJK text has no spaces, so its characters and
         # character pairs stand in for words. Letters of alphabets (é, я) are only part of words.
-        tokens.update([c for c in set(lowered) - _ASCII if not c.isalpha()])
+        tokens.update(_OTHER_SYMBOL.findall(lowered))
         budget = _CJK_CHARS
-        for run in _CJK.findall(lowered):
-            run = run[:budget]
+        for match in _CJK.finditer(lowered):  # lazily: stop scanning once the budget is spent
+            run = match.group()[:budget]
             tokens.update(run)
             tokens.update(map(str.__add__, run, run[1:]))
             budget -= len(run)
