@@ -63,7 +63,7 @@ def _upstream_message(raw: bytes) -> str:
 class _Request:
     """Per-request state: the policy snapshot, the decision, the clock and what happened."""
 
-    __slots__ = ("call_index", "deadline", "decision", "engine", "info", "policy", "reservation", "retry", "started",
+    __slots__ = ("deadline", "decision", "engine", "info", "policy", "reservation", "retry", "started",
                  "upstream")
 
     def __init__(self, engine: Engine, policy: Policy, decision: Decision, info: RouterInfo, started: float):
