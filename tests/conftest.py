@@ -5,6 +5,10 @@ import pathlib
 
 import pytest
 
+# Shared fixtures of the metering suites (`sims`: the simulated providers of their policy); a test
+# module's own fixture of the same name wins over it.
+pytest_plugins = ("tests.metering_support",)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE_ENV = {"DEEPSEEK_API_KEY": "sk-ds-secret", "OPENAI_API_KEY": "sk-oa-secret", "MISTRAL_API_KEY": "sk-mi-secret"}
 

@@ -63,3 +63,12 @@ def service_url(var: str) -> str:
     if not url:
         pytest.skip(f"{var} is not set")
     return url
+
+
+@pytest.fixture
+async def sims():
+    """The simulated providers of POLICY, started for one test."""
+    s = await start_sims()
+    yield s
+    for sim in s.values():
+        await sim.stop()

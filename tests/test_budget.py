@@ -17,15 +17,7 @@ from router import Router
 from router.budget import InProcessBudget, RedisBudget, scopes_for
 from router.errors import BudgetExceeded
 
-from .metering_support import make_policy, msgs, policy_text, service_url, start_sims
-
-
-@pytest.fixture
-async def sims():
-    s = await start_sims()
-    yield s
-    for sim in s.values():
-        await sim.stop()
+from .metering_support import make_policy, msgs, policy_text, service_url
 
 
 @pytest.fixture

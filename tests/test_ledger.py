@@ -16,15 +16,7 @@ from router.errors import UpstreamFailed
 from router.ledger import LedgerMeter, LedgerRecord, PostgresLedger, SQLiteLedger, open_ledger
 from router.metrics import PrometheusMeter
 
-from .metering_support import make_policy, msgs, service_url, start_sims
-
-
-@pytest.fixture
-async def sims():
-    s = await start_sims()
-    yield s
-    for sim in s.values():
-        await sim.stop()
+from .metering_support import make_policy, msgs, service_url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from router import Router
 from router.budget import InProcessBudget
 from router.metrics import PrometheusMeter
 
-from .metering_support import make_policy, msgs, start_sims
+from .metering_support import make_policy, msgs
 
 NAMES = {"router_requests_total", "router_request_duration_seconds", "router_time_to_first_token_seconds",
          "router_tokens_total", "router_cost_usd_total", "router_savings_usd_total",
@@ -24,13 +24,6 @@ NAMES = {"router_requests_total", "router_request_duration_seconds", "router_tim
          "router_inflight_requests", "router_provider_state", "router_classifier_decisions_total",
          "router_ledger_pending_records"}
 
-
-@pytest.fixture
-async def sims():
-    s = await start_sims()
-    yield s
-    for sim in s.values():
-        await sim.stop()
 
 
 def families(body: bytes) -> dict[str, list]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from router.http1 import Http1Transport
-from router.transport import AiohttpTransport, ProviderTransport, Transport
 from router.translate import UpstreamCall
+from router.transport import AiohttpTransport, ProviderTransport, Transport
 
 
 class Recorder(Transport):

@@ -118,7 +118,7 @@ def _text_keys(text: str) -> tuple[set, set]:
     symbols = raw.translate(_SYMBOL_TABLE).split()
     tokens.update(symbols)
     tokens.update(b"".join(symbols).decode())  # each ASCII symbol on its own, as a str
-    pairs = set(zip(words[:_PAIR_WORDS], words[1:_PAIR_WORDS]))
+    pairs = set(zip(words[:_PAIR_WORDS], words[1:_PAIR_WORDS], strict=False))
     if len(raw) != len(lowered):  # not ASCII
         # Non-ASCII symbols (€, ×, ≤, 。) on their own; CJK text has no spaces, so its characters and
         # character pairs stand in for words. Letters of alphabets (é, я) are only part of words.
