@@ -299,6 +299,22 @@ async def test_request_errors_in_openai_shape(px, http, data, status, code):
         body = await r.json()
         assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["code"] == code
         assert r.headers["x-request-id"]
+    # refused requests are metered too, once each, under the id the client was given
+    records = [i for i in px.meter.records if i.request_id == r.headers["x-request-id"]]
+    assert len(records) == 1 and records[0].status == "error" and records[0].error
+
+
+async def test_auth_failures_are_metered_without_the_key(sims, http):
+    p = await start_proxy(sims, tenants=TENANTS)
+    try:
+        async with http.post(p.url + "/v1/chat/completions", json={"model": "auto", "messages": msgs()},
+                             headers={"Authorization": "Bearer sk-not-a-tenant"}) as r:
+            assert r.status == 401
+        rec = p.meter.records[-1]
+        assert rec.request_id == r.headers["x-request-id"] and rec.status == "error" and rec.tenant is None
+        assert "sk-not-a-tenant" not in repr(rec.to_dict())
+    finally:
+        await p.stop()
 
 
 async def test_unknown_task_and_residency_headers_are_400(px, http):

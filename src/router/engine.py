@@ -123,10 +123,7 @@ class Engine:
         try:
             decision = self.decide(body, task=task, residency=residency, tenant=tenant, policy=policy)
         except RequestError as e:
-            info = RouterInfo(rid, task or "", "hint" if task else "", 0.0, None, "", None, tenant=tenant,
-                              status="error", created=self.wall())
-            info.error = e.message
-            record_all(self.meters, info)
+            self.record_rejected(rid, e, task=task, tenant=tenant)
             raise
         info = RouterInfo(rid, decision.task, decision.task_source, decision.confidence, decision.language,
                           decision.route, decision.rule, tenant=decision.tenant, created=self.wall())
@@ -137,6 +134,13 @@ class Engine:
             self._finish(req, "error", error=e.message)
             raise
         return req, candidates
+
+    def record_rejected(self, request_id: str, error: RequestError, *, task: str | None = None,
+                        tenant: str | None = None) -> None:
+        """Meter a request refused before routing (bad input, auth, unknown model): it too leaves a record."""
+        info = RouterInfo(request_id, task or "", "hint" if task else "", 0.0, None, "", None, tenant=tenant,
+                          status="error", error=error.message, created=self.wall())
+        record_all(self.meters, info)
 
     def _finish(self, req: _Request, status: str, *, error: str | None = None) -> None:
         info = req.info

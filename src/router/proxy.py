@@ -272,6 +272,7 @@ class Proxy:
     async def chat_completions(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = _request_id(request)
         engine = self.engine
+        tenant = None
         try:
             tenant = self.authenticate(request, engine.policy)
             body = await self.read_json(request)
@@ -281,6 +282,10 @@ class Proxy:
             stream = body.get("stream")
             if stream is not None and type(stream) is not bool:
                 raise InvalidRequest("`stream` must be true or false", param="stream")
+        except RequestError as e:  # refused before the engine saw it: still one ledger record
+            engine.record_rejected(rid, e, tenant=tenant.name if tenant is not None else None)
+            return _error(e, rid)
+        try:
             headers = request.headers
             task = headers.get("X-Router-Task") or None
             residency = headers.get("X-Router-Residency") or None
