@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -35,8 +36,28 @@ __all__ = ["ChunkStream", "Engine", "new_request_id"]
 _ERROR_BODY_LIMIT = 4096
 
 
+_rid_prefix = ""
+_rid_counter = itertools.count()
+
+
+def _seed_request_ids() -> None:
+    """A fresh random prefix per process (and per forked worker) and a counter from zero."""
+    global _rid_prefix, _rid_counter
+    _rid_prefix = "req_" + os.urandom(8).hex()
+    _rid_counter = itertools.count()
+
+
+_seed_request_ids()
+os.register_at_fork(after_in_child=_seed_request_ids)
+
+
 def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+    """``req_`` + a random per-process prefix (16 hex digits) + a per-process counter (8 or more).
+
+    One ``os.urandom`` per process instead of per request; unique across processes, forked
+    workers and restarts because every process draws its own prefix.
+    """
+    return f"{_rid_prefix}{next(_rid_counter):08x}"
 
 
 class _Failure(Exception):
