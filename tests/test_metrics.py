@@ -52,8 +52,9 @@ async def serve_traffic(sims, prom: PrometheusMeter, extra: str = "") -> Router:
 TENANTS = "tenants:\n  acme: {budget: {daily_usd: 5}}\n"
 
 
-async def test_every_metric_is_exported_and_promtool_accepts_it(sims, tmp_path):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_every_metric_is_exported_and_promtool_accepts_it(sims, tmp_path, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     r = await serve_traffic(sims, prom, TENANTS)
     await r.aclose()
     body, ctype = prom.render()
@@ -70,8 +71,9 @@ async def test_every_metric_is_exported_and_promtool_accepts_it(sims, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-async def test_values_follow_the_requests(sims):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_values_follow_the_requests(sims, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     r = await serve_traffic(sims, prom, TENANTS)
     await r.aclose()
     body = prom.render()[0]
@@ -97,13 +99,14 @@ async def test_values_follow_the_requests(sims):
     assert samples(body, "router_time_to_first_token_seconds_count")[(("provider", "ds"), ("route", "reasoning"))] == 1
 
 
-async def test_tenant_is_a_label_only_when_the_policy_opts_in(sims):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_tenant_is_a_label_only_when_the_policy_opts_in(sims, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     r = await serve_traffic(sims, prom, TENANTS)
     await r.aclose()
     body = prom.render()[0]
     assert all("tenant" not in dict(k) for k in samples(body, "router_requests_total"))
-    prom2 = PrometheusMeter(tenant_label=True)
+    prom2 = PrometheusMeter(tenant_label=True, lock_free=lock_free)
     r2 = await serve_traffic(sims, prom2, TENANTS + "metering: {tenant_label: true}\n")
     await r2.aclose()
     body2 = prom2.render()[0]
@@ -111,8 +114,9 @@ async def test_tenant_is_a_label_only_when_the_policy_opts_in(sims):
     assert all(dict(k)["tenant"] == "acme" for k in samples(body2, "router_cost_usd_total"))
 
 
-async def test_labels_never_carry_request_ids_or_errors(sims):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_labels_never_carry_request_ids_or_errors(sims, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     r = Router(make_policy(sims), meters=[prom])
     sims["ds"].set_fault("status:500")
     sims["oa"].set_fault("status:500")
@@ -125,8 +129,9 @@ async def test_labels_never_carry_request_ids_or_errors(sims):
     assert all(len(v) < 40 and " " not in v for v in label_values)
 
 
-async def test_inflight_counts_calls_while_they_run(sims):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_inflight_counts_calls_while_they_run(sims, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     r = Router(make_policy(sims), meters=[prom])
     sims["gpu"].set_fault("delay:0.4")
     task = asyncio.create_task(r.acomplete(msgs(), task="coding"))
@@ -141,7 +146,7 @@ MP_CHILD = textwrap.dedent("""
     import sys
     from router.metrics import PrometheusMeter
     from router.response import RouterInfo
-    m = PrometheusMeter()
+    m = PrometheusMeter(lock_free=sys.argv[2] == "lock_free")
     info = RouterInfo("req_x", "coding", "hint", 1.0, None, "coding", None, provider="gpu", model="coder",
                       status="ok", cost_usd=0.25, latency_s=0.1)
     m.record(info)
@@ -150,10 +155,45 @@ MP_CHILD = textwrap.dedent("""
 """)
 
 
-def test_multiprocess_mode_aggregates_every_process(tmp_path):
+@pytest.mark.parametrize("mode", ["locked", "lock_free"])
+def test_multiprocess_mode_aggregates_every_process(tmp_path, mode):
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
-    subprocess.run([sys.executable, "-c", MP_CHILD, "record"], env=env, check=True, timeout=30)
-    out = subprocess.run([sys.executable, "-c", MP_CHILD, "render"], env=env, check=True, timeout=30,
+    subprocess.run([sys.executable, "-c", MP_CHILD, "record", mode], env=env, check=True, timeout=30)
+    out = subprocess.run([sys.executable, "-c", MP_CHILD, "render", mode], env=env, check=True, timeout=30,
                          capture_output=True).stdout
     cost = samples(out, "router_cost_usd_total")
     assert cost == {(("model", "coder"), ("provider", "gpu"), ("route", "coding")): 0.5}
+
+
+def test_lock_free_totals_equal_the_locked_series_exactly():
+    """Same records into both kinds of meter: every sample identical, bit for bit, scrape after scrape."""
+    import random
+
+    from router.response import Attempt, RouterInfo
+
+    rng = random.Random(7)
+    locked, free = PrometheusMeter(), PrometheusMeter(lock_free=True)
+    for round_ in range(3):
+        for i in range(500):
+            provider = rng.choice(["gpu", "ds", None])
+            attempts = [Attempt(p, p + "-m", rng.choice(["ok", "http_503", "timeout"]), rng.random(), 200)
+                        for p in rng.sample(["gpu", "ds", "oa"], rng.randint(0, 3))]
+            info = RouterInfo(f"req_{round_}_{i}", rng.choice(["coding", "general", ""]),
+                              rng.choice(["hint", "classifier", ""]), 1.0, None, rng.choice(["coding", "general"]),
+                              None, provider=provider, model=provider and provider + "-m",
+                              status=rng.choice(["ok", "error"]), cost_usd=rng.random() / 1000,
+                              latency_s=rng.expovariate(1.0), prompt_tokens=rng.randint(0, 900),
+                              completion_tokens=rng.randint(0, 900), reasoning_tokens=rng.randint(0, 9),
+                              attempts=attempts)
+            info.ttft_s = rng.choice([None, rng.random()])
+            info.reference_cost_usd = rng.choice([None, rng.random() / 500])
+            for meter in (locked, free):
+                meter.track_inflight("gpu", 1)
+                meter.record(info)
+                if i % 3:
+                    meter.track_inflight("gpu", -1)
+        def values(meter):
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for fam in meter.registry.collect() for s in fam.samples if not s.name.endswith("_created")}
+        assert values(free) == values(locked)
+        assert families(free.render()[0]).keys() == families(locked.render()[0]).keys()

@@ -6,7 +6,11 @@ outcome from small fixed sets. No keys, IPs, request ids or free text ever becom
 (``metering: {tenant_label: true}``); budgets are per tenant by nature.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes), values go to that directory
-and `render()` aggregates every process's files.
+and `render()` aggregates every process's files. In one process with ``lock_free=True`` (what
+`router serve` uses: one event loop records every request), `record()` adds to plain running
+totals instead of taking prometheus_client's lock per increment, and a collector registered
+ahead of the metrics copies them into the series whenever the registry is collected
+(`render()`, a scrape, ``get_sample_value``): the same values, summed in the same order.
 
 >>> meter = PrometheusMeter()                                   # doctest: +SKIP
 >>> body, content_type = meter.render()                         # doctest: +SKIP
@@ -15,6 +19,7 @@ and `render()` aggregates every process's files.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +39,21 @@ __all__ = ["BUCKETS", "PrometheusMeter"]
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 NONE = "none"   # the label value for "not set" (e.g. the provider of a request no provider served)
+_BOUNDS = (*BUCKETS, float("inf"))
+
+
+class _Flush:
+    """Registered first in the meter's registry: collecting it folds the running totals in."""
+
+    def __init__(self, meter: PrometheusMeter):
+        self.meter = meter
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self.meter.flush()
+        return []
 
 
 def _v(value: str | None) -> str:
@@ -48,9 +68,14 @@ class PrometheusMeter(Meter):
     live in one process). The engine calls `attach(engine)` and `track_inflight(provider, delta)`;
     budgets call `budget_remaining`; a `LedgerMeter` calls `ledger_pending`, `ledger_error` and
     `ledger_dropped`.
+
+    `lock_free`: keep the per-request series (`record`, `track_inflight`) as plain running totals
+    folded in at collection time; only for a meter those two are called on from one thread at a
+    time (an event loop). Ignored in multiprocess mode.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, tenant_label: bool = False):
+    def __init__(self, registry: CollectorRegistry | None = None, *, tenant_label: bool = False,
+                 lock_free: bool = False):
         self._engine: Any = None  # set by attach(); /metrics reads its monitor for router_provider_state
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.tenant_label = tenant_label
@@ -62,6 +87,9 @@ class PrometheusMeter(Meter):
         else:
             self.registry = registry if registry is not None else CollectorRegistry()
             reg = self.registry
+            if lock_free:  # registered before the metrics: a collection flushes, then reads
+                self.registry.register(_Flush(self))
+        self.lock_free = lock_free and not self.multiprocess
         t = ("tenant",) if tenant_label else ()
 
         def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
@@ -108,6 +136,36 @@ class PrometheusMeter(Meter):
         self._cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._attempt_cache: dict[tuple[str, str, str], Any] = {}
         self._inflight_cache: dict[str, Any] = {}
+        # lock_free: running totals per child, copied into the children by flush()
+        self._counter_totals: dict[Any, list[float]] = {}
+        self._histogram_totals: dict[Any, list[float]] = {}
+        if not self.lock_free:
+            self.record = self._record_direct  # type: ignore[method-assign]
+
+    # -- running totals (one process)
+    def _counter(self, child: Any) -> list[float]:
+        """The running total behind a counter (or gauge) child, starting at its current value."""
+        total = self._counter_totals.get(child)
+        if total is None:
+            total = self._counter_totals[child] = [child._value.get()]
+        return total
+
+    def _histogram(self, child: Any) -> list[float]:
+        """[sum, count in bucket 0, bucket 1, ...] behind a histogram child (counts not cumulative)."""
+        total = self._histogram_totals.get(child)
+        if total is None:
+            total = [child._sum.get(), *(b.get() for b in child._buckets)]
+            self._histogram_totals[child] = total
+        return total
+
+    def flush(self) -> None:
+        """Copy the running totals into the prometheus_client children (called on every collection)."""
+        for child, total in list(self._counter_totals.items()):
+            child._value.set(total[0])
+        for child, total in list(self._histogram_totals.items()):
+            child._sum.set(total[0])
+            for bucket, n in zip(child._buckets, total[1:], strict=True):
+                bucket.set(n)
 
     # -- Meter
     def _children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -130,12 +188,73 @@ class PrometheusMeter(Meter):
             self.cost.labels(route, p, m, *t) if has_provider else None,
             [None, None, None],  # ttft, reference cost, savings: created on first use
         )
+        if self.lock_free:
+            counter, histogram = self._counter, self._histogram
+            requests, duration, classifier, tokens, cost, lazy = children
+            children = (counter(requests), histogram(duration),
+                        counter(classifier) if classifier is not None else None,
+                        tuple(counter(c) for c in tokens) if tokens is not None else None,
+                        counter(cost) if cost is not None else None, lazy)
         if len(self._cache) > 10_000:  # labels are bounded by the policy; this only guards against surprises
             self._cache.clear()
         self._cache[key] = children
         return children
 
     def record(self, info: RouterInfo) -> None:
+        route, provider = info.route or NONE, info.provider
+        key = (route, info.task, info.task_source, provider, info.model, info.status,
+               (info.tenant or NONE) if self.tenant_label else None, provider is not None)
+        totals = self._cache.get(key)
+        if totals is None:
+            totals = self._children(key)
+        requests, duration, classifier, tokens, cost, lazy = totals
+        requests[0] += 1
+        v = info.latency_s
+        duration[0] += v
+        duration[bisect_left(_BOUNDS, v) + 1] += 1
+        v = info.ttft_s
+        if v is not None:
+            ttft = lazy[0]
+            if ttft is None:
+                ttft = lazy[0] = self._histogram(self.ttft.labels(route, provider or NONE))
+            ttft[0] += v
+            ttft[bisect_left(_BOUNDS, v) + 1] += 1
+        if classifier is not None:
+            classifier[0] += 1
+        if tokens is not None:
+            for total, n in zip(tokens, (info.prompt_tokens, info.completion_tokens, info.reasoning_tokens),
+                                strict=True):
+                if n < 0:
+                    raise ValueError("Counters can only be incremented by non-negative amounts.")
+                total[0] += n
+            if info.cost_usd < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            cost[0] += info.cost_usd
+        ref = info.reference_cost_usd
+        if ref is not None:
+            if lazy[1] is None:
+                t = (info.tenant or NONE,) if self.tenant_label else ()
+                lazy[1] = self._counter(self.reference_cost.labels(route, *t))
+                lazy[2] = self._counter(self.savings.labels(route, *t))
+            if ref < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            lazy[1][0] += ref
+            lazy[2][0] += max(0.0, ref - info.cost_usd)
+        prev = None
+        attempts = self._attempt_cache
+        for a in info.attempts:
+            akey = (a.provider, a.model, a.outcome)
+            total = attempts.get(akey)
+            if total is None:
+                if len(attempts) > 10_000:
+                    attempts.clear()
+                total = attempts[akey] = self._counter(self.attempts.labels(*akey))
+            total[0] += 1
+            if prev is not None and (prev.provider, prev.model) != (a.provider, a.model):
+                self.fallbacks.labels(route, prev.outcome).inc()
+            prev = a
+
+    def _record_direct(self, info: RouterInfo) -> None:
         route, provider = info.route or NONE, info.provider
         key = (route, info.task, info.task_source, provider, info.model, info.status,
                (info.tenant or NONE) if self.tenant_label else None, provider is not None)
@@ -187,8 +306,14 @@ class PrometheusMeter(Meter):
     def track_inflight(self, provider: str, delta: int) -> None:
         child = self._inflight_cache.get(provider)
         if child is None:
-            child = self._inflight_cache[provider] = self.inflight.labels(provider)
-        child.inc(delta)
+            child = self.inflight.labels(provider)
+            if self.lock_free:
+                child = self._counter(child)
+            self._inflight_cache[provider] = child
+        if self.lock_free:
+            child[0] += delta
+        else:
+            child.inc(delta)
 
     # -- budget and ledger hooks
     def budget_remaining(self, tenant: str, usd: float) -> None:
