@@ -194,6 +194,19 @@ def test_language_rule(policy):
     assert d.language == "de" and d.route == "intl"
 
 
+def test_language_is_detected_without_a_rule_only_when_asked(policy):
+    import dataclasses
+
+    no_rule = dataclasses.replace(policy, rules=tuple(r for r in policy.rules if "language" not in r.conditions))
+    assert policy.uses_language and not no_rule.uses_language
+    body = {"messages": msgs("Wie spät ist es in Tokio, und wie ist das Wetter dort heute?")}
+    full, lean = decide(no_rule, body), decide(no_rule, body, language=False)
+    assert full.language == "de" and lean.language is None
+    assert (lean.task, lean.confidence, lean.route, lean.rule) == (full.task, full.confidence, full.route, full.rule)
+    # a policy that routes on the language detects it either way
+    assert decide(policy, body, task="general", language=False).language == "de"
+
+
 def test_low_confidence_falls_back(policy):
     import dataclasses
 

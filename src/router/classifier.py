@@ -64,11 +64,12 @@ _LANGUAGE_CHARS = 600
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """What a request is: one of :data:`TASKS`, the model's probability for it, and a language code."""
+    """What a request is: one of :data:`TASKS`, the model's probability for it, and a language code
+    (None when the caller asked for no language detection)."""
 
     task: str
     confidence: float
-    language: str
+    language: str | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,10 +380,12 @@ class Classifier:
         """Class -> probability for a conversation."""
         return dict(zip(self.classes, self._probabilities(*_feature_sets(messages, tools)), strict=True))
 
-    def classify(self, messages: Sequence[Mapping], tools: Sequence | None = None) -> Classification:
+    def classify(self, messages: Sequence[Mapping], tools: Sequence | None = None, *,
+                 language: bool = True) -> Classification:
+        """The task and its probability; the language too unless `language=False` (then None)."""
         p = self._probabilities(*_feature_sets(messages, tools))
         k = 0 if p[0] >= p[1] and p[0] >= p[2] else (1 if p[1] >= p[2] else 2)
-        return Classification(self.classes[k], round(p[k], 4), _language(messages))
+        return Classification(self.classes[k], round(p[k], 4), _language(messages) if language else None)
 
 
 def _language(messages: Sequence[Mapping]) -> str:
@@ -409,10 +412,13 @@ def _default_model() -> Classifier:
     return _model
 
 
-def classify(messages: Sequence[Mapping], tools: Sequence | None = None) -> Classification:
+def classify(messages: Sequence[Mapping], tools: Sequence | None = None, *, language: bool = True) -> Classification:
     """Classify an OpenAI-style conversation with the shipped model (loaded on first call).
+
+    `language=False` skips language detection (``.language`` is then None): what the engine
+    does when no policy rule reads the language.
 
     >>> classify([{"role": "user", "content": "A train leaves at 3pm at 60 mph; when does it cover 150 miles?"}]).task
     'reasoning'
     """
-    return _default_model().classify(messages, tools)
+    return _default_model().classify(messages, tools, language=language)

@@ -130,11 +130,12 @@ def _has_images(messages: Sequence[Any]) -> bool:
 
 
 def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
-           tenant: str | None = None, state: LiveState = EMPTY_STATE) -> Decision:
+           tenant: str | None = None, state: LiveState = EMPTY_STATE, language: bool = True) -> Decision:
     """Route one OpenAI-style request body. Raises a RequestError when no route can serve it.
 
     `task` is an explicit hint, `residency` a requirement added to the tenant's (never lifting it),
-    `tenant` a tenant name from the policy.
+    `tenant` a tenant name from the policy. `language=False` detects the language only when a
+    policy rule reads it (the engine's hot path); otherwise ``Decision.language`` is None.
     """
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -178,6 +179,7 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
 
     # Task: hint, then a route named after a task, then the classifier.
     needs_language = model == "auto" and policy.uses_language
+    detect_language = language or needs_language
     confidence, language, classified = 1.0, None, None
     if task is not None:
         source = "hint"
@@ -188,7 +190,7 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
     else:
         source = "classifier"
     if source == "classifier" or needs_language:
-        c = classify(messages, tools)
+        c = classify(messages, tools, language=detect_language)
         language = c.language
         if source == "classifier":
             task, confidence = c.task, c.confidence

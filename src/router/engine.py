@@ -126,13 +126,16 @@ class Engine:
         return cached[1]
 
     def decide(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
-               tenant: str | None = None, policy: Policy | None = None) -> Decision:
+               tenant: str | None = None, policy: Policy | None = None, language: bool = True) -> Decision:
+        """The decision for a request (`explain`). `language=False`: detect the language only when
+        a policy rule reads it."""
         state = self.state() if self.state is not None else EMPTY_STATE
         if self.monitor is not None:
             state = self.monitor.overlay(state, policy or self.policy)
         if self.budget is not None:
             state = dataclasses.replace(state, budget_remaining=self.budget.view(policy or self.policy))
-        return decide(policy or self.policy, body, task=task, residency=residency, tenant=tenant, state=state)
+        return decide(policy or self.policy, body, task=task, residency=residency, tenant=tenant, state=state,
+                      language=language)
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -142,7 +145,9 @@ class Engine:
         started = self.clock()
         rid = request_id or new_request_id()
         try:
-            decision = self.decide(body, task=task, residency=residency, tenant=tenant, policy=policy)
+            # the language is only detected when a rule reads it: nothing records it otherwise
+            decision = self.decide(body, task=task, residency=residency, tenant=tenant, policy=policy,
+                                   language=False)
         except RequestError as e:
             self.record_rejected(rid, e, task=task, tenant=tenant)
             raise
