@@ -155,8 +155,9 @@ def _sample(prom: PrometheusMeter, name: str) -> float:
     return value if value is not None else 0.0
 
 
-async def test_a_ledger_that_is_down_keeps_records_and_retries(sims, tmp_path):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_a_ledger_that_is_down_keeps_records_and_retries(sims, tmp_path, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     ledger = FlakyLedger(tmp_path / "l.db", failures=3)
     meter = LedgerMeter(ledger, flush_interval_s=0.01, metrics=prom)
     r = Router(make_policy(sims), meters=[prom, meter])
@@ -171,8 +172,9 @@ async def test_a_ledger_that_is_down_keeps_records_and_retries(sims, tmp_path):
     assert len(SQLiteLedger(tmp_path / "l.db").records()) == 5
 
 
-async def test_pending_gauge_shows_a_ledger_that_is_down(sims, tmp_path):
-    prom = PrometheusMeter()
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_pending_gauge_shows_a_ledger_that_is_down(sims, tmp_path, lock_free):
+    prom = PrometheusMeter(lock_free=lock_free)
     meter = LedgerMeter(FlakyLedger(tmp_path / "l.db", failures=10**6), flush_interval_s=0.01, metrics=prom,
                         close_timeout_s=0.2)
     r = Router(make_policy(sims), meters=[prom, meter])
@@ -183,10 +185,11 @@ async def test_pending_gauge_shows_a_ledger_that_is_down(sims, tmp_path):
     await r.aclose()
 
 
-def test_full_buffer_drops_the_oldest(tmp_path):
+@pytest.mark.parametrize("lock_free", [False, True])
+def test_full_buffer_drops_the_oldest(tmp_path, lock_free):
     from router.response import RouterInfo
 
-    prom = PrometheusMeter()
+    prom = PrometheusMeter(lock_free=lock_free)
     meter = LedgerMeter(FlakyLedger(tmp_path / "l.db", failures=10**6), flush_interval_s=0.01, max_pending=3,
                         metrics=prom, close_timeout_s=0.1)
     for i in range(5):
