@@ -45,7 +45,7 @@ def _simulators() -> dict[str, Any]:
         "VLLM_CODER": Simulator(models=[ModelConfig("Qwen/Qwen3-Coder-Next", latency_s=0.03, ttft_s=0.02,
                                                     tokens_per_s=400)]),
         "VLLM_QWEN": Simulator(models=[ModelConfig("Qwen/Qwen3.5", latency_s=0.03)]),
-        "DEEPSEEK": Simulator(models=[ModelConfig("deepseek-chat", latency_s=0.05),
+        "DEEPSEEK": Simulator(models=[ModelConfig("deepseek-chat", latency_s=0.05, ttft_s=0.03, tokens_per_s=400),
                                       ModelConfig("deepseek-reasoner", reasoning=True, latency_s=0.12,
                                                   reply_tokens=48, reasoning_tokens=64)]),
         "OPENAI": Simulator(models=[ModelConfig("gpt-4.1-mini", latency_s=0.06)]),
