@@ -267,3 +267,14 @@ def test_load_rejects_a_foreign_file(tmp_path: Path) -> None:
 
 def test_shipped_model_is_small() -> None:
     assert DEFAULT_MODEL_PATH.stat().st_size < 3_000_000
+
+
+def test_ascii_word_split_matches_the_regex():
+    from router import language
+
+    with open(ROOT / "data" / "tasks" / "train.jsonl", encoding="utf-8") as fh:
+        rows = [json.loads(line)["text"] for line in fh]
+    samples = [t[:160].lower() for t in rows[:1500]] + ["it's don't 'quoted' o'neil'x a''b c3po x_y"]
+    for low in samples:
+        if low.isascii():
+            assert language._ascii_words(low) == language._WORD.findall(low), low
