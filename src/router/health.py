@@ -35,9 +35,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # imported on first scrape or probe: it costs ~60 ms
 
 from .policy import HealthSettings, Policy, Provider
 
@@ -312,11 +313,15 @@ class Prober:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient()
         return self._client
 
     async def probe(self, provider: Provider) -> bool:
         """Probe once and tell the tracker; returns whether the probe passed."""
+        import httpx
+
         url = probe_url(provider)
         if url is None:
             return True

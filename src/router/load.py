@@ -25,9 +25,10 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # imported on first scrape or probe: it costs ~60 ms
 
 from .decision import EMPTY_STATE, LiveState
 from .health import HealthTracker, Prober
@@ -211,11 +212,15 @@ class LoadMonitor:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient()
         return self._client
 
     async def scrape(self, provider: Provider) -> bool:
         """Scrape one provider's /metrics once; True on success."""
+        import httpx
+
         assert provider.metrics_url is not None and provider.saturation is not None
         try:
             resp = await self.client.get(provider.metrics_url, timeout=max(0.5, provider.saturation.scrape_interval_s))
