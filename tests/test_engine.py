@@ -319,3 +319,33 @@ async def test_deadline_bounds_the_whole_request(sims):
         await r.acomplete(msgs(), task="coding")
     assert time.perf_counter() - t0 < 1.5 and ei.value.status == 504
     await r.aclose()
+
+
+async def test_a_stream_dropped_unread_is_metered_as_cancelled(rt, sims):
+    import gc
+
+    stream = await rt.acomplete(msgs(), task="coding", stream=True)
+    rid = stream.router.request_id
+    del stream
+    gc.collect()
+    await asyncio.sleep(0.01)
+    assert [r.status for r in rt.meter.records if r.request_id == rid] == ["cancelled"]
+    assert len(sims["gpu"].requests) == 0  # nothing was sent
+
+
+def test_a_sync_stream_closed_unread_is_metered_once(sims_thread):
+    url = sims_thread.base_url
+    meter = MemoryMeter()
+    with Router(parse_policy(POLICY.format(gpu=url, ds=url, oa=url, mi=url), env={}), meters=[meter]) as r:
+        stream = r.complete(msgs(), task="coding", stream=True)
+        stream.close()
+        stream.close()
+        dropped = r.complete(msgs(), task="coding", stream=True)
+        rid = dropped.router.request_id
+        del dropped
+        import gc
+
+        gc.collect()
+        time.sleep(0.05)
+    assert [m.status for m in meter.records] == ["cancelled", "cancelled"]
+    assert meter.records[1].request_id == rid

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -62,9 +64,20 @@ class Stream:
         self._inner = inner
         self.router: RouterInfo = inner.router
         self.decision: Decision = inner.decision
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         return self._chunks()
+
+    def __del__(self) -> None:
+        # Dropped without being read: meter it as cancelled, on its loop (never from inside the GC).
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._inner.abandon)
 
     async def _chunks(self) -> AsyncIterator[ChatCompletionChunk]:
         try:
@@ -91,8 +104,24 @@ class SyncStream(sync.SyncIterator[ChatCompletionChunk]):
 
     def __init__(self, inner: ChunkStream):
         super().__init__(Stream(inner).__aiter__())
+        self._inner = inner
         self.router: RouterInfo = inner.router
         self.decision: Decision = inner.decision
+
+    def close(self) -> None:
+        super().close()
+        sync.run(_abandon(self._inner))
+
+    def __del__(self) -> None:
+        super().__del__()
+        loop = sync._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._inner.abandon)
+
+
+async def _abandon(inner: ChunkStream) -> None:
+    inner.abandon()
 
 
 class Router:

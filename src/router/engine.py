@@ -383,11 +383,15 @@ class ChunkStream:
     async def __anext__(self) -> dict[str, Any]:
         return await self.__aiter__().__anext__()
 
+    def abandon(self) -> None:
+        """Meter a stream that was never iterated as cancelled; nothing to do once it started."""
+        if self._gen is None and not self._finished:
+            self._finished = True
+            self._engine._finish(self._req, "cancelled")
+
     async def aclose(self) -> None:
         if self._gen is None:  # never started: still a request to account for
-            self._finished = True
-            self._gen = self._run()
-            self._engine._finish(self._req, "cancelled")
+            self.abandon()
             return
         await self._gen.aclose()  # type: ignore[attr-defined]
 
