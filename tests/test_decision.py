@@ -99,8 +99,23 @@ def test_residency_rule_wins(policy):
 def test_tenant_residency_cannot_be_lifted(policy):
     d = decide(policy, {"messages": msgs("hi"), "model": "mini"}, tenant="acme-eu")
     assert d.candidates[0].excluded == "residency"
-    with pytest.raises(NoCandidate):
+    with pytest.raises(NoCandidate) as ei:
         d.require_candidates()
+    assert (ei.value.status, ei.value.code, ei.value.type) == (403, "residency", "permission_error")
+
+
+def test_no_candidate_status_says_whether_to_retry(policy):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    d = decide(policy, {"messages": msgs("hi"), "model": "ds-r1", "tools": tools})  # ds-r1 has no tools
+    with pytest.raises(NoCandidate) as ei:
+        d.require_candidates()
+    assert (ei.value.status, ei.value.type) == (400, "invalid_request_error")
+    state = LiveState(circuit_open=frozenset({"coder"}))
+    d = decide(policy, {"messages": msgs("hi"), "model": "coding"}, residency="eu", state=state)
+    assert {c.excluded for c in d.candidates} == {"circuit_open", "residency"}
+    with pytest.raises(NoCandidate) as ei:
+        d.require_candidates()
+    assert ei.value.status == 503  # the EU deployment may recover
 
 
 def test_pinned_alias(policy):

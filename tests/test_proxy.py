@@ -414,7 +414,8 @@ async def test_tenant_residency_cannot_be_lifted_by_header(tpx, sims, http):
     # asking for `us` adds a restriction (eu and us: nobody) rather than replacing eu
     async with http.post(tpx.url + "/v1/chat/completions", json={"model": "mini", "messages": msgs()},
                          headers={**auth, "X-Router-Residency": "us"}) as r:
-        assert r.status == 503 and (await r.json())["error"]["code"] == "no_candidate"
+        # a permanent refusal, not a 503 the SDK would retry
+        assert r.status == 403 and (await r.json())["error"]["code"] == "residency"
     assert len(sims["oa"].requests) == 0 and len(sims["ds"].requests) == 0
 
 

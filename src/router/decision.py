@@ -33,6 +33,9 @@ class LiveState:
 
 EMPTY_STATE = LiveState()
 
+# Exclusions that pass with time (503: retry later); every other one is about the request (4xx).
+_TRANSIENT = frozenset({"circuit_open", "saturated"})
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -76,9 +79,15 @@ class Decision:
         if allowed:
             return allowed
         reasons = ", ".join(f"{c.model}: {c.excluded}" for c in self.candidates)
-        if any(c.excluded == "over_budget" for c in self.candidates):
+        why = {c.excluded for c in self.candidates}
+        if "over_budget" in why:
             raise BudgetExceeded(f"tenant '{self.tenant}' has no budget left for this request ({reasons})")
-        raise NoCandidate(f"no candidate of route '{self.route}' can serve this request ({reasons})", decision=self)
+        message = f"no candidate of route '{self.route}' can serve this request ({reasons})"
+        if why & _TRANSIENT:  # a deployment that may recover: worth a retry later
+            raise NoCandidate(message, decision=self)
+        if why == {"residency"}:  # the policy forbids every candidate: retrying cannot help
+            raise NoCandidate(message, decision=self, status=403, code="residency")
+        raise NoCandidate(message, decision=self, status=400, code="no_candidate_fits")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

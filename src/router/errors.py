@@ -9,7 +9,8 @@
         ├── NotFound                404: unknown model alias or route
         ├── PayloadTooLarge         413: body over the configured limit (proxy)
         ├── BudgetExceeded          429: the tenant's budget cannot pay for any candidate
-        ├── NoCandidate             503: every candidate was excluded (residency, context window, ...)
+        ├── NoCandidate             every candidate was excluded: 503 when one may recover (circuit
+        │                           open, saturated), 403 when residency forbids them all, else 400
         └── UpstreamFailed          502/503/504: every candidate that was tried failed
 
 Messages never contain secrets: API keys are held in `Secret` objects and URLs are
@@ -154,6 +155,10 @@ class NoCandidate(RequestError):
     def __init__(self, message: str, *, decision: Any = None, **kw: Any):
         super().__init__(message, **kw)
         self.decision = decision
+        if self.status == 403:
+            self.type = "permission_error"
+        elif self.status == 400:
+            self.type = "invalid_request_error"
 
 
 class UpstreamFailed(RequestError):
