@@ -56,7 +56,9 @@ def summarize(ledger: Any, *, by: str | None = None, since: float | None = None,
     """One dict per group: requests, errors, error_rate, tokens, cost_usd, reference_cost_usd, savings_usd."""
     rows = []
     for r in ledger.summary(by=by, since=since, until=until):
-        rows.append({by or "all": r.key if r.key is not None else "-", "requests": r.requests,
+        # No route or task: a request refused before routing (bad input, auth, unknown model).
+        label = "-" if r.key is None else (r.key or "(refused)")
+        rows.append({by or "all": label, "requests": r.requests,
                      "errors": r.errors, "error_rate": round(r.error_rate, 4),
                      "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                      "reasoning_tokens": r.reasoning_tokens, "cost_usd": round(r.cost_usd, 6),
