@@ -15,7 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["compare", "parse_tokens", "parse_when", "render", "run", "summarize"]
@@ -56,9 +56,7 @@ def summarize(ledger: Any, *, by: str | None = None, since: float | None = None,
     """One dict per group: requests, errors, error_rate, tokens, cost_usd, reference_cost_usd, savings_usd."""
     rows = []
     for r in ledger.summary(by=by, since=since, until=until):
-        # No route or task: a request refused before routing (bad input, auth, unknown model).
-        label = "-" if r.key is None else (r.key or "(refused)")
-        rows.append({by or "all": label, "requests": r.requests,
+        rows.append({by or "all": _label(r.key), "requests": r.requests,
                      "errors": r.errors, "error_rate": round(r.error_rate, 4),
                      "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                      "reasoning_tokens": r.reasoning_tokens, "cost_usd": round(r.cost_usd, 6),
@@ -110,6 +108,11 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _label(key: str | None) -> str:
+    # An empty route or task: a request refused before routing (bad input, auth, unknown model).
+    return "-" if key is None else (key or "(refused)")
+
+
 def _numeric(v: str) -> bool:
     return bool(re.fullmatch(r"-?[\d,]+(\.\d+)?x?", v))
 
@@ -125,7 +128,7 @@ def plot(ledger: Any, path: str, *, by: str, since: float | None, until: float |
         raise RuntimeError("--plot needs matplotlib: pip install 'router[plot]'") from None
     series: dict[str, dict[float, tuple[float, float]]] = {}
     for r in ledger.summary(by=by, since=since, until=until, bucket_s=bucket_s):
-        series.setdefault(r.key or "-", {})[r.bucket or 0.0] = (r.cost_usd, r.savings_usd)
+        series.setdefault(_label(r.key), {})[r.bucket or 0.0] = (r.cost_usd, r.savings_usd)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for key, points in sorted(series.items()):
         xs = sorted(points)
@@ -136,6 +139,10 @@ def plot(ledger: Any, path: str, *, by: str, since: float | None, until: float |
     ax2.set_ylabel("savings vs reference (USD)")
     ax1.set_title(f"spend and savings by {by}")
     ax1.legend(loc="upper left", fontsize="small")
+    buckets = {x for points in series.values() for x in points}
+    if len(buckets) == 1:  # one day of data: show that day, not years of empty axis around it
+        day = datetime.fromtimestamp(next(iter(buckets)), UTC)
+        ax1.set_xlim(day - timedelta(seconds=bucket_s), day + timedelta(seconds=bucket_s))
     fig.autofmt_xdate()
     fig.savefig(path, dpi=100)
     plt.close(fig)
