@@ -251,3 +251,31 @@ async def test_workers_with_in_process_budgets_refuse_to_start(sim, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ROUTER_BUDGETS"}
     proc = await asyncio.to_thread(subprocess.run, run, capture_output=True, text=True, timeout=20, env=env)
     assert proc.returncode == 1 and "--budgets redis://" in proc.stderr
+
+
+async def test_probes_run_from_start_up_before_any_request(sim, serve, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"""
+version: 1
+providers:
+  a: {{kind: vllm, base_url: "{sim.base_url}", region: eu}}
+  dead: {{kind: vllm, base_url: "{dead}/v1", region: eu,
+          health: {{probe: {{path: "{dead}/health", interval_s: 0.1, timeout_s: 0.2}}}}}}
+models:
+  one: {{provider: a, model: model-one, price: {{input_per_mtok: 1, output_per_mtok: 2}}}}
+  three: {{provider: dead, model: m3, price: {{input_per_mtok: 1, output_per_mtok: 1}}}}
+routes:
+  general: {{targets: [three, one]}}
+rules:
+  - {{route: general}}
+""")
+    s = await serve(path)
+
+    async def dead_is_down() -> bool:  # no chat request has been made
+        async with aiohttp.ClientSession() as http, http.get(s.url + "/metrics") as r:
+            text = await r.text()
+        return re.search(r'router_provider_state\{model="three",provider="dead"\} 2', text) is not None
+
+    await wait_until(dead_is_down, timeout=5)
+    assert await routed_model(s.url) == "one"  # and the first request already skips it

@@ -323,6 +323,12 @@ class Monitor:
         return out
 
     # -- background tasks
+    def start(self) -> None:
+        """Start scrapes and probes on the running loop now (a server at start-up, after a reload),
+        so a provider that is down is known before the first request; else they start with it."""
+        if self.background and self._loop is None:
+            self._start()
+
     def _start(self) -> None:
         try:
             loop = asyncio.get_running_loop()

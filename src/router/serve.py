@@ -178,6 +178,9 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
         budget = open_budget(opts.budgets or os.environ.get("ROUTER_BUDGETS"), metrics=prom)
     router = Router(policy, meters=meters, budget=budget)  # same construction as the library's
     engine = router.engine
+    monitor = engine.monitor
+    if monitor is not None:
+        monitor.start()  # probes and vLLM scrapes run from start-up, not from the first request
     options = ProxyOptions(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), keepalive_s=opts.keepalive_s)
     proxy = Proxy(engine, options, metrics=render)
     runner = web.ServerRunner(proxy.server(), handle_signals=False, shutdown_timeout=opts.grace_s)
@@ -199,6 +202,9 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
         new = await asyncio.to_thread(_load, opts.policy, why)
         if new is not None:
             engine.policy = new
+            if monitor is not None:
+                monitor.use(new)
+                monitor.start()
             _say(f"{why}: reloaded {opts.policy} (digest {new.digest})")
         else:
             _say(f"{why}: still serving digest {engine.policy.digest}")
