@@ -8,7 +8,7 @@ import time
 import pytest
 
 from router import Router
-from router.errors import InvalidRequest, UpstreamFailed
+from router.errors import InvalidRequest, NoCandidate, UpstreamFailed
 from router.metering import MemoryMeter
 from router.policy import parse_policy
 from router.simulator import MISTRAL_CHAT_FIELDS, ModelConfig, Simulator, count_prompt_tokens
@@ -349,3 +349,16 @@ def test_a_sync_stream_closed_unread_is_metered_once(sims_thread):
         time.sleep(0.05)
     assert [m.status for m in meter.records] == ["cancelled", "cancelled"]
     assert meter.records[1].request_id == rid
+
+
+async def test_embeddings_through_the_library(rt, sims):
+    resp = await rt.aembed(["one", "two"], model="mini")
+    assert len(resp.data) == 2 and resp.data[0].embedding
+    info = resp.router
+    assert (info.task, info.task_source, info.provider, info.model) == ("embedding", "alias", "oa", "mini")
+    assert info.prompt_tokens > 0 and info.cost_usd == pytest.approx(hand_cost("mini", info.prompt_tokens, 0))
+    assert sims["oa"].requests[-1].body == {"model": "gpt-4.1-mini", "input": ["one", "two"]}
+    with pytest.raises(NoCandidate) as ei:  # residency holds for embeddings too
+        await rt.aembed("x", model="mini", residency="eu")
+    assert ei.value.status == 403 and len(sims["oa"].requests) == 1
+    assert rt.meter.records[-1].status == "error"

@@ -447,6 +447,10 @@ async def test_embeddings(px, sims):
         assert info.task == "embedding" and info.status == "ok" and info.prompt_tokens > 0
         with pytest.raises(openai.NotFoundError):
             await client.embeddings.create(model="auto", input="x")
+        sims["oa"].inject("status:503", times=1)  # retried like chat, then served
+        raw = await client.embeddings.with_raw_response.create(model="mini", input="again")
+        assert raw.headers["x-router-attempts"] == "2"
+        assert [a.outcome for a in px.meter.records[-1].attempts] == ["http_503", "ok"]
         sims["oa"].set_fault("status:500")
         with pytest.raises(openai.InternalServerError) as ei:
             await client.embeddings.create(model="mini", input="x")

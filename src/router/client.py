@@ -22,7 +22,7 @@ from .engine import ChunkStream, Engine
 from .load import Monitor
 from .metering import Meter
 from .policy import Policy, load_policy
-from .response import ChatCompletion, ChatCompletionChunk, RouterInfo
+from .response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
 from .transport import ProviderTransport, Transport
 
 __all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_meters", "default_policy_path"]
@@ -169,7 +169,19 @@ class Router:
         return await self.engine.complete(body, task=task, residency=residency, tenant=tenant,
                                           request_id=request_id)
 
+    async def aembed(self, input: str | Sequence[Any], *, model: str, residency: str | None = None,
+                     tenant: str | None = None, request_id: str | None = None, **params: Any) -> Embeddings:
+        """Embeddings from the model alias `model` (no classification; residency and budgets apply)."""
+        body = {**params, "model": model, "input": input if isinstance(input, str) else list(input)}
+        return await self.engine.embed(body, residency=residency, tenant=tenant, request_id=request_id)
+
     # -- sync
+    def embed(self, input: str | Sequence[Any], *, model: str, residency: str | None = None,
+              tenant: str | None = None, request_id: str | None = None, **params: Any) -> Embeddings:
+        """`aembed`, blocking."""
+        return sync.run(self.aembed(input, model=model, residency=residency, tenant=tenant,
+                                    request_id=request_id, **params))
+
     def complete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
                  task: str | None = None, residency: str | None = None, tenant: str | None = None,
                  request_id: str | None = None, **params: Any) -> ChatCompletion | SyncStream:

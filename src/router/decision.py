@@ -18,7 +18,7 @@ from .classifier import TASKS, classify
 from .errors import BudgetExceeded, InvalidRequest, NoCandidate, NotFound, PermissionDenied
 from .policy import Model, Policy, Route, Tenant
 
-__all__ = ["Candidate", "Decision", "LiveState", "decide", "estimate_prompt_tokens"]
+__all__ = ["Candidate", "Decision", "LiveState", "decide", "decide_embedding", "estimate_prompt_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +138,61 @@ def _has_images(messages: Sequence[Any]) -> bool:
     return False
 
 
+def _tenant_and_residencies(policy: Policy, tenant: str | None, residency: str | None
+                            ) -> tuple[Tenant | None, list[str]]:
+    """The tenant (checked) and every residency the request carries: the tenant's, then its own."""
+    ten: Tenant | None = None
+    if tenant is not None:
+        ten = policy.tenants.get(tenant)
+        if ten is None and policy.tenants:
+            raise PermissionDenied(f"unknown tenant '{tenant}'", param="tenant")
+    residencies: list[str] = []
+    if ten is not None and ten.residency:
+        residencies.append(ten.residency)
+    if residency:
+        if residency not in policy.residency:
+            known = ", ".join(policy.residency) or "none"
+            raise InvalidRequest(f"unknown residency '{residency}' (the policy defines: {known})", param="residency")
+        if residency not in residencies:
+            residencies.append(residency)
+    return ten, residencies
+
+
+def decide_embedding(policy: Policy, body: Mapping[str, Any], *, residency: str | None = None,
+                     tenant: str | None = None, state: LiveState = EMPTY_STATE) -> Decision:
+    """An embeddings request: `model` names the alias (no classification), residency still applies.
+
+    >>> decide_embedding(policy, {"model": "embed-eu", "input": "hello"}).route  # doctest: +SKIP
+    'embed-eu'
+    """
+    alias = body.get("model")
+    if type(alias) is not str or not alias:
+        raise InvalidRequest("`model` must name a model alias from the policy", param="model")
+    model = policy.models.get(alias)
+    if model is None:
+        raise NotFound(f"unknown model '{alias}': use one of {', '.join(policy.models)}", param="model")
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest("`input` must be a string or a non-empty list", param="input")
+    ten, residencies = _tenant_and_residencies(policy, tenant, residency)
+    if ten is not None and ten.routes is not None and alias not in ten.routes:
+        raise PermissionDenied(f"tenant '{ten.name}' may not use '{alias}'", param="model")
+    provider = policy.providers[model.provider]
+    prompt_tokens = sum(len(x) // 4 + 1 if isinstance(x, str) else len(x) if isinstance(x, list) else 1
+                        for x in inputs)
+    excluded = None
+    if any(provider.region not in policy.residency[r] for r in residencies):
+        excluded = "residency"
+    elif alias in state.circuit_open:
+        excluded = "circuit_open"
+    candidate = Candidate(alias, provider.name, provider.region, model.model,
+                          model.price.cost(prompt_tokens, 0), excluded, provider.self_hosted)
+    return Decision("embedding", "alias", 1.0, None, alias, None, [candidate], prompt_tokens, 0,
+                    ten.name if ten is not None else tenant, tuple(residencies))
+
+
 def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
            tenant: str | None = None, state: LiveState = EMPTY_STATE, language: bool = True) -> Decision:
     """Route one OpenAI-style request body. Raises a RequestError when no route can serve it.
@@ -151,21 +206,7 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
         raise InvalidRequest("`messages` must be a non-empty list of messages", param="messages")
     tools = body.get("tools") or None
 
-    ten: Tenant | None = None
-    if tenant is not None:
-        ten = policy.tenants.get(tenant)
-        if ten is None and policy.tenants:
-            raise PermissionDenied(f"unknown tenant '{tenant}'", param="tenant")
-
-    residencies: list[str] = []
-    if ten is not None and ten.residency:
-        residencies.append(ten.residency)
-    if residency:
-        if residency not in policy.residency:
-            known = ", ".join(policy.residency) or "none"
-            raise InvalidRequest(f"unknown residency '{residency}' (the policy defines: {known})", param="residency")
-        if residency not in residencies:
-            residencies.append(residency)
+    ten, residencies = _tenant_and_residencies(policy, tenant, residency)
 
     if task is not None:
         if task not in TASKS:

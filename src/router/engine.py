@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .decision import EMPTY_STATE, Decision, LiveState, decide
+from .decision import EMPTY_STATE, Decision, LiveState, decide, decide_embedding
 from .errors import InvalidRequest, RequestError, UpstreamFailed, redact
 from .metering import Meter, record_all
 from .policy import Model, Policy, Provider
-from .response import Attempt, ChatCompletion, RouterInfo
+from .response import Attempt, ChatCompletion, Embeddings, RouterInfo
 from .retry import FATAL, NEXT, RetryPolicy, parse_retry_after, verdict
 from .translate import UpstreamCall, Usage, build_call, read_usage
 from .transport import Transport, TransportError, UpstreamResponse
@@ -129,13 +129,18 @@ class Engine:
                tenant: str | None = None, policy: Policy | None = None, language: bool = True) -> Decision:
         """The decision for a request (`explain`). `language=False`: detect the language only when
         a policy rule reads it."""
+        policy = policy or self.policy
+        return decide(policy, body, task=task, residency=residency, tenant=tenant, state=self.live_state(policy),
+                      language=language)
+
+    def live_state(self, policy: Policy) -> LiveState:
+        """The world as the decision sees it now: health and load from the monitor, budgets left."""
         state = self.state() if self.state is not None else EMPTY_STATE
         if self.monitor is not None:
-            state = self.monitor.overlay(state, policy or self.policy)
+            state = self.monitor.overlay(state, policy)
         if self.budget is not None:
-            state = dataclasses.replace(state, budget_remaining=self.budget.view(policy or self.policy))
-        return decide(policy or self.policy, body, task=task, residency=residency, tenant=tenant, state=state,
-                      language=language)
+            state = dataclasses.replace(state, budget_remaining=self.budget.view(policy))
+        return state
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -257,13 +262,14 @@ class Engine:
         raise _Failure(f"http_{resp.status}", resp.status, message, retry_after)
 
     async def _run_attempts(self, req: _Request, candidates: list[Any], stream: bool,
-                            body: Mapping[str, Any], once: Callable[..., Any]) -> Any:
+                            body: Mapping[str, Any], once: Callable[..., Any],
+                            path: str = "/chat/completions") -> Any:
         """Try candidates in order with retries; `once(model, provider, call, t0)` makes one attempt."""
         info, policy, retry = req.info, req.policy, req.retry
         for cand in candidates:
             model = policy.models[cand.model]
             provider = policy.providers[model.provider]
-            call = build_call(provider, model, body, stream=stream)
+            call = build_call(provider, model, body, stream=stream, path=path)
             attempt_number = 0
             while True:
                 attempt_number += 1
@@ -335,6 +341,65 @@ class Engine:
             self._finish(req, "error", error=e.message)
             raise
         info.ttft_s = self.clock() - req.started
+        self._finish(req, "ok")
+        return result
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, body: Mapping[str, Any], *, residency: str | None = None, tenant: str | None = None,
+                    request_id: str | None = None) -> Embeddings:
+        """An embeddings request to the alias `body["model"]`: retries, residency, budget and metering
+        as for chat, no classification and no fallback (an alias names one model)."""
+        policy = self.policy
+        started = self.clock()
+        rid = request_id or new_request_id()
+        try:
+            decision = decide_embedding(policy, body, residency=residency, tenant=tenant,
+                                        state=self.live_state(policy))
+        except RequestError as e:
+            self.record_rejected(rid, e, tenant=tenant)
+            raise
+        info = RouterInfo(rid, decision.task, decision.task_source, 1.0, None, decision.route, None,
+                          tenant=decision.tenant, created=self.wall())
+        req = _Request(self, policy, decision, info, started)
+        try:
+            candidates = decision.require_candidates()
+        except RequestError as e:
+            self._finish(req, "error", error=e.message)
+            raise
+        candidates = await self._reserve(req, candidates)
+
+        async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> Embeddings:
+            resp = await self._send(req, model, provider, call, stream=False)
+            try:
+                raw = await resp.read()
+            except TransportError as e:
+                resp.close()
+                raise _Failure(e.outcome, None, str(e)) from None
+            resp.release()
+            try:
+                data = orjson.loads(raw)
+                if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+                    raise ValueError
+            except (orjson.JSONDecodeError, ValueError):
+                raise _Failure("malformed", None, "upstream sent a body that is not an embeddings list") from None
+            info.attempts.append(Attempt(provider.name, model.alias, "ok", self.clock() - t0, 200))
+            info.provider, info.model, info.upstream_model = provider.name, model.alias, model.model
+            info.region = provider.region
+            usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+            prompt = usage.get("prompt_tokens")
+            estimated = not isinstance(prompt, int)
+            self._cost(req, model, Usage(decision.prompt_tokens if estimated else prompt, 0, 0, estimated))
+            return Embeddings(data, info)
+
+        try:
+            result = await self._run_attempts(req, candidates, False, body, once, path="/embeddings")
+        except asyncio.CancelledError:
+            self._finish(req, "cancelled")
+            raise
+        except RequestError as e:
+            self._finish(req, "error", error=e.message)
+            raise
         self._finish(req, "ok")
         return result
 

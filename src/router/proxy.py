@@ -34,15 +34,11 @@ from .errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    PermissionDenied,
     RequestError,
     UpstreamFailed,
 )
-from .metering import record_all
 from .policy import Policy, Tenant
-from .response import Attempt, RouterInfo
-from .translate import ROUTER_FIELDS, UpstreamCall, read_usage
-from .transport import TransportError
+from .response import RouterInfo
 
 __all__ = ["Proxy", "ProxyOptions", "usable_providers"]
 
@@ -340,89 +336,27 @@ class Proxy:
     # ------------------------------------------------------------------ embeddings
 
     async def embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Forward to the alias's provider: no classification, one attempt, metered like chat."""
+        """Embeddings by model alias: no classification; retries, residency, budgets and metering as for chat."""
         rid = _request_id(request)
         engine = self.engine
-        policy = engine.policy
+        tenant = None
         try:
-            tenant = self.authenticate(request, policy)
+            tenant = self.authenticate(request, engine.policy)
             body = await self.read_json(request)
-            alias = body.get("model")
-            if type(alias) is not str or not alias:
-                raise InvalidRequest("`model` must name a model alias from the policy", param="model")
-            model = policy.models.get(alias)
-            if model is None:
-                raise NotFound(f"unknown model '{alias}': use one of {', '.join(policy.models)}", param="model")
-            if tenant is not None and tenant.routes is not None and alias not in tenant.routes:
-                raise PermissionDenied(f"tenant '{tenant.name}' may not use '{alias}'", param="model")
-            provider = policy.providers[model.provider]
-            residency = request.headers.get("X-Router-Residency") or None
-            for res in (tenant.residency if tenant is not None else None, residency):
-                if res is None:
-                    continue
-                regions = policy.residency.get(res)
-                if regions is None:
-                    raise InvalidRequest(f"unknown residency '{res}'", param="residency")
-                if provider.region not in regions:
-                    raise PermissionDenied(f"'{alias}' is served outside residency '{res}'", param="model")
+        except RequestError as e:  # refused before the engine saw it: still one ledger record
+            engine.record_rejected(rid, e, tenant=tenant.name if tenant is not None else None)
+            return _error(e, rid)
+        try:
+            result = await engine.embed(body, residency=request.headers.get("X-Router-Residency") or None,
+                                        tenant=tenant.name if tenant is not None else None, request_id=rid)
+        except UpstreamFailed as e:
+            return _error(e, rid, {"x-router-attempts": str(len(e.attempts))})
         except RequestError as e:
             return _error(e, rid)
-
-        info = RouterInfo(rid, "embedding", "alias", 1.0, None, alias, None,
-                          tenant=tenant.name if tenant is not None else None, created=engine.wall())
-        info.provider, info.model, info.upstream_model, info.region = (provider.name, alias, model.model,
-                                                                        provider.region)
-        payload = {k: v for k, v in body.items() if k not in ROUTER_FIELDS}
-        payload["model"] = model.model
-        headers = {"Content-Type": _JSON, **provider.headers}
-        if provider.api_key is not None:
-            headers["Authorization"] = "Bearer " + provider.api_key.reveal()
-        call = UpstreamCall(provider.base_url + "/embeddings", headers, payload)
-        t = policy.timeouts
-        t0 = engine.clock()
-        status: int | None = None
-        try:
-            try:
-                resp = await engine.transport.send(call, connect_s=t.connect_s, read_s=None,
-                                                   total_s=t.attempt_s or t.total_s)
-                status = resp.status
-                raw = await resp.read()
-                resp.release()
-            except TransportError as e:
-                info.attempts.append(Attempt(provider.name, alias, e.outcome, engine.clock() - t0))
-                raise UpstreamFailed(f"every candidate failed; attempts: {provider.name}/{alias}: {e.outcome}",
-                                     attempts=info.attempts, status=504 if e.outcome == "timeout" else 502
-                                     ) from None
-            if status != 200:
-                info.attempts.append(Attempt(provider.name, alias, f"http_{status}", engine.clock() - t0, status))
-                if status in (400, 413, 422):
-                    raise InvalidRequest(f"{provider.name} rejected the request: {_upstream_message(raw)}",
-                                         status=status, code="upstream_rejected")
-                raise UpstreamFailed(f"every candidate failed; attempts: {provider.name}/{alias}: http_{status}",
-                                     attempts=info.attempts, status=503 if status in (429, 503) else 502)
-            info.attempts.append(Attempt(provider.name, alias, "ok", engine.clock() - t0, 200))
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                data = None
-            usage = read_usage({"usage": {**data["usage"], "completion_tokens": 0}}) if (
-                isinstance(data, dict) and isinstance(data.get("usage"), dict)) else None
-            if usage is not None:
-                info.prompt_tokens = usage.prompt_tokens
-                info.cost_usd = model.price.cost(usage.prompt_tokens, 0)
-        except RequestError as e:
-            info.status, info.error, info.latency_s = "error", e.message, engine.clock() - t0
-            record_all(engine.meters, info)
-            return _error(e, rid, _partial_headers(info))
-        except asyncio.CancelledError:
-            info.status, info.latency_s = "cancelled", engine.clock() - t0
-            record_all(engine.meters, info)
-            raise
-        info.status, info.latency_s = "ok", engine.clock() - t0
-        record_all(engine.meters, info)
+        info = result.router
         h = _routed_headers(info, rid, _JSON)
         h["x-router-cost-usd"] = f"{info.cost_usd:.10f}"
-        return web.Response(body=raw, headers=h)
+        return web.Response(body=orjson.dumps(result.to_dict()), headers=h)
 
     # ------------------------------------------------------------------ models, health, metrics
 

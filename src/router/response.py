@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Attempt", "ChatCompletion", "ChatCompletionChunk", "OpenAIObject", "RouterInfo"]
+__all__ = ["Attempt", "ChatCompletion", "ChatCompletionChunk", "Embeddings", "OpenAIObject", "RouterInfo"]
 
 
 def _wrap(value: Any) -> Any:
@@ -125,3 +125,13 @@ class ChatCompletion(OpenAIObject):
 
 class ChatCompletionChunk(OpenAIObject):
     __slots__ = ()
+
+
+class Embeddings(OpenAIObject):
+    """An embeddings list, as the OpenAI SDK shows it (``resp.data[0].embedding``), with `.router`."""
+
+    __slots__ = ("router",)
+
+    def __init__(self, data: dict[str, Any], router: RouterInfo):
+        super().__init__(data)
+        object.__setattr__(self, "router", router)

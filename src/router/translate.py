@@ -65,14 +65,22 @@ def _strip_reasoning(messages: list[Any]) -> list[Any]:
 
 def build_call(provider: Provider, model: Model, body: Mapping[str, Any], *, stream: bool,
                path: str = "/chat/completions") -> UpstreamCall:
-    """The HTTP call that sends `body` to `model` on `provider`."""
+    """The HTTP call that sends `body` to `model` on `provider` (`path`: chat completions or embeddings)."""
     payload: dict[str, Any] = dict(model.params) if model.params else {}
-    dropped: list[str] = []
     for k, v in body.items():
         if k not in ROUTER_FIELDS:
             payload[k] = v
     payload["model"] = model.model
-    kind = provider.kind
+    dropped = _chat_quirks(provider.kind, model, payload, stream) if path == "/chat/completions" else []
+    headers = {"Content-Type": "application/json", **provider.headers}
+    if provider.api_key is not None:
+        headers["Authorization"] = "Bearer " + provider.api_key.reveal()
+    return UpstreamCall(provider.base_url + path, headers, payload, tuple(dropped), provider.kind, provider.base_url)
+
+
+def _chat_quirks(kind: str, model: Model, payload: dict[str, Any], stream: bool) -> list[str]:
+    """Shape a chat completion for `kind` in place; returns the fields it had to drop."""
+    dropped: list[str] = []
     if stream:
         payload["stream"] = True
         if kind != "mistral":
@@ -98,10 +106,7 @@ def build_call(provider: Provider, model: Model, body: Mapping[str, Any], *, str
             dropped.append(k)
         if "messages" in payload:
             payload["messages"] = _strip_reasoning(payload["messages"])
-    headers = {"Content-Type": "application/json", **provider.headers}
-    if provider.api_key is not None:
-        headers["Authorization"] = "Bearer " + provider.api_key.reveal()
-    return UpstreamCall(provider.base_url + path, headers, payload, tuple(dropped), kind, provider.base_url)
+    return dropped
 
 
 def read_usage(data: Mapping[str, Any] | None) -> Usage | None:
