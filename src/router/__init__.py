@@ -22,6 +22,7 @@ __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
     "Decision",
+    "Embeddings",
     "InvalidRequest",
     "MemoryMeter",
     "Meter",
@@ -48,7 +49,8 @@ __all__ = [
 # Where each public name lives; imported on first access (PEP 562) so `import router` is cheap.
 _LAZY = {
     "Router": "client", "default_policy_path": "client",
-    "ChatCompletion": "response", "ChatCompletionChunk": "response", "RouterInfo": "response",
+    "ChatCompletion": "response", "ChatCompletionChunk": "response", "Embeddings": "response",
+    "RouterInfo": "response",
     "Decision": "decision",
     "Policy": "policy", "load_policy": "policy",
     "Meter": "metering", "MemoryMeter": "metering",
@@ -75,7 +77,7 @@ if TYPE_CHECKING:
     )
     from .metering import MemoryMeter, Meter
     from .policy import Policy, load_policy
-    from .response import ChatCompletion, ChatCompletionChunk, RouterInfo
+    from .response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
 
 
 def __getattr__(name: str) -> Any:
