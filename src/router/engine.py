@@ -145,14 +145,17 @@ class Engine:
     # ------------------------------------------------------------------ shared pieces
 
     def _start(self, body: Mapping[str, Any], task: str | None, residency: str | None, tenant: str | None,
-               request_id: str | None) -> tuple[_Request, list[Any]]:
+               request_id: str | None, *, embedding: bool = False) -> tuple[_Request, list[Any]]:
         policy = self.policy  # one snapshot for the whole request: a reload never splits one
         started = self.clock()
         rid = request_id or new_request_id()
         try:
-            # the language is only detected when a rule reads it: nothing records it otherwise
-            decision = self.decide(body, task=task, residency=residency, tenant=tenant, policy=policy,
-                                   language=False)
+            if embedding:
+                decision = decide_embedding(policy, body, residency=residency, tenant=tenant,
+                                            state=self.live_state(policy))
+            else:  # the language is only detected when a rule reads it: nothing records it otherwise
+                decision = self.decide(body, task=task, residency=residency, tenant=tenant, policy=policy,
+                                       language=False)
         except RequestError as e:
             self.record_rejected(rid, e, task=task, tenant=tenant)
             raise
@@ -261,6 +264,43 @@ class Engine:
                          (provider.api_key.reveal(),) if provider.api_key is not None else ())
         raise _Failure(f"http_{resp.status}", resp.status, message, retry_after)
 
+    async def _json_attempt(self, req: _Request, model: Model, provider: Provider, call: UpstreamCall,
+                            t0: float, key: str, what: str) -> dict[str, Any]:
+        """One non-streaming attempt: the upstream's JSON object, which must hold a list under `key`."""
+        resp = await self._send(req, model, provider, call, stream=False)
+        try:
+            raw = await resp.read()
+        except TransportError as e:
+            resp.close()
+            raise _Failure(e.outcome, None, str(e)) from None
+        resp.release()
+        try:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict) or not isinstance(data.get(key), list):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            raise _Failure("malformed", None, f"upstream sent a body that is not {what}") from None
+        info = req.info
+        info.attempts.append(Attempt(provider.name, model.alias, "ok", self.clock() - t0, 200))
+        info.provider, info.model, info.upstream_model = provider.name, model.alias, model.model
+        info.region = provider.region
+        return data
+
+    async def _drive(self, req: _Request, candidates: list[Any], body: Mapping[str, Any],
+                     once: Callable[..., Any], path: str = "/chat/completions") -> Any:
+        """Run the attempts of a non-streaming request and meter how it ended."""
+        try:
+            result = await self._run_attempts(req, candidates, False, body, once, path)
+        except asyncio.CancelledError:
+            self._finish(req, "cancelled")
+            raise
+        except RequestError as e:
+            self._finish(req, "error", error=e.message)
+            raise
+        req.info.ttft_s = self.clock() - req.started
+        self._finish(req, "ok")
+        return result
+
     async def _run_attempts(self, req: _Request, candidates: list[Any], stream: bool,
                             body: Mapping[str, Any], once: Callable[..., Any],
                             path: str = "/chat/completions") -> Any:
@@ -308,41 +348,13 @@ class Engine:
                        tenant: str | None = None, request_id: str | None = None) -> ChatCompletion:
         req, candidates = self._start(body, task, residency, tenant, request_id)
         candidates = await self._reserve(req, candidates)
-        info = req.info
 
         async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> ChatCompletion:
-            resp = await self._send(req, model, provider, call, stream=False)
-            try:
-                raw = await resp.read()
-            except TransportError as e:
-                resp.close()
-                raise _Failure(e.outcome, None, str(e)) from None
-            resp.release()
-            try:
-                data = orjson.loads(raw)
-                if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                    raise ValueError
-            except (orjson.JSONDecodeError, ValueError):
-                raise _Failure("malformed", None, "upstream sent a body that is not a chat completion") from None
-            now = self.clock()
-            info.attempts.append(Attempt(provider.name, model.alias, "ok", now - t0, 200))
-            info.provider, info.model, info.upstream_model = provider.name, model.alias, model.model
-            info.region = provider.region
-            usage = read_usage(data) or self._estimate(req, data)
-            self._cost(req, model, usage)
-            return ChatCompletion(data, info)
+            data = await self._json_attempt(req, model, provider, call, t0, "choices", "a chat completion")
+            self._cost(req, model, read_usage(data) or self._estimate(req, data))
+            return ChatCompletion(data, req.info)
 
-        try:
-            result = await self._run_attempts(req, candidates, False, body, once)
-        except asyncio.CancelledError:
-            self._finish(req, "cancelled")
-            raise
-        except RequestError as e:
-            self._finish(req, "error", error=e.message)
-            raise
-        info.ttft_s = self.clock() - req.started
-        self._finish(req, "ok")
-        return result
+        return await self._drive(req, candidates, body, once)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -350,58 +362,18 @@ class Engine:
                     request_id: str | None = None) -> Embeddings:
         """An embeddings request to the alias `body["model"]`: retries, residency, budget and metering
         as for chat, no classification and no fallback (an alias names one model)."""
-        policy = self.policy
-        started = self.clock()
-        rid = request_id or new_request_id()
-        try:
-            decision = decide_embedding(policy, body, residency=residency, tenant=tenant,
-                                        state=self.live_state(policy))
-        except RequestError as e:
-            self.record_rejected(rid, e, tenant=tenant)
-            raise
-        info = RouterInfo(rid, decision.task, decision.task_source, 1.0, None, decision.route, None,
-                          tenant=decision.tenant, created=self.wall())
-        req = _Request(self, policy, decision, info, started)
-        try:
-            candidates = decision.require_candidates()
-        except RequestError as e:
-            self._finish(req, "error", error=e.message)
-            raise
+        req, candidates = self._start(body, None, residency, tenant, request_id, embedding=True)
         candidates = await self._reserve(req, candidates)
 
         async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> Embeddings:
-            resp = await self._send(req, model, provider, call, stream=False)
-            try:
-                raw = await resp.read()
-            except TransportError as e:
-                resp.close()
-                raise _Failure(e.outcome, None, str(e)) from None
-            resp.release()
-            try:
-                data = orjson.loads(raw)
-                if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-                    raise ValueError
-            except (orjson.JSONDecodeError, ValueError):
-                raise _Failure("malformed", None, "upstream sent a body that is not an embeddings list") from None
-            info.attempts.append(Attempt(provider.name, model.alias, "ok", self.clock() - t0, 200))
-            info.provider, info.model, info.upstream_model = provider.name, model.alias, model.model
-            info.region = provider.region
+            data = await self._json_attempt(req, model, provider, call, t0, "data", "an embeddings list")
             usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
             prompt = usage.get("prompt_tokens")
             estimated = not isinstance(prompt, int)
-            self._cost(req, model, Usage(decision.prompt_tokens if estimated else prompt, 0, 0, estimated))
-            return Embeddings(data, info)
+            self._cost(req, model, Usage(req.decision.prompt_tokens if estimated else prompt, 0, 0, estimated))
+            return Embeddings(data, req.info)
 
-        try:
-            result = await self._run_attempts(req, candidates, False, body, once, path="/embeddings")
-        except asyncio.CancelledError:
-            self._finish(req, "cancelled")
-            raise
-        except RequestError as e:
-            self._finish(req, "error", error=e.message)
-            raise
-        self._finish(req, "ok")
-        return result
+        return await self._drive(req, candidates, body, once, "/embeddings")
 
     def _estimate(self, req: _Request, data: Mapping[str, Any]) -> Usage:
         chars = 0

@@ -247,6 +247,26 @@ class Proxy:
             raise AuthenticationError("invalid API key")
         return tenant
 
+    async def read_request(self, request: web.BaseRequest, rid: str, *, chat: bool
+                           ) -> tuple[Tenant | None, dict[str, Any]] | web.Response:
+        """The tenant and the JSON body; or the error response for a request refused before routing,
+        which still leaves its one ledger record."""
+        tenant = None
+        try:
+            tenant = self.authenticate(request, self.engine.policy)
+            body = await self.read_json(request)
+            if chat:
+                model = body.get("model")
+                if model is not None and type(model) is not str:
+                    raise InvalidRequest("`model` must be a string: auto, a route or a model alias", param="model")
+                stream = body.get("stream")
+                if stream is not None and type(stream) is not bool:
+                    raise InvalidRequest("`stream` must be true or false", param="stream")
+        except RequestError as e:
+            self.engine.record_rejected(rid, e, tenant=tenant.name if tenant is not None else None)
+            return _error(e, rid)
+        return tenant, body
+
     async def read_json(self, request: web.BaseRequest) -> dict[str, Any]:
         try:
             raw = await request.read()
@@ -268,19 +288,11 @@ class Proxy:
     async def chat_completions(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = _request_id(request)
         engine = self.engine
-        tenant = None
-        try:
-            tenant = self.authenticate(request, engine.policy)
-            body = await self.read_json(request)
-            model = body.get("model")
-            if model is not None and type(model) is not str:
-                raise InvalidRequest("`model` must be a string: auto, a route or a model alias", param="model")
-            stream = body.get("stream")
-            if stream is not None and type(stream) is not bool:
-                raise InvalidRequest("`stream` must be true or false", param="stream")
-        except RequestError as e:  # refused before the engine saw it: still one ledger record
-            engine.record_rejected(rid, e, tenant=tenant.name if tenant is not None else None)
-            return _error(e, rid)
+        read = await self.read_request(request, rid, chat=True)
+        if isinstance(read, web.Response):
+            return read
+        tenant, body = read
+        stream = body.get("stream")
         try:
             headers = request.headers
             task = headers.get("X-Router-Task") or None
@@ -339,13 +351,10 @@ class Proxy:
         """Embeddings by model alias: no classification; retries, residency, budgets and metering as for chat."""
         rid = _request_id(request)
         engine = self.engine
-        tenant = None
-        try:
-            tenant = self.authenticate(request, engine.policy)
-            body = await self.read_json(request)
-        except RequestError as e:  # refused before the engine saw it: still one ledger record
-            engine.record_rejected(rid, e, tenant=tenant.name if tenant is not None else None)
-            return _error(e, rid)
+        read = await self.read_request(request, rid, chat=False)
+        if isinstance(read, web.Response):
+            return read
+        tenant, body = read
         try:
             result = await engine.embed(body, residency=request.headers.get("X-Router-Residency") or None,
                                         tenant=tenant.name if tenant is not None else None, request_id=rid)
