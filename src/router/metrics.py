@@ -200,10 +200,13 @@ class PrometheusMeter(Meter):
         self._cache[key] = children
         return children
 
+    def _key(self, info: RouterInfo) -> tuple[Any, ...]:
+        return (info.route or NONE, info.task, info.task_source, info.provider, info.model, info.status,
+                (info.tenant or NONE) if self.tenant_label else None, info.provider is not None)
+
     def record(self, info: RouterInfo) -> None:
-        route, provider = info.route or NONE, info.provider
-        key = (route, info.task, info.task_source, provider, info.model, info.status,
-               (info.tenant or NONE) if self.tenant_label else None, provider is not None)
+        key = self._key(info)
+        route, provider = key[0], info.provider
         totals = self._cache.get(key)
         if totals is None:
             totals = self._children(key)
@@ -255,9 +258,8 @@ class PrometheusMeter(Meter):
             prev = a
 
     def _record_direct(self, info: RouterInfo) -> None:
-        route, provider = info.route or NONE, info.provider
-        key = (route, info.task, info.task_source, provider, info.model, info.status,
-               (info.tenant or NONE) if self.tenant_label else None, provider is not None)
+        key = self._key(info)
+        route, provider = key[0], info.provider
         children = self._cache.get(key)
         if children is None:
             children = self._children(key)

@@ -38,7 +38,7 @@ from .errors import (
     UpstreamFailed,
 )
 from .policy import Policy, Tenant
-from .response import RouterInfo
+from .response import ChatCompletion, Embeddings, RouterInfo
 
 __all__ = ["Proxy", "ProxyOptions", "usable_providers"]
 
@@ -95,6 +95,14 @@ def _routed_headers(info: RouterInfo, rid: str, content_type: str) -> dict[str, 
     if info.provider is not None:
         h["x-router-provider"] = info.provider
     return h
+
+
+def _routed_json(result: ChatCompletion | Embeddings, rid: str) -> web.Response:
+    """A routed JSON answer with its router headers, cost included."""
+    info = result.router
+    h = _routed_headers(info, rid, _JSON)
+    h["x-router-cost-usd"] = f"{info.cost_usd:.10f}"
+    return web.Response(body=orjson.dumps(result.to_dict()), headers=h)
 
 
 def _partial_headers(info: RouterInfo) -> dict[str, str]:
@@ -306,10 +314,7 @@ class Proxy:
             return _error(e, rid, {"x-router-attempts": str(len(e.attempts))})
         except RequestError as e:
             return _error(e, rid)
-        info = result.router
-        h = _routed_headers(info, rid, _JSON)
-        h["x-router-cost-usd"] = f"{info.cost_usd:.10f}"
-        return web.Response(body=orjson.dumps(result.to_dict()), headers=h)
+        return _routed_json(result, rid)
 
     async def _stream(self, request: web.BaseRequest, chunks: ChunkStream, rid: str) -> web.StreamResponse:
         sse = _SSE(request, chunks.router, rid, self.options.keepalive_s)
@@ -362,10 +367,7 @@ class Proxy:
             return _error(e, rid, {"x-router-attempts": str(len(e.attempts))})
         except RequestError as e:
             return _error(e, rid)
-        info = result.router
-        h = _routed_headers(info, rid, _JSON)
-        h["x-router-cost-usd"] = f"{info.cost_usd:.10f}"
-        return web.Response(body=orjson.dumps(result.to_dict()), headers=h)
+        return _routed_json(result, rid)
 
     # ------------------------------------------------------------------ models, health, metrics
 
