@@ -114,10 +114,7 @@ class SyncStream(sync.SyncIterator[ChatCompletionChunk]):
 
     def __del__(self) -> None:
         super().__del__()
-        loop = sync._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._inner.abandon)
+        sync.call_soon(self._inner.abandon)
 
 
 async def _abandon(inner: ChunkStream) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -39,9 +40,12 @@ def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None
         thread.join(timeout=2)
 
 
-def loop() -> asyncio.AbstractEventLoop:
-    """The background loop the sync API runs on."""
-    return _background_loop()
+def call_soon(fn: Any) -> None:
+    """Schedule `fn()` on the background loop if it is running; safe from finalizers (never blocks)."""
+    loop = _loop
+    if loop is not None and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -56,9 +60,8 @@ async def _anext(it: AsyncIterator[T]) -> T:
 class SyncIterator(Iterator[T]):
     """A blocking iterator over an async iterator that lives on the background loop."""
 
-    def __init__(self, aiter: AsyncIterator[T], owner: Any = None):
+    def __init__(self, aiter: AsyncIterator[T]):
         self._aiter = aiter
-        self._owner = owner
         self._done = False
 
     def __iter__(self) -> SyncIterator[T]:
@@ -88,7 +91,6 @@ class SyncIterator(Iterator[T]):
         self.close()
 
     def __del__(self) -> None:
-        if not self._done and _loop is not None and not _loop.is_closed():
-            aclose = getattr(self._aiter, "aclose", None)
-            if aclose is not None:
-                asyncio.run_coroutine_threadsafe(aclose(), _loop)
+        aclose = getattr(self._aiter, "aclose", None)
+        if not self._done and aclose is not None:
+            call_soon(lambda: asyncio.ensure_future(aclose()))
