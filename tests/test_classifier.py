@@ -278,3 +278,140 @@ def test_ascii_word_split_matches_the_regex():
     for low in samples:
         if low.isascii():
             assert language._ascii_words(low) == language._WORD.findall(low), low
+
+
+# --- the C accelerator (router._features) ----------------------------------------------------
+# It must compute exactly what the pure-Python reference computes. The install command builds
+# it (setup.py); these tests fail, rather than skip, when it did not build, so CI always checks
+# both paths.
+
+
+def _native():
+    try:
+        from router import _features
+    except ImportError as exc:  # pragma: no cover - a broken build
+        pytest.fail(f"router._features did not build ({exc}): install a C compiler and Python headers, "
+                    "then `pip install -e .`")
+    return _features
+
+
+def _data_texts() -> list[str]:
+    texts = []
+    for path in sorted((ROOT / "data" / "tasks").glob("*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            texts += [json.loads(line)["text"] for line in fh]
+    return texts
+
+
+def _random_texts(count: int, seed: int) -> list[str]:
+    """Text in many scripts with the characters the features treat specially: ASCII control and
+    separator bytes, digits, symbols, apostrophes, marks inside the CJK blocks, surrogates,
+    characters whose lower case is longer (İ) and astral characters."""
+    import random
+
+    rng = random.Random(seed)
+    ascii_pool = " \n\t\r\x0b\x0c\x1c\x1f\x00\x7fabcXYZ(){};=_-0123456789'\"`/\\:"
+    special = "İẞΣ’ßñãçéüöäœıłğş¿¡゙゚\u3097\u3098ーー々〆ⅤⅫ²١٣" + "іїєґپچژگ" + "\ud800\udfff"
+    out = []
+    for _ in range(count):
+        chars = []
+        for _ in range(rng.choice([1, 3, 20, 200, 2500])):
+            r = rng.random()
+            if r < 0.4:
+                chars.append(rng.choice(ascii_pool))
+            elif r < 0.5:
+                chars.append(rng.choice(special))
+            elif r < 0.85:
+                chars.append(chr(rng.randrange(0x80, 0x10000)))
+            else:
+                chars.append(chr(rng.randrange(0x10000, 0x110000)))
+        out.append("".join(chars))
+    return out
+
+
+@pytest.fixture(scope="module")
+def both_models():
+    _native()
+    return Classifier.load(native=True), Classifier.load(native=False)
+
+
+def test_native_and_python_scores_agree_on_every_data_text(both_models) -> None:
+    fast, ref = both_models
+    assert fast.native and not ref.native
+    texts = _data_texts()
+    assert len(texts) > 5000
+    differ = [t for t in texts if fast._sums(user(t), None) != ref._sums(user(t), None)]
+    assert differ == []
+
+
+def test_native_and_python_scores_agree_on_conversations_and_random_text(both_models) -> None:
+    fast, ref = both_models
+    data = _data_texts()
+    tools = [{"type": "function", "function": {"name": "run_shell", "description": "run a command"}}]
+    differ = []
+    for i, text in enumerate(_random_texts(3000, seed=11)):
+        conversations = [
+            user(text),
+            [{"role": "system", "content": data[i % len(data)]}, {"role": "user", "content": text}],
+            [{"role": "user", "content": data[-i]}, {"role": "assistant", "content": text},
+             {"role": "tool", "content": text[::-1]}, {"role": "user", "content": text[:20]}],
+            [{"role": "assistant", "content": text}],  # no user turn at all
+        ]
+        for messages in conversations:
+            for offered in (None, tools):
+                if fast._sums(messages, offered) != ref._sums(messages, offered):
+                    differ.append((messages, offered))
+    assert differ == []
+    # and what callers see: the same task, confidence and language
+    for text in data[:300]:
+        assert fast.classify(user(text)) == ref.classify(user(text))
+
+
+def test_native_and_python_language_detection_agree() -> None:
+    _native()
+    from router import language
+
+    assert language._LEXICON is not None
+    texts = _data_texts()
+    samples = texts + [t[:300] for t in texts] + _random_texts(3000, seed=5)
+    samples += [t.upper() for t in samples[-3000:]] + [t.title() for t in samples[-3000:]]
+    differ = [t for t in samples if language._native_language(language._LEXICON, t) != language._detect_clean(t)]
+    assert differ == []
+
+
+def test_without_the_accelerator_the_python_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A machine without a C compiler: router._features cannot be imported at all.
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "router._features":
+            raise ImportError("no C accelerator here")
+sys.meta_path.insert(0, Block())
+from router.classifier import classify, _default_model
+from router import language
+c = classify([{"role": "user", "content": "Wie kann ich in Python eine Liste umdrehen? def f(x): return x[::-1]"}])
+print(_default_model().native, language._LEXICON is None, c.task, c.language)
+"""
+    assert _run_python(code) == "False True coding de"
+    # asking for the accelerator where it is missing is an error, not a silent slow path
+    import router.classifier as rc
+
+    monkeypatch.setattr(rc, "_NativeTable", None)
+    with pytest.raises(RuntimeError, match="not built"):
+        Classifier.load(native=True)
+    assert Classifier.load().native is False
+
+
+def test_native_tables_refuse_bad_input() -> None:
+    features = _native()
+    with pytest.raises(OverflowError):
+        features.Table([(b"\x01x", 40_000, 0)], [])
+    with pytest.raises(ValueError, match="share"):
+        features.Table([(b"\x01x", 1, 1), (b"\x01x", 2, 2)], [])
+    table = features.Table([(b"\x01x", 1, 2)], [])
+    assert features.score(table, b"x", "x", None, None, False) == (1, 2, 1, 0, 0, 0)
+    with pytest.raises(TypeError):
+        features.score(table, "x", "x", None, None, False)
+    with pytest.raises(TypeError, match="both None"):
+        features.score(table, b"x", "x", b"y", None, False)

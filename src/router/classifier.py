@@ -24,6 +24,7 @@ still reads as coding.
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import math
 import re
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
-from router.language import detect_language
+from router.language import detect_language, native_allowed
 
 __all__ = [
     "CONTEXT_WEIGHT",
@@ -51,7 +52,7 @@ TASKS = ("coding", "reasoning", "general")
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "task_model.json.gz"
 MODEL_FORMAT = "router-task-classifier/1"
-_FIXED = 100_000  # weights are scored as integers in units of 1e-5 (exact up to 2**53)
+_FIXED = 1000  # weights are scored as integers in units of 1e-3 (exact sums; 16 bits in C)
 
 CONTEXT_WEIGHT = 0.4
 # Characters read per request: the head and tail of the last user turn, then context, most recent
@@ -255,9 +256,9 @@ _Keys = tuple[set, set]
 _NO_KEYS: _Keys = (set(), set())
 
 
-def _feature_sets(messages: Sequence[Mapping], tools: Sequence | None) -> tuple[_Keys, _Keys | None]:
-    """(keys of the last user turn, keys only the context has, or None without context)."""
-    main, context = _split(messages, tools)
+def _feature_sets(main: str, context: list[str], tools: Sequence | None) -> tuple[_Keys, _Keys | None]:
+    """(keys of the last user turn, keys only the context has, or None without context), from
+    what :func:`_split` returns."""
     keys = _text_keys(main) if main else _NO_KEYS
     if not context:
         return keys, None
@@ -278,7 +279,7 @@ def extract_features(messages: Sequence[Mapping], tools: Sequence | None = None)
     >>> sorted(extract_features([{"role": "user", "content": "Hi there, functions!"}]).items())
     [('!', 1.0), (',', 1.0), ('c:!', 1.0), ('c:,', 1.0), ('functions', 1.0), ('funct~', 1.0), ('hi', 1.0), ('hi there', 1.0), ('there', 1.0), ('there functions', 1.0)]
     """
-    main, ctx = _feature_sets(messages, tools)
+    main, ctx = _feature_sets(*_split(messages, tools), tools)
     feats: dict[str, float] = {}
     for keys, weight in ((ctx, CONTEXT_WEIGHT), (main, 1.0)):
         if keys is None:
@@ -311,7 +312,7 @@ class Classifier:
     ``{"format", "classes", "bias", "temperature", "weights": {feature: [w per class]}}``.
     """
 
-    __slots__ = ("_bias", "_scale", "_stems", "_weights", "bias", "classes", "temperature")
+    __slots__ = ("_bias", "_scale", "_stems", "_table", "_weights", "bias", "classes", "temperature")
 
     def __init__(
         self,
@@ -319,7 +320,11 @@ class Classifier:
         bias: Sequence[float],
         weights: Mapping[str, Sequence[float]],
         temperature: float = 1.0,
+        *,
+        native: bool | None = None,
     ) -> None:
+        """`native`: score with the C accelerator (True: required; None: when it was built;
+        False: never, the pure-Python reference path)."""
         if len(classes) != 3 or len(bias) != 3:
             raise ValueError("a task model has exactly three classes")
         self.classes = tuple(classes)
@@ -344,30 +349,57 @@ class Classifier:
         for key, value in self._weights.items():
             if isinstance(key, bytes) and len(key) > 6:
                 self._weights[key] = value + self._stems.get(_stem(key), 0j)
+        self._table = _native_table(self._weights, self._stems) if native is not False else None
+        if native and self._table is None:
+            raise RuntimeError("router._features, the classifier's C accelerator, is not built")
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> Classifier:
+    def load(cls, path: str | Path = DEFAULT_MODEL_PATH, *, native: bool | None = None) -> Classifier:
         with gzip.open(path, "rb") as fh:
             data = json.loads(fh.read())
         if data.get("format") != MODEL_FORMAT:
             raise ValueError(f"{path}: not a {MODEL_FORMAT} model (format={data.get('format')!r})")
-        return cls(data["classes"], data["bias"], data["weights"], data.get("temperature", 1.0))
+        return cls(data["classes"], data["bias"], data["weights"], data.get("temperature", 1.0), native=native)
 
-    def _probabilities(self, main: _Keys, ctx: _Keys | None) -> tuple[float, float, float]:
-        # Features are binary (stems: counts) and L2-normalised over all non-stem features, known
-        # or not, so length alone doesn't decide. Key kinds never collide.
+    @property
+    def native(self) -> bool:
+        """True when requests are scored by the C accelerator (``router._features``), False on the
+        pure-Python path. Both give the same probabilities."""
+        return self._table is not None
+
+    def _sums(self, messages: Sequence[Mapping], tools: Sequence | None) -> tuple[complex, float]:
+        """The fixed-point weight sum (class 1 and class 2 against class 0, as one complex number)
+        and the squared norm of a conversation's features."""
+        main, context = _split(messages, tools)
+        if self._table is not None:
+            lowered = main.lower()
+            raw = lowered.encode("utf-8", "surrogatepass")
+            if not context:
+                r = _native_score(self._table, raw, lowered, None, None, False)
+                return complex(r[0], r[1]), r[2]
+            ctx = "\n".join(context).lower()
+            r = _native_score(self._table, raw, lowered, ctx.encode("utf-8", "surrogatepass"), ctx, bool(tools))
+            return (complex(r[0], r[1]) + CONTEXT_WEIGHT * complex(r[3], r[4]),
+                    r[2] + CONTEXT_WEIGHT * CONTEXT_WEIGHT * r[5])
+        # The reference path. Features are binary (stems: counts) and L2-normalised over all
+        # non-stem features, known or not, so length alone doesn't decide. Key kinds never collide.
+        keys, ctx_keys = _feature_sets(main, context, tools)
         weights, stems = self._weights, self._stems
         get, zero = weights.get, repeat(0j)
-        tokens, pairs = main
+        tokens, pairs = keys
         s = sum(map(get, tokens, zero)) + sum(map(get, pairs, zero))
         s += sum(map(stems.get, [_stem(t) for t in tokens.difference(weights) if len(t) > 6], zero))
         n = len(tokens) + len(pairs)
-        if ctx is not None:
-            tokens, pairs = ctx
+        if ctx_keys is not None:
+            tokens, pairs = ctx_keys
             c = sum(map(get, tokens, zero)) + sum(map(get, pairs, zero))
             c += sum(map(stems.get, [_stem(t) for t in tokens.difference(weights) if len(t) > 6], zero))
             s += CONTEXT_WEIGHT * c
             n += CONTEXT_WEIGHT * CONTEXT_WEIGHT * (len(tokens) + len(pairs))
+        return s, n
+
+    def _probabilities(self, messages: Sequence[Mapping], tools: Sequence | None) -> tuple[float, float, float]:
+        s, n = self._sums(messages, tools)
         scale = self._scale / math.sqrt(n) if n else self._scale
         z1 = s.real * scale + self._bias[0]
         z2 = s.imag * scale + self._bias[1]
@@ -378,14 +410,48 @@ class Classifier:
 
     def probabilities(self, messages: Sequence[Mapping], tools: Sequence | None = None) -> dict[str, float]:
         """Class -> probability for a conversation."""
-        return dict(zip(self.classes, self._probabilities(*_feature_sets(messages, tools)), strict=True))
+        return dict(zip(self.classes, self._probabilities(messages, tools), strict=True))
 
     def classify(self, messages: Sequence[Mapping], tools: Sequence | None = None, *,
                  language: bool = True) -> Classification:
         """The task and its probability; the language too unless `language=False` (then None)."""
-        p = self._probabilities(*_feature_sets(messages, tools))
+        p = self._probabilities(messages, tools)
         k = 0 if p[0] >= p[1] and p[0] >= p[2] else (1 if p[1] >= p[2] else 2)
         return Classification(self.classes[k], round(p[k], 4), _language(messages) if language else None)
+
+
+# The optional C accelerator (built by setup.py); without it, or with ROUTER_CLASSIFIER_NATIVE=0,
+# the pure-Python path gives the same results. Imported by name: import-linter's graph holds only
+# Python sources.
+try:
+    if not native_allowed():
+        raise ImportError("ROUTER_CLASSIFIER_NATIVE=0")
+    _features = importlib.import_module("router._features")
+    _NativeTable, _native_score = _features.Table, _features.score
+except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
+    _NativeTable = _native_score = None
+
+
+def _canonical(key: object) -> bytes:
+    """A feature key as router._features hashes it: a kind tag, then the key's bytes."""
+    if isinstance(key, bytes):
+        return b"\x01" + key
+    if isinstance(key, tuple):
+        return b"\x03" + key[0] + b" " + key[1]
+    return b"\x02" + key.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
+
+
+def _native_table(weights: Mapping[object, complex], stems: Mapping[bytes, complex]) -> object | None:
+    """The model's weights as a router._features table, or None without the accelerator."""
+    if _NativeTable is None:
+        return None
+    try:
+        return _NativeTable(
+            [(_canonical(k), int(v.real), int(v.imag)) for k, v in weights.items()],
+            [(k, int(v.real), int(v.imag)) for k, v in stems.items()],
+        )
+    except (ValueError, OverflowError):  # a 64-bit hash collision or a huge weight: score in Python
+        return None
 
 
 def _language(messages: Sequence[Mapping]) -> str:

@@ -18,12 +18,14 @@ Two stages, both cheap:
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from bisect import bisect_right
 from itertools import compress, repeat
 from operator import itemgetter
 
-__all__ = ["DEFAULT_LANGUAGE", "detect_language"]
+__all__ = ["DEFAULT_LANGUAGE", "detect_language", "native_allowed"]
 
 DEFAULT_LANGUAGE = "en"
 
@@ -184,6 +186,15 @@ def detect_language(text: str) -> str:
     cleaned = _strip_noise(text + "\n")
     if len(cleaned.strip()) < 2:
         cleaned = text
+    if _LEXICON is not None:
+        return _native_language(_LEXICON, cleaned)
+    return _detect_clean(cleaned)
+
+
+def _detect_clean(cleaned: str) -> str:
+    """The language of text with code and markup removed: by script, else by Latin-script words.
+
+    (The reference for ``router._features.language``, which computes the same in C.)"""
     if not cleaned.isascii():
         runs = _NON_LATIN_RUN.findall(cleaned)
         if runs:
@@ -271,3 +282,30 @@ def _latin_language(text: str) -> str:
     if not scores:
         return DEFAULT_LANGUAGE
     return max(scores, key=lambda k: (scores[k], k == DEFAULT_LANGUAGE))
+
+
+def native_allowed() -> bool:
+    """False when ``ROUTER_CLASSIFIER_NATIVE=0``: classification and language detection then use
+    their pure-Python paths even where the C accelerator is built (same results, slower)."""
+    return os.environ.get("ROUTER_CLASSIFIER_NATIVE", "1").strip() != "0"
+
+
+def _lexicon() -> object | None:
+    """The stop words, suffixes and letter hints for the C accelerator, or None without it."""
+    if not native_allowed():
+        return None
+    try:  # by name: import-linter's graph holds only Python sources
+        features = importlib.import_module("router._features")
+    except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
+        return None
+    stopwords = {
+        w: tuple((packed >> (16 * i)) & 0xFFFF for i in range(len(_LANGS))) for w, packed in _PACKED.items()
+    }
+    suffixes = [(suffix, _LANGS.index(lang), round(0.5 * _UNIT)) for suffix, lang in _SUFFIXES]
+    hints = [(ch, _LANGS.index(lang), w) for ch, (lang, w) in sorted(_LETTER_HINTS.items())]
+    return features.Lexicon(_LANGS, _LANGS.index(DEFAULT_LANGUAGE), _UNIT, stopwords, suffixes, hints)
+
+
+_LEXICON = _lexicon()
+if _LEXICON is not None:
+    _native_language = importlib.import_module("router._features").language

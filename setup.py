@@ -1,0 +1,13 @@
+"""Builds the optional C accelerator of the task classifier (router._features).
+
+Everything else is declared in pyproject.toml. The extension is optional: without a C compiler the
+install still succeeds and the classifier runs its pure-Python path, with the same results.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("router._features", ["src/router/_features.c"], optional=True, extra_compile_args=["-O2"]),
+    ]
+)

@@ -1,0 +1,998 @@
+/* router._features: the task classifier's feature scoring in C.
+ *
+ * An optional accelerator for router/classifier.py. It computes exactly what the pure-Python path
+ * computes (`_text_keys` + the look-ups in `Classifier._probabilities`): the fixed-point weight
+ * sums and feature counts of the last user turn and of the context, so the probabilities are the
+ * same floats either way. tests/test_classifier.py checks the two paths agree on every training
+ * text and on random text in many scripts. When this module does not build (no compiler), the
+ * package works unchanged, on the Python path.
+ *
+ * Features are identified by a 64-bit hash of a tagged byte string instead of a Python object:
+ *   1 + bytes          a word or a run of ASCII symbols          (Python: bytes)
+ *   2 + UTF-8 text     one symbol, CJK character or pair, marker  (Python: str)
+ *   3 + a + " " + b    a pair of adjacent words                   (Python: tuple of two bytes)
+ * and stems by the hash of their bytes, in a table of their own. The Python side builds both
+ * tables from the model (see `_canonical` in classifier.py); two distinct features sharing a
+ * 64-bit hash is refused when the tables are built.
+ *
+ * Everything runs with the GIL held and allocates nothing on the Python heap but the result.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+#define TAG_BYTES 1
+#define TAG_STR 2
+#define TAG_PAIR 3
+
+#define PAIR_WORDS 80 /* word pairs come from the first 80 words (classifier._PAIR_WORDS) */
+#define CJK_CHARS 60  /* CJK characters and pairs from the first 60 CJK characters (_CJK_CHARS) */
+#define LATIN_CHARS 160 /* language evidence from the first 160 characters (language._LATIN_CHARS) */
+
+static inline uint64_t
+fnv(uint64_t h, const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * FNV_PRIME;
+    return h;
+}
+
+static inline uint64_t
+fnv_byte(uint64_t h, unsigned char c)
+{
+    return (h ^ c) * FNV_PRIME;
+}
+
+/* 0 marks an empty slot, so no key hashes to it. */
+static inline uint64_t
+finish(uint64_t h)
+{
+    return h ? h : 1;
+}
+
+/* Slot index: the high bits of a multiplicative mix (FNV's low bits alone cluster). */
+static inline uint64_t
+spread(uint64_t h)
+{
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 32;
+    return h;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Weight tables: open addressing, linear probing, 16-byte slots.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t fp;    /* fingerprint: high bits of the mixed hash (0: empty) */
+    int16_t re, im; /* the weights, in the model's fixed-point units */
+} slot_t;
+
+typedef struct {
+    slot_t *slots;
+    uint64_t mask;
+} table_t;
+
+/* Slot index from the low bits of the mixed hash, fingerprint from the high 32: an 8-byte slot
+ * keeps the whole model (~25k features, 256 KB) in a core's L2 cache. A feature the model does not
+ * have matches a stored fingerprint on its probe run with odds of about 1 in 500 million. */
+static inline uint32_t
+fingerprint(uint64_t mixed)
+{
+    uint32_t fp = (uint32_t)(mixed >> 32);
+    return fp ? fp : 1;
+}
+
+static const slot_t *
+table_find(const table_t *t, uint64_t key)
+{
+    uint64_t mixed = spread(key);
+    uint32_t fp = fingerprint(mixed);
+    uint64_t i = mixed & t->mask;
+    for (;;) {
+        const slot_t *s = &t->slots[i];
+        if (s->fp == fp)
+            return s;
+        if (s->fp == 0)
+            return NULL;
+        i = (i + 1) & t->mask;
+    }
+}
+
+/* Fill `t` from a sequence of (key bytes, real, imag); 0 on success, -1 with an exception set. */
+static int
+table_build(table_t *t, PyObject *items)
+{
+    PyObject *seq = PySequence_Fast(items, "weights must be a sequence of (bytes, int, int)");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    uint64_t cap = 16;
+    while (cap * 4 < (uint64_t)n * 5) /* at most 80% full */
+        cap <<= 1;
+    t->slots = PyMem_Calloc(cap, sizeof(slot_t));
+    if (t->slots == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->mask = cap - 1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        const char *key;
+        Py_ssize_t len;
+        int re, im;
+        if (!PyArg_ParseTuple(item, "y#ii", &key, &len, &re, &im))
+            goto fail;
+        if (re < INT16_MIN || re > INT16_MAX || im < INT16_MIN || im > INT16_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "weight out of the 16-bit fixed-point range");
+            goto fail;
+        }
+        uint64_t mixed = spread(finish(fnv(FNV_OFFSET, (const unsigned char *)key, len)));
+        uint32_t fp = fingerprint(mixed);
+        uint64_t i = mixed & t->mask;
+        while (t->slots[i].fp != 0) {
+            if (t->slots[i].fp == fp) {
+                PyErr_SetString(PyExc_ValueError, "two features share a slot fingerprint");
+                goto fail;
+            }
+            i = (i + 1) & t->mask;
+        }
+        t->slots[i].fp = fp;
+        t->slots[i].re = (int16_t)re;
+        t->slots[i].im = (int16_t)im;
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+    return -1;
+}
+
+typedef struct {
+    PyObject_HEAD
+    table_t weights;
+    table_t stems;
+} TableObject;
+
+static void
+Table_dealloc(TableObject *self)
+{
+    PyMem_Free(self->weights.slots);
+    PyMem_Free(self->stems.slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Table_init(TableObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *weights, *stems;
+    static char *kwlist[] = {"weights", "stems", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Table", kwlist, &weights, &stems))
+        return -1;
+    if (self->weights.slots != NULL || self->stems.slots != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Table is already built");
+        return -1;
+    }
+    if (table_build(&self->weights, weights) < 0)
+        return -1;
+    if (table_build(&self->stems, stems) < 0)
+        return -1;
+    return 0;
+}
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "router._features.Table",
+    .tp_doc = PyDoc_STR("Table(weights, stems): the model's fixed-point weights by feature hash."),
+    .tp_basicsize = sizeof(TableObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Table_init,
+    .tp_dealloc = (destructor)Table_dealloc,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * One request: a set of the feature hashes seen so far (both texts), and the running sums.
+ * ------------------------------------------------------------------------------------------- */
+
+#define SEEN_STACK 1024
+
+typedef struct {
+    const table_t *weights, *stems;
+    uint64_t *seen;
+    uint64_t seen_mask;
+    Py_ssize_t seen_count;
+    uint64_t stack[SEEN_STACK];
+    int64_t re, im; /* sums of the text being read */
+    Py_ssize_t n;   /* its distinct features */
+    int failed;     /* out of memory */
+} state_t;
+
+static int
+seen_grow(state_t *st)
+{
+    uint64_t cap = (st->seen_mask + 1) * 2;
+    uint64_t *slots = PyMem_Calloc(cap, sizeof(uint64_t));
+    if (slots == NULL) {
+        st->failed = 1;
+        return -1;
+    }
+    for (uint64_t i = 0; i <= st->seen_mask; i++) {
+        uint64_t h = st->seen[i];
+        if (h) {
+            uint64_t j = spread(h) & (cap - 1);
+            while (slots[j])
+                j = (j + 1) & (cap - 1);
+            slots[j] = h;
+        }
+    }
+    if (st->seen != st->stack)
+        PyMem_Free(st->seen);
+    st->seen = slots;
+    st->seen_mask = cap - 1;
+    return 0;
+}
+
+/* True when `h` was not seen before (and records it). */
+static inline int
+seen_add(state_t *st, uint64_t h)
+{
+    uint64_t i = spread(h) & st->seen_mask;
+    for (;;) {
+        uint64_t k = st->seen[i];
+        if (k == h)
+            return 0;
+        if (k == 0)
+            break;
+        i = (i + 1) & st->seen_mask;
+    }
+    st->seen[i] = h;
+    if (++st->seen_count * 2 > (Py_ssize_t)st->seen_mask && seen_grow(st) < 0)
+        return 0;
+    return 1;
+}
+
+/* Count one feature (once per request) and add its weight. `word`/`len` are given for bytes
+ * tokens: a long token the model does not know adds the weight of its stem instead. */
+static inline void
+feature(state_t *st, uint64_t h, const unsigned char *word, Py_ssize_t len)
+{
+    h = finish(h);
+    if (!seen_add(st, h))
+        return;
+    st->n++;
+    const slot_t *s = table_find(st->weights, h);
+    if (s != NULL) {
+        st->re += s->re;
+        st->im += s->im;
+    }
+    else if (word != NULL && len > 6) {
+        Py_ssize_t stem = word[0] < 128 ? 5 : (len < 10 ? len : 10);
+        s = table_find(st->stems, finish(fnv(FNV_OFFSET, word, stem)));
+        if (s != NULL) {
+            st->re += s->re;
+            st->im += s->im;
+        }
+    }
+}
+
+static inline void
+str_feature(state_t *st, const char *text)
+{
+    uint64_t h = fnv_byte(FNV_OFFSET, TAG_STR);
+    feature(st, fnv(h, (const unsigned char *)text, (Py_ssize_t)strlen(text)), NULL, 0);
+}
+
+static inline int
+is_ascii_alnum(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* str.isspace() for ASCII: the six C whitespace bytes and the separators 0x1c-0x1f. */
+static inline int
+is_py_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+static inline int
+is_cjk(Py_UCS4 c)
+{
+    return (c >= 0x3040 && c <= 0x30ff) || (c >= 0x3400 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af)
+           || (c >= 0xf900 && c <= 0xfaff);
+}
+
+/* UTF-8 bytes of one code point, surrogates included (as Python's "surrogatepass"). */
+static inline int
+utf8(Py_UCS4 c, unsigned char *out)
+{
+    if (c < 0x80) {
+        out[0] = (unsigned char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        out[0] = (unsigned char)(0xc0 | (c >> 6));
+        out[1] = (unsigned char)(0x80 | (c & 0x3f));
+        return 2;
+    }
+    if (c < 0x10000) {
+        out[0] = (unsigned char)(0xe0 | (c >> 12));
+        out[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
+        out[2] = (unsigned char)(0x80 | (c & 0x3f));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xf0 | (c >> 18));
+    out[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3f));
+    out[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
+    out[3] = (unsigned char)(0x80 | (c & 0x3f));
+    return 4;
+}
+
+typedef struct {
+    Py_ssize_t start, len;
+} span_t;
+
+static int
+contains(const unsigned char *hay, Py_ssize_t size, const char *needle, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i + n <= size; i++)
+        if (hay[i] == (unsigned char)needle[0] && memcmp(hay + i, needle, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* The features of one text, as classifier._text_keys reads them: `raw` is the UTF-8 encoding
+ * (surrogatepass) of `lowered`, the lower-cased text. */
+static int
+read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
+{
+    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(raw_obj);
+    Py_ssize_t size = PyBytes_GET_SIZE(raw_obj);
+    unsigned char *words = PyMem_Malloc(size ? size : 1); /* raw with the word translation */
+    if (words == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    span_t pairs[PAIR_WORDS];
+    int npairs = 0;
+    const uint64_t tag_bytes = fnv_byte(FNV_OFFSET, TAG_BYTES);
+    const uint64_t tag_str = fnv_byte(FNV_OFFSET, TAG_STR);
+
+    /* Words: runs of ASCII letters and digits and non-ASCII bytes, digits 1-9 read as 0. Symbol
+     * runs: runs of other ASCII bytes but whitespace; each of their bytes is also a feature. */
+    Py_ssize_t i = 0;
+    while (i < size) {
+        unsigned char c = raw[i];
+        if (c >= 128 || is_ascii_alnum(c)) {
+            Py_ssize_t start = i;
+            uint64_t h = tag_bytes;
+            for (; i < size && (raw[i] >= 128 || is_ascii_alnum(raw[i])); i++) {
+                unsigned char w = raw[i];
+                if (w >= '1' && w <= '9')
+                    w = '0';
+                words[i] = w;
+                h = fnv_byte(h, w);
+            }
+            feature(st, h, words + start, i - start);
+            if (npairs < PAIR_WORDS) {
+                pairs[npairs].start = start;
+                pairs[npairs].len = i - start;
+                npairs++;
+            }
+        }
+        else if (!is_py_space(c)) {
+            Py_ssize_t start = i;
+            uint64_t h = tag_bytes;
+            for (; i < size && raw[i] < 128 && !is_ascii_alnum(raw[i]) && !is_py_space(raw[i]); i++) {
+                h = fnv_byte(h, raw[i]);
+                feature(st, fnv_byte(tag_str, raw[i]), NULL, 0);
+            }
+            feature(st, h, raw + start, i - start);
+        }
+        else {
+            i++;
+        }
+    }
+    for (int k = 0; k + 1 < npairs; k++) {
+        uint64_t h = fnv(fnv_byte(FNV_OFFSET, TAG_PAIR), words + pairs[k].start, pairs[k].len);
+        h = fnv(fnv_byte(h, ' '), words + pairs[k + 1].start, pairs[k + 1].len);
+        feature(st, h, NULL, 0);
+    }
+    PyMem_Free(words);
+
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(lowered) < 0)
+        return -1;
+#endif
+    if (size != PyUnicode_GET_LENGTH(lowered)) {
+        /* Not ASCII: symbols outside ASCII (not letters or digits: €, ×, 。) one by one, and the
+         * first CJK characters and their adjacent pairs, which stand in for words. */
+        int kind = PyUnicode_KIND(lowered);
+        const void *data = PyUnicode_DATA(lowered);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(lowered);
+        int budget = CJK_CHARS;
+        Py_UCS4 prev = 0;
+        int have_prev = 0;
+        unsigned char buf[8];
+        for (Py_ssize_t k = 0; k < length; k++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, k);
+            if (c < 128) {
+                have_prev = 0;
+                continue;
+            }
+            if (!Py_UNICODE_ISALNUM(c) && c != '_')  /* (the CJK blocks hold a few such marks) */
+                feature(st, fnv(tag_str, buf, utf8(c, buf)), NULL, 0);
+            if (budget > 0 && is_cjk(c)) {
+                int n = utf8(c, buf);
+                feature(st, fnv(tag_str, buf, n), NULL, 0);
+                if (have_prev) {
+                    int m = utf8(prev, buf);
+                    utf8(c, buf + m);
+                    feature(st, fnv(tag_str, buf, m + n), NULL, 0);
+                }
+                prev = c;
+                have_prev = 1;
+                budget--;
+            }
+            else {
+                have_prev = 0;
+            }
+        }
+    }
+
+    /* Shape markers: indented lines and error text. */
+    if (contains(raw, size, "\n  ", 3) || contains(raw, size, "\n\t", 2))
+        str_feature(st, "__tab");
+    if (contains(raw, size, "error:", 6) || contains(raw, size, "exception", 9))
+        str_feature(st, "__err");
+    return 0;
+}
+
+PyDoc_STRVAR(score_doc,
+"score(table, raw, lowered, ctx_raw, ctx_lowered, tools) -> (re, im, n, ctx_re, ctx_im, ctx_n)\n\n"
+"Fixed-point weight sums and distinct-feature counts of the last user turn and of the features\n"
+"only the context has (`ctx_raw`/`ctx_lowered` may be None; `tools` adds the tools marker to it).");
+
+static PyObject *
+score(PyObject *module, PyObject *args)
+{
+    (void)module;
+    TableObject *table;
+    PyObject *raw, *lowered, *ctx_raw, *ctx_lowered;
+    int tools;
+    if (!PyArg_ParseTuple(args, "O!SUOOp:score", &TableType, &table, &raw, &lowered, &ctx_raw, &ctx_lowered,
+                          &tools))
+        return NULL;
+    if (table->weights.slots == NULL || table->stems.slots == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Table is not built");
+        return NULL;
+    }
+    int has_ctx = ctx_raw != Py_None;
+    if (has_ctx && (!PyBytes_Check(ctx_raw) || !PyUnicode_Check(ctx_lowered))) {
+        PyErr_SetString(PyExc_TypeError, "ctx_raw must be bytes and ctx_lowered str, or both None");
+        return NULL;
+    }
+    state_t st;
+    st.weights = &table->weights;
+    st.stems = &table->stems;
+    memset(st.stack, 0, sizeof(st.stack));
+    st.seen = st.stack;
+    st.seen_mask = SEEN_STACK - 1;
+    st.seen_count = 0;
+    st.failed = 0;
+    st.re = st.im = 0;
+    st.n = 0;
+    int64_t re = 0, im = 0;
+    Py_ssize_t n = 0;
+    int rc = read_text(&st, raw, lowered);
+    if (rc == 0 && has_ctx) {
+        re = st.re, im = st.im, n = st.n;
+        st.re = st.im = 0;
+        st.n = 0;
+        rc = read_text(&st, ctx_raw, ctx_lowered);
+        if (rc == 0 && tools)
+            str_feature(&st, "__tool");
+    }
+    else {
+        re = st.re, im = st.im, n = st.n;
+        st.re = st.im = 0;
+        st.n = 0;
+    }
+    if (st.seen != st.stack)
+        PyMem_Free(st.seen);
+    if (rc < 0)
+        return NULL;
+    if (st.failed)
+        return PyErr_NoMemory();
+    return Py_BuildValue("(LLnLLn)", (long long)re, (long long)im, n, (long long)st.re, (long long)st.im, st.n);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Language detection after noise stripping: router/language.py's `_detect_clean`, exactly.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Scripts, in the order of language.py's _BLOCKS names. */
+enum { S_GREEK, S_CYRILLIC, S_ARMENIAN, S_HEBREW, S_ARABIC, S_OTHER, S_DEVANAGARI, S_THAI, S_HANGUL, S_CJK, N_SCRIPTS };
+static const char *script_lang[N_SCRIPTS] = {"el", "ru", "hy", "he", "ar", NULL, "hi", "th", "ko", NULL};
+
+typedef struct {
+    Py_UCS4 start;
+    int script;
+    double weight;
+} block_t;
+
+/* language.py's _BLOCKS: (first code point, script, Latin letters one character is worth). */
+static const block_t blocks[] = {
+    {0x0370, S_GREEK, 1.0},  {0x0400, S_CYRILLIC, 1.0}, {0x0530, S_ARMENIAN, 1.0}, {0x0590, S_HEBREW, 1.0},
+    {0x0600, S_ARABIC, 1.0}, {0x0700, S_OTHER, 1.0},    {0x0750, S_ARABIC, 1.0},   {0x0780, S_OTHER, 1.0},
+    {0x0900, S_DEVANAGARI, 1.0}, {0x0980, S_OTHER, 1.0}, {0x0E00, S_THAI, 1.0},    {0x0E80, S_OTHER, 1.0},
+    {0x1100, S_HANGUL, 3.0}, {0x1200, S_OTHER, 1.0},    {0x3040, S_CJK, 3.0},      {0x3100, S_OTHER, 1.0},
+    {0x3130, S_HANGUL, 3.0}, {0x3190, S_OTHER, 1.0},    {0x31F0, S_CJK, 3.0},      {0x3200, S_OTHER, 1.0},
+    {0x3400, S_CJK, 3.0},    {0xA000, S_OTHER, 1.0},    {0xAC00, S_HANGUL, 3.0},   {0xD7B0, S_OTHER, 1.0},
+    {0xF900, S_CJK, 3.0},    {0xFB00, S_OTHER, 1.0},    {0xFB50, S_ARABIC, 1.0},   {0xFE00, S_OTHER, 1.0},
+    {0xFE70, S_ARABIC, 1.0}, {0xFF00, S_OTHER, 1.0},    {0xFF66, S_CJK, 3.0},      {0xFFA0, S_OTHER, 1.0},
+};
+#define N_BLOCKS ((int)(sizeof(blocks) / sizeof(blocks[0])))
+
+/* language.py's _NON_LATIN_RUN character class. */
+static inline int
+is_non_latin(Py_UCS4 c)
+{
+    return (c >= 0x0370 && c <= 0x06ff) || (c >= 0x0750 && c <= 0x077f) || (c >= 0x0900 && c <= 0x097f)
+           || (c >= 0x0e00 && c <= 0x0e7f) || (c >= 0x1100 && c <= 0x11ff) || (c >= 0x3040 && c <= 0x30ff)
+           || (c >= 0x3130 && c <= 0x318f) || (c >= 0x31f0 && c <= 0x31ff) || (c >= 0x3400 && c <= 0x4dbf)
+           || (c >= 0x4e00 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) || (c >= 0xf900 && c <= 0xfaff)
+           || (c >= 0xfb50 && c <= 0xfdff) || (c >= 0xfe70 && c <= 0xfeff) || (c >= 0xff66 && c <= 0xff9f);
+}
+
+static inline int
+is_kana(Py_UCS4 c)
+{
+    return (c >= 0x3040 && c <= 0x30ff) || (c >= 0x31f0 && c <= 0x31ff) || (c >= 0xff66 && c <= 0xff9f);
+}
+
+static inline const block_t *
+block_of(Py_UCS4 c)
+{
+    int lo = 0, hi = N_BLOCKS; /* the last block starting at or before c */
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (blocks[mid].start <= c)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return &blocks[lo];
+}
+
+/* A letter as language.py's _WORD reads one: [^\W\d_]. */
+static inline int
+is_word_letter(Py_UCS4 c)
+{
+    return c != '_' && Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c);
+}
+
+#define MAX_LANGS 32
+#define MAX_SUFFIX 8
+
+typedef struct {
+    Py_UCS4 chars[MAX_SUFFIX];
+    int len, lang, units;
+} suffix_t;
+
+typedef struct {
+    Py_UCS4 ch;
+    int lang;
+    double weight;
+} hint_t;
+
+typedef struct {
+    uint64_t key; /* hash of the word's UTF-8 (0: empty) */
+    int32_t row;
+} stop_slot_t;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *langs;  /* tuple of str, the packed fields' order */
+    PyObject *script_codes[N_SCRIPTS + 4]; /* interned codes: script languages, ja, zh, uk, fa */
+    int nlangs, default_lang, unit;
+    stop_slot_t *stop; /* word hash -> row */
+    uint64_t stop_mask;
+    int32_t *rows;    /* nlangs weights per stop word, in 1/unit */
+    suffix_t *suffixes;
+    int nsuffixes;
+    hint_t *hints;    /* sorted by code point */
+    int nhints;
+} LexiconObject;
+
+enum { CODE_JA = N_SCRIPTS, CODE_ZH, CODE_UK, CODE_FA };
+
+static void
+Lexicon_dealloc(LexiconObject *self)
+{
+    Py_XDECREF(self->langs);
+    for (int i = 0; i < N_SCRIPTS + 4; i++)
+        Py_XDECREF(self->script_codes[i]);
+    PyMem_Free(self->stop);
+    PyMem_Free(self->rows);
+    PyMem_Free(self->suffixes);
+    PyMem_Free(self->hints);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static uint64_t
+hash_utf8_str(PyObject *word)
+{
+    Py_ssize_t len;
+    const char *utf = PyUnicode_AsUTF8AndSize(word, &len);
+    if (utf == NULL)
+        return 0;
+    return finish(fnv(FNV_OFFSET, (const unsigned char *)utf, len));
+}
+
+/* Lexicon(langs, default, unit, stopwords: {word: (units per lang)}, suffixes: [(suffix, lang
+ * index, units)], hints: [(letter, lang index, weight)]) */
+static int
+Lexicon_init(LexiconObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *langs, *stopwords, *suffixes, *hints;
+    int default_lang, unit;
+    (void)kwds;
+    if (self->langs != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Lexicon is already built");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!iiO!O!O!:Lexicon", &PyTuple_Type, &langs, &default_lang, &unit, &PyDict_Type,
+                          &stopwords, &PyList_Type, &suffixes, &PyList_Type, &hints))
+        return -1;
+    int nlangs = (int)PyTuple_GET_SIZE(langs);
+    if (nlangs < 1 || nlangs > MAX_LANGS || default_lang < 0 || default_lang >= nlangs || unit <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bad language list");
+        return -1;
+    }
+    Py_INCREF(langs);
+    self->langs = langs;
+    self->nlangs = nlangs;
+    self->default_lang = default_lang;
+    self->unit = unit;
+    static const char *codes[N_SCRIPTS + 4] = {"el", "ru", "hy", "he", "ar", NULL, "hi", "th", "ko", NULL,
+                                               "ja", "zh", "uk", "fa"};
+    for (int i = 0; i < N_SCRIPTS + 4; i++) {
+        if (codes[i] != NULL && (self->script_codes[i] = PyUnicode_InternFromString(codes[i])) == NULL)
+            return -1;
+    }
+    (void)script_lang;
+
+    Py_ssize_t n = PyDict_Size(stopwords);
+    uint64_t cap = 16;
+    while (cap < (uint64_t)n * 2 + 2)
+        cap <<= 1;
+    self->stop = PyMem_Calloc(cap, sizeof(stop_slot_t));
+    self->rows = PyMem_Calloc(n ? n * nlangs : 1, sizeof(int32_t));
+    if (self->stop == NULL || self->rows == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->stop_mask = cap - 1;
+    PyObject *word, *weights;
+    Py_ssize_t pos = 0, row = 0;
+    while (PyDict_Next(stopwords, &pos, &word, &weights)) {
+        if (!PyUnicode_Check(word) || !PyTuple_Check(weights) || PyTuple_GET_SIZE(weights) != nlangs) {
+            PyErr_SetString(PyExc_TypeError, "stopwords: {str: tuple of one int per language}");
+            return -1;
+        }
+        for (int i = 0; i < nlangs; i++) {
+            long v = PyLong_AsLong(PyTuple_GET_ITEM(weights, i));
+            if (v == -1 && PyErr_Occurred())
+                return -1;
+            self->rows[row * nlangs + i] = (int32_t)v;
+        }
+        uint64_t h = hash_utf8_str(word);
+        if (h == 0)
+            return -1;
+        uint64_t j = spread(h) & self->stop_mask;
+        while (self->stop[j].key != 0) {
+            if (self->stop[j].key == h) {
+                PyErr_SetString(PyExc_ValueError, "two stop words share a 64-bit hash");
+                return -1;
+            }
+            j = (j + 1) & self->stop_mask;
+        }
+        self->stop[j].key = h;
+        self->stop[j].row = (int32_t)row;
+        row++;
+    }
+
+    self->nsuffixes = (int)PyList_GET_SIZE(suffixes);
+    self->suffixes = PyMem_Calloc(self->nsuffixes ? self->nsuffixes : 1, sizeof(suffix_t));
+    if (self->suffixes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int k = 0; k < self->nsuffixes; k++) {
+        PyObject *text;
+        suffix_t *sx = &self->suffixes[k];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(suffixes, k), "Uii", &text, &sx->lang, &sx->units))
+            return -1;
+        sx->len = (int)PyUnicode_GET_LENGTH(text);
+        if (sx->len < 1 || sx->len > MAX_SUFFIX || sx->lang < 0 || sx->lang >= nlangs) {
+            PyErr_SetString(PyExc_ValueError, "bad suffix");
+            return -1;
+        }
+        for (int i = 0; i < sx->len; i++)
+            sx->chars[i] = PyUnicode_READ_CHAR(text, i);
+    }
+
+    self->nhints = (int)PyList_GET_SIZE(hints);
+    self->hints = PyMem_Calloc(self->nhints ? self->nhints : 1, sizeof(hint_t));
+    if (self->hints == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int k = 0; k < self->nhints; k++) {
+        PyObject *letter;
+        hint_t *ht = &self->hints[k];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(hints, k), "Uid", &letter, &ht->lang, &ht->weight))
+            return -1;
+        if (PyUnicode_GET_LENGTH(letter) != 1 || ht->lang < 0 || ht->lang >= nlangs
+            || (k > 0 && PyUnicode_READ_CHAR(letter, 0) <= self->hints[k - 1].ch)) {
+            PyErr_SetString(PyExc_ValueError, "hints: single letters, sorted, each once");
+            return -1;
+        }
+        ht->ch = PyUnicode_READ_CHAR(letter, 0);
+    }
+    return 0;
+}
+
+static PyTypeObject LexiconType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "router._features.Lexicon",
+    .tp_doc = PyDoc_STR("Lexicon(langs, default, unit, stopwords, suffixes, hints): language evidence."),
+    .tp_basicsize = sizeof(LexiconObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lexicon_init,
+    .tp_dealloc = (destructor)Lexicon_dealloc,
+};
+
+static PyObject *
+code(LexiconObject *lx, int index)
+{
+    PyObject *c = lx->script_codes[index];
+    Py_INCREF(c);
+    return c;
+}
+
+/* language.py's _latin_language: `lowered` is the lower-cased head of the cleaned text. */
+static PyObject *
+latin_language(LexiconObject *lx, PyObject *lowered)
+{
+    int kind = PyUnicode_KIND(lowered);
+    const void *data = PyUnicode_DATA(lowered);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(lowered);
+    int64_t units[MAX_LANGS] = {0};
+    unsigned char buf[4 * 64];
+    Py_ssize_t i = 0;
+    while (i < len) {
+        if (!is_word_letter(PyUnicode_READ(kind, data, i))) {
+            i++;
+            continue;
+        }
+        /* A word: letters, then at most one apostrophe joining more letters. */
+        Py_ssize_t start = i;
+        while (i < len && is_word_letter(PyUnicode_READ(kind, data, i)))
+            i++;
+        if (i + 1 < len) {
+            Py_UCS4 a = PyUnicode_READ(kind, data, i);
+            if ((a == '\'' || a == 0x2019) && is_word_letter(PyUnicode_READ(kind, data, i + 1))) {
+                i++;
+                while (i < len && is_word_letter(PyUnicode_READ(kind, data, i)))
+                    i++;
+            }
+        }
+        Py_ssize_t wlen = i - start;
+        uint64_t h = FNV_OFFSET;
+        Py_ssize_t nbytes = 0;
+        for (Py_ssize_t k = start; k < i; k++) {
+            if (nbytes + 4 > (Py_ssize_t)sizeof(buf)) {
+                h = fnv(h, buf, nbytes);
+                nbytes = 0;
+            }
+            nbytes += utf8(PyUnicode_READ(kind, data, k), buf + nbytes);
+        }
+        h = finish(fnv(h, buf, nbytes));
+        uint64_t j = spread(h) & lx->stop_mask;
+        while (lx->stop[j].key != 0 && lx->stop[j].key != h)
+            j = (j + 1) & lx->stop_mask;
+        if (lx->stop[j].key == h) {
+            const int32_t *row = lx->rows + (Py_ssize_t)lx->stop[j].row * lx->nlangs;
+            for (int l = 0; l < lx->nlangs; l++)
+                units[l] += row[l];
+        }
+        else if (wlen > 4) {
+            for (int k = 0; k < lx->nsuffixes; k++) {
+                const suffix_t *sx = &lx->suffixes[k];
+                if (sx->len > wlen)
+                    continue;
+                int match = 1;
+                for (int c = 0; c < sx->len && match; c++)
+                    match = PyUnicode_READ(kind, data, i - sx->len + c) == sx->chars[c];
+                if (match) {
+                    units[sx->lang] += sx->units;
+                    break;
+                }
+            }
+        }
+    }
+    /* Scores in language.py's order: languages with word evidence, then hint letters' languages
+     * as they first appear in code point order. */
+    int order[MAX_LANGS];
+    double score[MAX_LANGS];
+    int present[MAX_LANGS] = {0};
+    int n = 0;
+    for (int l = 0; l < lx->nlangs; l++) {
+        if (units[l]) {
+            order[n++] = l;
+            score[l] = (double)units[l] / lx->unit;
+            present[l] = 1;
+        }
+    }
+    if (!PyUnicode_IS_ASCII(lowered)) {
+        for (int k = 0; k < lx->nhints; k++) {
+            const hint_t *ht = &lx->hints[k];
+            Py_ssize_t count = 0;
+            for (Py_ssize_t j = 0; j < len && count < 5; j++)
+                count += PyUnicode_READ(kind, data, j) == ht->ch;
+            if (!count)
+                continue;
+            if (!present[ht->lang]) {
+                present[ht->lang] = 1;
+                score[ht->lang] = 0.0;
+                order[n++] = ht->lang;
+            }
+            score[ht->lang] = score[ht->lang] + ht->weight * (double)count;
+        }
+    }
+    int best = lx->default_lang;
+    if (n) {
+        best = order[0];
+        for (int k = 1; k < n; k++) {
+            int l = order[k];
+            if (score[l] > score[best] || (score[l] == score[best] && l == lx->default_lang && best != l))
+                best = l;
+        }
+    }
+    PyObject *result = PyTuple_GET_ITEM(lx->langs, best);
+    Py_INCREF(result);
+    return result;
+}
+
+PyDoc_STRVAR(language_doc,
+"language(lexicon, cleaned) -> str\n\n"
+"The language code of text already stripped of code and markup (router/language.py's\n"
+"_detect_clean).");
+
+static PyObject *
+language(PyObject *module, PyObject *args)
+{
+    LexiconObject *lx;
+    PyObject *cleaned;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!U:language", &LexiconType, &lx, &cleaned))
+        return NULL;
+    if (lx->langs == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Lexicon is not built");
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(cleaned) < 0)
+        return NULL;
+#endif
+    if (!PyUnicode_IS_ASCII(cleaned)) {
+        int kind = PyUnicode_KIND(cleaned);
+        const void *data = PyUnicode_DATA(cleaned);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(cleaned);
+        double counts[N_SCRIPTS] = {0};
+        int seen[N_SCRIPTS] = {0}, order[N_SCRIPTS], nscripts = 0;
+        Py_ssize_t latin = 0, run_chars = 0, kana = 0, run_len = 0;
+        const block_t *run_block = NULL;
+        int ukrainian = 0, persian = 0;
+        for (Py_ssize_t i = 0; i <= len; i++) {
+            Py_UCS4 c = i < len ? PyUnicode_READ(kind, data, i) : 0;
+            if (i < len && is_non_latin(c)) {
+                if (run_block == NULL) {
+                    run_block = block_of(c);
+                    run_len = 0;
+                }
+                run_len++;
+                run_chars++;
+                kana += is_kana(c);
+            }
+            else if (run_block != NULL) {
+                int sc = run_block->script;
+                if (!seen[sc]) {
+                    seen[sc] = 1;
+                    order[nscripts++] = sc;
+                }
+                counts[sc] = counts[sc] + (double)run_len * run_block->weight;
+                run_block = NULL;
+            }
+            if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= 0xc0 && c <= 0x24f))
+                latin++;
+            ukrainian |= c == 0x456 || c == 0x457 || c == 0x454 || c == 0x491 || c == 0x406 || c == 0x407
+                         || c == 0x404 || c == 0x490;
+            persian |= c == 0x67e || c == 0x686 || c == 0x698 || c == 0x6af;
+        }
+        if (nscripts) {
+            int best = order[0];
+            for (int k = 1; k < nscripts; k++)
+                if (counts[order[k]] > counts[best])
+                    best = order[k];
+            if (best != S_OTHER && (counts[best] * 6 >= (double)latin || counts[best] >= 20)) {
+                if (best == S_CJK)
+                    return code(lx, kana >= 2 || kana * 10 >= run_chars ? CODE_JA : CODE_ZH);
+                if (best == S_CYRILLIC && ukrainian)
+                    return code(lx, CODE_UK);
+                if (best == S_ARABIC && persian)
+                    return code(lx, CODE_FA);
+                return code(lx, best);
+            }
+        }
+    }
+    PyObject *head = PyUnicode_Substring(cleaned, 0, LATIN_CHARS);
+    if (head == NULL)
+        return NULL;
+    PyObject *lowered = PyObject_CallMethod(head, "lower", NULL);
+    Py_DECREF(head);
+    if (lowered == NULL)
+        return NULL;
+    PyObject *result = latin_language(lx, lowered);
+    Py_DECREF(lowered);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"score", score, METH_VARARGS, score_doc},
+    {"language", language, METH_VARARGS, language_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "router._features",
+    .m_doc = "The task classifier's feature scoring in C (an optional accelerator).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__features(void)
+{
+    if (PyType_Ready(&TableType) < 0 || PyType_Ready(&LexiconType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&TableType);
+    if (PyModule_AddObject(m, "Table", (PyObject *)&TableType) < 0) {
+        Py_DECREF(&TableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LexiconType);
+    if (PyModule_AddObject(m, "Lexicon", (PyObject *)&LexiconType) < 0) {
+        Py_DECREF(&LexiconType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
