@@ -4,7 +4,7 @@
     python scripts/eval_classifier.py --model m.json.gz --data my_labelled.jsonl --errors
 
 By default it scores the held-out split of ``data/tasks/train.jsonl`` (rows never trained on) and
-``data/tasks/casual_eval.jsonl`` (hand-written, evaluation only). Files given with ``--data`` are
+every ``data/tasks/casual_eval*.jsonl`` (hand-written, evaluation only). Files given with ``--data`` are
 scored in full. Standard library only.
 """
 
@@ -23,7 +23,7 @@ from train_classifier import DEFAULT_DATA, is_holdout, load_rows, row_messages  
 
 from router.classifier import DEFAULT_MODEL_PATH, TASKS, Classifier, detect_language  # noqa: E402
 
-CASUAL = ROOT / "data" / "tasks" / "casual_eval.jsonl"
+CASUAL = sorted((ROOT / "data" / "tasks").glob("casual_eval*.jsonl"))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     held = [r for r in load_rows(DEFAULT_DATA) if is_holdout(r.get("text", ""))]
     report(f"held-out split of {DEFAULT_DATA.name}", clf, held, args.errors)
-    if CASUAL.exists():
-        report(CASUAL.name, clf, load_rows(CASUAL), args.errors)
+    for path in CASUAL:
+        report(path.name, clf, load_rows(path), args.errors)
     return 0
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from router.classifier import MODEL_FORMAT, TASKS, extract_features, feature_norm  # noqa: E402
 
 DEFAULT_DATA = ROOT / "data" / "tasks" / "train.jsonl"
-DEFAULT_EXTRA = [ROOT / "data" / "tasks" / "extra.jsonl", ROOT / "data" / "tasks" / "extra_weak_spots.jsonl"]
+DEFAULT_EXTRA = sorted((ROOT / "data" / "tasks").glob("extra*.jsonl"))  # casual_eval*.jsonl: never
 DEFAULT_OUT = ROOT / "src" / "router" / "data" / "task_model.json.gz"
 HOLDOUT_PERCENT = 20
 
