@@ -21,6 +21,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def vectorise(feats: list[dict[str, float]], vocab: dict[str, int]):
     for f in feats:
         # The runtime normalises over all features but stems, known to the model or not; so does training.
         norm = feature_norm(f)
-        for name, v in f.items():
+        for name, v in sorted(f.items()):  # a fixed order: the solver's sums don't depend on set order
             j = vocab.get(name)
             if j is not None:
                 indices.append(j)
@@ -120,13 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled JSONL with the held-out split")
     ap.add_argument("--extra", type=Path, action="append", help="more labelled JSONL, trained on in full")
     ap.add_argument("--no-default-extra", action="store_true", help="don't add data/tasks/extra*.jsonl")
-    ap.add_argument("--extra-weight", type=float, default=3.0, help="sample weight of --extra rows")
+    ap.add_argument("--extra-weight", type=float, default=1.0, help="sample weight of --extra rows")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--c", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
     ap.add_argument("--min-df", type=int, default=2, help="keep features seen in at least this many rows")
     ap.add_argument("--holdout-percent", type=int, default=HOLDOUT_PERCENT)
     args = ap.parse_args(argv)
 
+    # One BLAS thread: multi-threaded reductions change the last bits of the weights from run to run,
+    # and weights are rounded to 1e-3, so the same inputs would not always give the same file.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"features: {len(vocab)} (min_df={args.min_df})")
 
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    grid = [args.c] if args.c else [10.0, 30.0, 100.0]
+    grid = [args.c] if args.c else [30.0, 100.0, 300.0, 1000.0]
     best_c, best_acc, best_logits = grid[0], -1.0, None
     for c in grid:
         logits = np.zeros((len(rows), 3))
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     payload = json.dumps(data, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as fh:
+    with open(args.out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=9) as fh:
         fh.write(payload)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {len(weights_out)} features) "
           f"in {time.perf_counter() - started:.1f}s")

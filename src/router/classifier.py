@@ -297,7 +297,9 @@ def extract_features(messages: Sequence[Mapping], tools: Sequence | None = None)
 
 def feature_norm(features: Mapping[str, float]) -> float:
     """The L2 norm the model divides by: over all features except stems, known to it or not."""
-    return math.sqrt(sum(v * v for name, v in features.items() if not _feature_key(name)[0])) or 1.0
+    # fsum: exactly rounded, so the norm doesn't depend on the order of the features (set order
+    # changes with PYTHONHASHSEED), and a retrained model file is the same bytes.
+    return math.sqrt(math.fsum(v * v for name, v in features.items() if not _feature_key(name)[0])) or 1.0
 
 
 # ---------------------------------------------------------------------------------------------
