@@ -354,6 +354,8 @@ class Classifier:
         self._table = _native_table(self._weights, self._stems) if native is not False else None
         if native and self._table is None:
             raise RuntimeError("router._features, the classifier's C accelerator, is not built")
+        if self._table is not None:  # the table holds everything scoring needs: free ~5 MB of dicts
+            self._weights, self._stems = {}, {}
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH, *, native: bool | None = None) -> Classifier:
