@@ -379,6 +379,28 @@ def test_native_and_python_language_detection_agree() -> None:
     assert differ == []
 
 
+def test_native_noise_strip_matches_the_regexes() -> None:
+    # The eight substitutions of language._NOISE, re-written as scans in C: same output on every data
+    # text and on random compositions of what the patterns look for (fences, backticks, URLs, paths,
+    # indentation, code-like line ends, underscores, exception names, Unicode spaces and letters).
+    import random
+
+    features = _native()
+    from router.language import _strip_noise
+
+    samples = []
+    for text in _data_texts():
+        samples += [text, text[:361] + "\n"]
+    rng = random.Random(9)
+    pieces = ["```", "`", "http", "https://", "http://", "s://", "/", "\\", " ", "\n", "\t", "\n ", "\n\t",
+              ";", "{", "}", "):", ";\n", "{\n", "}\n", "):\n", "_", "Error", "Exception", "Warning",
+              "TypeError", "ValueError: bad thing.", "xError", ":", ".", "?", "!", "a", "B", "Z", "0",
+              "é", "É", "\u00a0", "\u3000", "中", "\r", "\x1c", "_x", "x_", "Err", "(", ")", "\ud800", "😀"]
+    samples += ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 40))) for _ in range(20000)]
+    differ = [t for t in samples if features.strip_noise(t) != _strip_noise(t)]
+    assert differ == []
+
+
 def test_without_the_accelerator_the_python_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     # A machine without a C compiler: router._features cannot be imported at all.
     code = """

@@ -960,9 +960,278 @@ language(PyObject *module, PyObject *args)
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Noise stripping before language detection: router/language.py's `_strip_noise`, exactly.
+ *
+ * Eight regex substitutions, each run only when a trigger substring is in the text as it stands,
+ * in order, each replacing its matches with one space. Each is written here as the scan the regex
+ * engine's leftmost-first search amounts to; tests compare the two on data and random text.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    Py_UCS4 *buf;
+    Py_ssize_t len;
+} ubuf_t;
+
+static inline int
+is_word(Py_UCS4 c) /* re's \w */
+{
+    return c == '_' || Py_UNICODE_ISALNUM(c);
+}
+
+static int
+has(const ubuf_t *t, const char *needle)
+{
+    Py_ssize_t m = (Py_ssize_t)strlen(needle);
+    for (Py_ssize_t i = 0; i + m <= t->len; i++) {
+        Py_ssize_t k = 0;
+        while (k < m && t->buf[i + k] == (Py_UCS4)(unsigned char)needle[k])
+            k++;
+        if (k == m)
+            return 1;
+    }
+    return 0;
+}
+
+static inline int
+starts(const ubuf_t *t, Py_ssize_t i, const char *lit)
+{
+    for (Py_ssize_t k = 0; lit[k]; k++)
+        if (i + k >= t->len || t->buf[i + k] != (Py_UCS4)(unsigned char)lit[k])
+            return 0;
+    return 1;
+}
+
+/* A pattern: the end of its match at `i`, or -1 when it does not match there. */
+typedef Py_ssize_t (*match_fn)(const ubuf_t *t, Py_ssize_t i);
+
+/* ```.*?(?:```|\Z)  (DOTALL) */
+static Py_ssize_t
+m_fence(const ubuf_t *t, Py_ssize_t i)
+{
+    if (!starts(t, i, "```"))
+        return -1;
+    for (Py_ssize_t j = i + 3; j + 3 <= t->len; j++)
+        if (starts(t, j, "```"))
+            return j + 3;
+    return t->len;
+}
+
+/* `[^`\n]*` */
+static Py_ssize_t
+m_inline(const ubuf_t *t, Py_ssize_t i)
+{
+    if (t->buf[i] != '`')
+        return -1;
+    for (Py_ssize_t j = i + 1; j < t->len; j++) {
+        if (t->buf[j] == '`')
+            return j + 1;
+        if (t->buf[j] == '\n')
+            return -1;
+    }
+    return -1;
+}
+
+/* https?://\S+ */
+static Py_ssize_t
+m_url(const ubuf_t *t, Py_ssize_t i)
+{
+    if (!starts(t, i, "http"))
+        return -1;
+    Py_ssize_t k = i + 4;
+    if (starts(t, k, "s://"))
+        k += 4;
+    else if (starts(t, k, "://"))
+        k += 3;
+    else
+        return -1;
+    if (k >= t->len || Py_UNICODE_ISSPACE(t->buf[k]))
+        return -1;
+    while (k < t->len && !Py_UNICODE_ISSPACE(t->buf[k]))
+        k++;
+    return k;
+}
+
+/* (?<!\S)[^\s/\\]*[/\\]\S*  -- a whitespace-delimited token holding a slash or backslash */
+static Py_ssize_t
+m_path(const ubuf_t *t, Py_ssize_t i)
+{
+    if (i > 0 && !Py_UNICODE_ISSPACE(t->buf[i - 1]))
+        return -1;
+    Py_ssize_t k = i;
+    while (k < t->len && !Py_UNICODE_ISSPACE(t->buf[k]) && t->buf[k] != '/' && t->buf[k] != '\\')
+        k++;
+    if (k >= t->len || (t->buf[k] != '/' && t->buf[k] != '\\'))
+        return -1;
+    while (k < t->len && !Py_UNICODE_ISSPACE(t->buf[k]))
+        k++;
+    return k;
+}
+
+static inline Py_ssize_t
+line_end(const ubuf_t *t, Py_ssize_t i)
+{
+    while (i < t->len && t->buf[i] != '\n')
+        i++;
+    return i;
+}
+
+/* ^[ \t]+\S[^\n]*$  (MULTILINE)  -- an indented line */
+static Py_ssize_t
+m_indented(const ubuf_t *t, Py_ssize_t i)
+{
+    if (i > 0 && t->buf[i - 1] != '\n')
+        return -1;
+    Py_ssize_t k = i;
+    while (k < t->len && (t->buf[k] == ' ' || t->buf[k] == '\t'))
+        k++;
+    if (k == i || k >= t->len || Py_UNICODE_ISSPACE(t->buf[k]))
+        return -1;
+    return line_end(t, k);
+}
+
+/* ^[^\n]*(?:[;{}]|\):)[ \t]*$  (MULTILINE)  -- a line ending like code */
+static Py_ssize_t
+m_codeline(const ubuf_t *t, Py_ssize_t i)
+{
+    if (i > 0 && t->buf[i - 1] != '\n')
+        return -1;
+    Py_ssize_t end = line_end(t, i), e = end;
+    while (e > i && (t->buf[e - 1] == ' ' || t->buf[e - 1] == '\t'))
+        e--;
+    if (e > i && (t->buf[e - 1] == ';' || t->buf[e - 1] == '{' || t->buf[e - 1] == '}'))
+        return end;
+    if (e - 1 > i && t->buf[e - 1] == ':' && t->buf[e - 2] == ')')
+        return end;
+    return -1;
+}
+
+/* (?<!\w)[^\W_]*_\w*  -- a run of word characters holding an underscore */
+static Py_ssize_t
+m_snake(const ubuf_t *t, Py_ssize_t i)
+{
+    if (i > 0 && is_word(t->buf[i - 1]))
+        return -1;
+    Py_ssize_t k = i;
+    while (k < t->len && t->buf[k] != '_' && Py_UNICODE_ISALNUM(t->buf[k]))
+        k++;
+    if (k >= t->len || t->buf[k] != '_')
+        return -1;
+    while (k < t->len && is_word(t->buf[k]))
+        k++;
+    return k;
+}
+
+static int
+ends_with(const ubuf_t *t, Py_ssize_t start, Py_ssize_t end, const char *suffix)
+{
+    Py_ssize_t m = (Py_ssize_t)strlen(suffix);
+    return end - start >= m && starts(t, end - m, suffix);
+}
+
+/* \b[A-Z]\w*(?:Error|Exception|Warning)\b(?::[^.?!\n]*)?  -- an exception name and its message */
+static Py_ssize_t
+m_error(const ubuf_t *t, Py_ssize_t i)
+{
+    Py_UCS4 c = t->buf[i];
+    if (c < 'A' || c > 'Z' || (i > 0 && is_word(t->buf[i - 1])))
+        return -1;
+    Py_ssize_t end = i + 1;
+    while (end < t->len && is_word(t->buf[end]))
+        end++;
+    /* the name must end the run, after at least one character ([A-Z]) */
+    if (!ends_with(t, i + 1, end, "Error") && !ends_with(t, i + 1, end, "Exception")
+        && !ends_with(t, i + 1, end, "Warning"))
+        return -1;
+    if (end < t->len && t->buf[end] == ':') {
+        end++;
+        while (end < t->len && t->buf[end] != '.' && t->buf[end] != '?' && t->buf[end] != '!' && t->buf[end] != '\n')
+            end++;
+    }
+    return end;
+}
+
+/* Replace every leftmost-first match of `match` with one space; 0 or -1 (out of memory). */
+static int
+substitute(ubuf_t *t, match_fn match)
+{
+    Py_UCS4 *out = PyMem_Malloc((t->len ? t->len : 1) * sizeof(Py_UCS4));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t n = 0, i = 0;
+    while (i < t->len) {
+        Py_ssize_t end = match(t, i);
+        if (end > i) {
+            out[n++] = ' ';
+            i = end;
+        }
+        else {
+            out[n++] = t->buf[i++];
+        }
+    }
+    PyMem_Free(t->buf);
+    t->buf = out;
+    t->len = n;
+    return 0;
+}
+
+typedef struct {
+    const char *triggers[5];
+    match_fn match;
+} noise_t;
+
+/* language.py's _NOISE, in its order. */
+static const noise_t noise[] = {
+    {{"```", NULL}, m_fence},
+    {{"`", NULL}, m_inline},
+    {{"http", NULL}, m_url},
+    {{"/", "\\", NULL}, m_path},
+    {{"\n ", "\n\t", NULL}, m_indented},
+    {{";\n", "{\n", "}\n", "):\n", NULL}, m_codeline},
+    {{"_", NULL}, m_snake},
+    {{"Error", "Exception", "Warning", NULL}, m_error},
+};
+
+PyDoc_STRVAR(strip_noise_doc,
+"strip_noise(text) -> str\n\n"
+"`text` without code fences, inline code, URLs, paths, indented and code-like lines, snake_case\n"
+"identifiers and exception names with their messages (router/language.py's _strip_noise).");
+
+static PyObject *
+strip_noise(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "strip_noise() takes a str");
+        return NULL;
+    }
+    ubuf_t t;
+    t.len = PyUnicode_GET_LENGTH(arg);
+    t.buf = PyUnicode_AsUCS4Copy(arg);
+    if (t.buf == NULL)
+        return NULL;
+    for (size_t k = 0; k < sizeof(noise) / sizeof(noise[0]); k++) {
+        for (int j = 0; noise[k].triggers[j] != NULL; j++) {
+            if (has(&t, noise[k].triggers[j])) {
+                if (substitute(&t, noise[k].match) < 0) {
+                    PyMem_Free(t.buf);
+                    return NULL;
+                }
+                break;
+            }
+        }
+    }
+    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, t.buf, t.len);
+    PyMem_Free(t.buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"score", score, METH_VARARGS, score_doc},
     {"language", language, METH_VARARGS, language_doc},
+    {"strip_noise", strip_noise, METH_O, strip_noise_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -47,6 +47,7 @@ _NOISE: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
 
 
 def _strip_noise(text: str) -> str:
+    """(The reference for ``router._features.strip_noise``, which computes the same in C.)"""
     for triggers, rx in _NOISE:
         for t in triggers:
             if t in text:
@@ -183,11 +184,12 @@ def detect_language(text: str) -> str:
     """
     if len(text) > _HEAD + _TAIL:
         text = text[:_HEAD] + "\n" + text[-_TAIL:]
+    if _LEXICON is not None:  # the C accelerator: the same steps, the same results
+        cleaned = _native_strip(text + "\n")
+        return _native_language(_LEXICON, cleaned if len(cleaned.strip()) >= 2 else text)
     cleaned = _strip_noise(text + "\n")
     if len(cleaned.strip()) < 2:
         cleaned = text
-    if _LEXICON is not None:
-        return _native_language(_LEXICON, cleaned)
     return _detect_clean(cleaned)
 
 
@@ -309,3 +311,4 @@ def _lexicon() -> object | None:
 _LEXICON = _lexicon()
 if _LEXICON is not None:
     _native_language = importlib.import_module("router._features").language
+    _native_strip = importlib.import_module("router._features").strip_noise
