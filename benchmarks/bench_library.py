@@ -1,10 +1,13 @@
 """Library overhead: `router.acomplete` against raw aiohttp, same static upstream, same run.
 
-    python benchmarks/bench_library.py [--calls 3000] [--concurrency 32] [--litellm]
+    python benchmarks/bench_library.py [--calls 3000] [--rounds 6] [--concurrency 32] [--litellm]
 
 Prints, per client: mean and p50/p99 latency per call at concurrency 1, calls/s at the given
 concurrency, and each as a ratio to raw aiohttp measured in the same run (these machines are
-noisy: compare ratios, not absolute figures). The upstream runs in its own process.
+noisy: compare ratios, not absolute figures). The clients are measured in interleaved rounds, each
+round in a rotated order, so drift in the machine's speed hits all of them alike; means and calls/s
+are medians over rounds, and router's own cost is the median of its per-round difference from raw
+aiohttp, printed with its spread. The upstream runs in its own process.
 """
 
 from __future__ import annotations
@@ -39,34 +42,55 @@ rules:
 """
 
 
-async def measure(call, calls: int, concurrency: int) -> dict[str, float]:
-    for _ in range(200):  # warm up: connections, caches, lazy loads
+async def warm(call) -> None:
+    for _ in range(200):  # connections, caches, lazy loads
         await call()
+
+
+async def one_round(call, calls: int, concurrency: int) -> tuple[list[float], float]:
+    """Sequential latencies of ``calls`` calls, then calls/s for as many at ``concurrency``."""
     gc.collect()
     lat = []
-    for _ in range(calls // 3):
+    for _ in range(calls):
         t0 = time.perf_counter()
         await call()
         lat.append(time.perf_counter() - t0)
-    n = calls
     done = 0
 
     async def worker() -> None:
         nonlocal done
-        while done < n:
+        while done < calls:
             done += 1
             await call()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    return {"mean_ms": statistics.fmean(lat) * 1e3, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
-            "rps": n / elapsed}
+    return lat, calls / (time.perf_counter() - t0)
+
+
+async def measure_all(clients: dict, calls: int, rounds: int, concurrency: int) -> dict[str, dict]:
+    for call in clients.values():
+        await warm(call)
+    names = list(clients)
+    per_round: dict[str, list[tuple[list[float], float]]] = {n: [] for n in names}
+    per_call = max(50, calls // rounds)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            per_round[name].append(await one_round(clients[name], per_call, concurrency))
+    out = {}
+    for name, runs in per_round.items():
+        lat = [x for run, _ in runs for x in run]
+        out[name] = {"mean_ms": statistics.median(statistics.fmean(run) for run, _ in runs) * 1e3,
+                     "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
+                     "rps": statistics.median(rps for _, rps in runs),
+                     "round_means_ms": [statistics.fmean(run) * 1e3 for run, _ in runs]}
+    return out
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--calls", type=int, default=3000, help="sequential calls per client, over all rounds")
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per client")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--litellm", action="store_true", help="also measure litellm.Router (slow to import)")
     args = ap.parse_args()
@@ -78,9 +102,11 @@ async def main() -> None:
     from router.metering import MemoryMeter
     from router.policy import parse_policy
 
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict] = {}
     with static_upstream() as url:
         body = orjson.dumps({"model": "static", "messages": MESSAGES})
+        from router.transport import AiohttpTransport, ProviderTransport
+
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
             async def raw() -> None:
                 async with session.post(url + "/chat/completions", data=body,
@@ -88,27 +114,28 @@ async def main() -> None:
                                                  "Authorization": "Bearer bench"}) as resp:
                     orjson.loads(await resp.read())
 
-            results["raw aiohttp"] = await measure(raw, args.calls, args.concurrency)
+            lean = router.Router(parse_policy(POLICY.format(url=url), env={}), meters=[MemoryMeter(1000)])
+            # The same, over aiohttp's client (as for https:// upstreams): router's own logic, client held equal.
+            same = router.Router(parse_policy(POLICY.format(url=url), env={}), meters=[MemoryMeter(1000)],
+                                 transport=ProviderTransport(AiohttpTransport()))
 
-        r = router.Router(parse_policy(POLICY.format(url=url), env={}), meters=[MemoryMeter(1000)])
+            async def pinned() -> None:
+                await lean.acomplete(MESSAGES, model="static")
 
-        async def pinned() -> None:
-            await r.acomplete(MESSAGES, model="static")
+            async def auto() -> None:
+                await lean.acomplete(MESSAGES)
 
-        async def auto() -> None:
-            await r.acomplete(MESSAGES)
+            async def auto_aiohttp() -> None:
+                await same.acomplete(MESSAGES)
 
-        results["router.acomplete (pinned alias)"] = await measure(pinned, args.calls, args.concurrency)
-        results["router.acomplete (auto: classify + route)"] = await measure(auto, args.calls, args.concurrency)
-        await r.aclose()
-
-        # The same, over aiohttp's client (as for https:// upstreams): router's own logic, client held equal.
-        from router.transport import AiohttpTransport, ProviderTransport
-
-        r = router.Router(parse_policy(POLICY.format(url=url), env={}), meters=[MemoryMeter(1000)],
-                          transport=ProviderTransport(AiohttpTransport()))
-        results["router.acomplete (auto, aiohttp client)"] = await measure(auto, args.calls, args.concurrency)
-        await r.aclose()
+            results = await measure_all({
+                "raw aiohttp": raw,
+                "router.acomplete (pinned alias)": pinned,
+                "router.acomplete (auto: classify + route)": auto,
+                "router.acomplete (auto, aiohttp client)": auto_aiohttp,
+            }, args.calls, args.rounds, args.concurrency)
+            await lean.aclose()
+            await same.aclose()
 
         if args.litellm:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -120,7 +147,8 @@ async def main() -> None:
             async def lite() -> None:
                 await lr.acompletion(model="static", messages=MESSAGES)
 
-            results["litellm.Router.acompletion"] = await measure(lite, max(300, args.calls // 5), args.concurrency)
+            results.update(await measure_all({"litellm.Router.acompletion": lite},
+                                             max(300, args.calls // 5), 2, args.concurrency))
 
     base = results["raw aiohttp"]
     print(f"\nLibrary call cost against a static upstream (calls={args.calls}, concurrency={args.concurrency})")
@@ -128,11 +156,18 @@ async def main() -> None:
     for name, m in results.items():
         print(f"{name:44} {m['mean_ms']:8.3f} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} "
               f"{m['mean_ms'] / base['mean_ms']:6.2f} {m['rps']:9.0f} {m['rps'] / base['rps']:6.2f}")
-    added = results["router.acomplete (auto, aiohttp client)"]["mean_ms"] - base["mean_ms"]
-    total = results["router.acomplete (auto: classify + route)"]["mean_ms"] - base["mean_ms"]
-    print(f"\nrouter's logic (classify, decide, translate, meter) costs {added * 1000:.0f} us per call over raw "
-          f"aiohttp with the same client; with its lean client for http:// upstreams the whole call costs "
-          f"{total * 1000:+.0f} us against raw aiohttp.")
+    raw_rounds = base["round_means_ms"]
+
+    def diff_us(name: str) -> tuple[float, float, float]:
+        d = sorted((a - b) * 1000 for a, b in zip(results[name]["round_means_ms"], raw_rounds, strict=True))
+        return statistics.median(d), d[0], d[-1]
+
+    added, lo, hi = diff_us("router.acomplete (auto, aiohttp client)")
+    total, tlo, thi = diff_us("router.acomplete (auto: classify + route)")
+    print(f"\nrouter's logic (classify, decide, translate, meter) costs {added:.0f} us per call over raw aiohttp "
+          f"with the same client (median of {len(raw_rounds)} paired rounds; {lo:.0f} to {hi:.0f}); with its "
+          f"lean client for http:// upstreams the whole call costs {total:+.0f} us ({tlo:+.0f} to {thi:+.0f}) "
+          f"against raw aiohttp.")
 
 
 if __name__ == "__main__":
