@@ -437,3 +437,37 @@ def test_native_tables_refuse_bad_input() -> None:
         features.score(table, "x", "x", None, None, False)
     with pytest.raises(TypeError, match="both None"):
         features.score(table, b"x", "x", b"y", None, False)
+
+
+def test_no_training_row_is_a_near_duplicate_of_an_evaluation_row() -> None:
+    # Evaluation figures mean something only if the model never saw the rows or their paraphrases:
+    # no project-written training row may be within 0.5 token-Jaccard of a casual_eval*.jsonl row
+    # or of a held-out row of train.jsonl (data/tasks/NOTICE.md).
+    import re
+    from collections import Counter, defaultdict
+    from itertools import chain
+
+    def tokens(text: str) -> frozenset[str]:
+        return frozenset(re.findall(r"\w+", text.lower()))
+
+    def rows(path: Path) -> list[str]:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line).get("text", "") for line in fh if line.strip()]
+
+    tasks = ROOT / "data" / "tasks"
+    held = [t for t in rows(TRAIN) if is_holdout(t)]
+    evaluation = [tokens(t) for t in held + [t for p in sorted(tasks.glob("casual_eval*.jsonl")) for t in rows(p)]]
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, toks in enumerate(evaluation):
+        for tok in toks:
+            index[tok].append(i)
+    near = []
+    for path in sorted(tasks.glob("extra*.jsonl")):
+        for text in rows(path):
+            toks = tokens(text)
+            shared = Counter(chain.from_iterable(index[tok] for tok in toks if tok in index))
+            for i, n in shared.items():
+                if n / len(toks | evaluation[i]) >= 0.5:
+                    near.append((path.name, text[:80]))
+                    break
+    assert near == []
