@@ -1,9 +1,11 @@
 """Task classification: what a request is (coding, reasoning, general) and its language.
 
 A multinomial logistic regression over sparse text features, trained by
-``scripts/train_classifier.py`` and shipped as ``router/data/task_model.json.gz``. Scoring is pure
-Python and standard library: the model is read once, on the first :func:`classify` call (importing
-this module reads nothing), and every request costs a bounded amount of work however long it is.
+``scripts/train_classifier.py`` and shipped as ``router/data/task_model.json.gz``. Scoring runs in
+the optional C accelerator ``router._features`` when it was built, else in pure Python and the
+standard library, with the same results: the model is read once, on the first :func:`classify` call
+(importing this module reads nothing), and every request costs a bounded amount of work however
+long it is.
 
 Features, all binary, from a bounded sample of the conversation (see :func:`extract_features`):
 
