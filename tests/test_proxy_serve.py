@@ -279,3 +279,14 @@ rules:
 
     await wait_until(dead_is_down, timeout=5)
     assert await routed_model(s.url) == "one"  # and the first request already skips it
+
+
+async def test_start_up_says_when_the_classifier_runs_without_its_accelerator(sim, serve, tmp_path, monkeypatch):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(url=sim.base_url, target="one"))
+    quiet = await serve(path)
+    assert "classifier:" not in quiet.stderr()  # the accelerator is built (tests require it)
+    monkeypatch.setenv("ROUTER_CLASSIFIER_NATIVE", "0")
+    slow = await serve(path)
+    assert await routed_model(slow.url) == "one"
+    assert "classifier: pure-Python path" in slow.stderr() and "ROUTER_CLASSIFIER_NATIVE=0" in slow.stderr()

@@ -131,10 +131,16 @@ def _metrics(multiprocess: bool, policy: Policy) -> tuple[list[Meter], Callable[
 
 
 def _warm() -> None:
-    """Load the classifier's model now, not on the first request."""
-    from .classifier import classify
+    """Load the classifier's model now, not on the first request; say so if it runs without its C
+    accelerator (same results, 2-4x slower per request)."""
+    from .classifier import _default_model, classify
+    from .language import native_allowed
 
     classify([{"role": "user", "content": "warm up"}])
+    if not _default_model().native:
+        why = ("ROUTER_CLASSIFIER_NATIVE=0 is set" if not native_allowed() else
+               "router._features is not built (reinstall where a C compiler and the Python headers are present)")
+        _say(f"classifier: pure-Python path, same results, 2-4x slower per request: {why}")
 
 
 def _tune_gc() -> None:
