@@ -12,7 +12,7 @@
  *   2 + UTF-8 text     one symbol, CJK character or pair, marker  (Python: str)
  *   3 + a + " " + b    a pair of adjacent words                   (Python: tuple of two bytes)
  * and stems by the hash of their bytes, in a table of their own. The Python side builds both
- * tables from the model (see `_canonical` in classifier.py); two distinct features sharing a
+ * tables from the model (see `_canonical_name` in classifier.py); two distinct features sharing a
  * 64-bit hash is refused when the tables are built.
  *
  * Everything runs with the GIL held and allocates nothing on the Python heap but the result.

@@ -165,18 +165,35 @@ def _feature_name(key: object) -> str:
     return key if key in _MARKERS else "c:" + key  # type: ignore[operator]  # c:( c:€ c:中 c:中文
 
 
-def _feature_key(name: str) -> tuple[bool, object]:
-    """Inverse of the naming: (is a stem, key)."""
+def _canonical_name(name: str) -> tuple[bool, bytes]:
+    """(is a stem, the feature as ``router._features`` hashes it): a kind tag, then its bytes.
+
+    Tag 1: a word or symbol run (``bytes`` keys); 2: a character, character pair or marker
+    (``str`` keys); 3: a word pair, ``a b`` (``tuple`` keys). A stem is its bytes, untagged.
+    """
     if name in _MARKERS:
-        return False, name
+        return False, b"\x02" + name.encode()
     if name.startswith("c:") and len(name) in (3, 4):
-        return False, name[2:]
+        return False, b"\x02" + name[2:].encode("utf-8", "surrogatepass")
     if " " in name:
-        a, b = name.split(" ", 1)
-        return False, (a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
+        return False, b"\x03" + name.encode("utf-8", "surrogateescape")
     if name.endswith("~") and len(name) > 1 and (name[0].isalnum() or not name[0].isascii()):
         return True, name[:-1].encode("utf-8", "surrogateescape")
-    return False, name.encode("utf-8", "surrogateescape")
+    return False, b"\x01" + name.encode("utf-8", "surrogateescape")
+
+
+def _feature_key(name: str) -> tuple[bool, object]:
+    """Inverse of the naming: (is a stem, the key :func:`_text_keys` produces)."""
+    stem, canonical = _canonical_name(name)
+    if stem:
+        return True, canonical
+    tag, body = canonical[0], canonical[1:]
+    if tag == 1:
+        return False, body
+    if tag == 2:
+        return False, body.decode("utf-8", "surrogatepass")
+    a, b = body.split(b" ", 1)
+    return False, (a, b)
 
 
 def _content_text(content: object) -> str:
@@ -336,28 +353,29 @@ class Classifier:
         self.temperature = float(temperature)
         self._bias = ((self.bias[1] - self.bias[0]) / self.temperature, (self.bias[2] - self.bias[0]) / self.temperature)
         self._scale = 1.0 / (self.temperature * _FIXED)
-        # Softmax only needs the scores of classes 1 and 2 relative to class 0. Both differences ride
-        # in one complex number per feature, so a single C-level sum(map(dict.get, ...)) scores both.
-        # The parts are fixed-point integers (exact in floats), so the sum is exact in any order and
-        # the result doesn't depend on set iteration order (which varies with PYTHONHASHSEED).
-        # Keys are what _text_keys produces (bytes, str, tuples); stems have their own table.
+        # Softmax only needs the scores of classes 1 and 2 relative to class 0: each feature's two
+        # differences, as fixed-point integers (exact sums in any order, so the result doesn't
+        # depend on set iteration order, which varies with PYTHONHASHSEED).
+        diffs = {name: (round((float(w[1]) - float(w[0])) * _FIXED), round((float(w[2]) - float(w[0])) * _FIXED))
+                 for name, w in weights.items()}
         self._weights: dict[object, complex] = {}
         self._stems: dict[bytes, complex] = {}
-        for name, w in weights.items():
+        self._table = _native_table(diffs) if native is not False else None
+        if native and self._table is None:
+            raise RuntimeError("router._features, the classifier's C accelerator, is not built")
+        if self._table is not None:  # the C table holds everything scoring needs
+            return
+        # The pure-Python path: both differences ride in one complex number per key, so a single
+        # C-level sum(map(dict.get, ...)) scores both. Keys are what _text_keys produces (bytes,
+        # str, tuples); stems have their own table.
+        for name, (re_, im) in diffs.items():
             stem, key = _feature_key(name)
-            (self._stems if stem else self._weights)[key] = complex(  # type: ignore[index]
-                round((float(w[1]) - float(w[0])) * _FIXED), round((float(w[2]) - float(w[0])) * _FIXED)
-            )
+            (self._stems if stem else self._weights)[key] = complex(re_, im)  # type: ignore[index]
         # Fold each stem into the long words the model knows, so a known word costs one look-up;
         # an unknown long word (the rest) looks its stem up in _stems.
         for key, value in self._weights.items():
             if isinstance(key, bytes) and len(key) > 6:
                 self._weights[key] = value + self._stems.get(_stem(key), 0j)
-        self._table = _native_table(self._weights, self._stems) if native is not False else None
-        if native and self._table is None:
-            raise RuntimeError("router._features, the classifier's C accelerator, is not built")
-        if self._table is not None:  # the table holds everything scoring needs: free ~5 MB of dicts
-            self._weights, self._stems = {}, {}
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH, *, native: bool | None = None) -> Classifier:
@@ -438,25 +456,27 @@ except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
     _NativeTable = _native_score = None
 
 
-def _canonical(key: object) -> bytes:
-    """A feature key as router._features hashes it: a kind tag, then the key's bytes."""
-    if isinstance(key, bytes):
-        return b"\x01" + key
-    if isinstance(key, tuple):
-        return b"\x03" + key[0] + b" " + key[1]
-    return b"\x02" + key.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
-
-
-def _native_table(weights: Mapping[object, complex], stems: Mapping[bytes, complex]) -> object | None:
-    """The model's weights as a router._features table, or None without the accelerator."""
+def _native_table(diffs: Mapping[str, tuple[int, int]]) -> object | None:
+    """The model as a router._features table, built from the feature names (no Python keys), or
+    None without the accelerator. Stems are folded into the long words and symbol runs the model
+    knows, as the Python path does."""
     if _NativeTable is None:
         return None
+    features: dict[bytes, tuple[int, int]] = {}
+    stems: dict[bytes, tuple[int, int]] = {}
+    for name, d in diffs.items():
+        stem, canonical = _canonical_name(name)
+        (stems if stem else features)[canonical] = d
+    if stems:
+        for canonical, (re_, im) in features.items():
+            if canonical[0] == 1 and len(canonical) > 7:  # a bytes key longer than six
+                s = stems.get(_stem(canonical[1:]))
+                if s is not None:
+                    features[canonical] = (re_ + s[0], im + s[1])
     try:
-        return _NativeTable(
-            [(_canonical(k), int(v.real), int(v.imag)) for k, v in weights.items()],
-            [(k, int(v.real), int(v.imag)) for k, v in stems.items()],
-        )
-    except (ValueError, OverflowError):  # a 64-bit hash collision or a huge weight: score in Python
+        return _NativeTable([(k, re_, im) for k, (re_, im) in features.items()],
+                            [(k, re_, im) for k, (re_, im) in stems.items()])
+    except (ValueError, OverflowError):  # a fingerprint collision or a huge weight: score in Python
         return None
 
 
