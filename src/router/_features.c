@@ -491,21 +491,16 @@ score(PyObject *module, PyObject *args)
     st.failed = 0;
     st.re = st.im = 0;
     st.n = 0;
-    int64_t re = 0, im = 0;
-    Py_ssize_t n = 0;
     int rc = read_text(&st, raw, lowered);
+    /* The main text's sums; the seen set carries on, so the context counts only what it adds. */
+    int64_t re = st.re, im = st.im;
+    Py_ssize_t n = st.n;
+    st.re = st.im = 0;
+    st.n = 0;
     if (rc == 0 && has_ctx) {
-        re = st.re, im = st.im, n = st.n;
-        st.re = st.im = 0;
-        st.n = 0;
         rc = read_text(&st, ctx_raw, ctx_lowered);
         if (rc == 0 && tools)
             str_feature(&st, "__tool");
-    }
-    else {
-        re = st.re, im = st.im, n = st.n;
-        st.re = st.im = 0;
-        st.n = 0;
     }
     if (st.seen != st.stack)
         PyMem_Free(st.seen);
@@ -522,7 +517,11 @@ score(PyObject *module, PyObject *args)
 
 /* Scripts, in the order of language.py's _BLOCKS names. */
 enum { S_GREEK, S_CYRILLIC, S_ARMENIAN, S_HEBREW, S_ARABIC, S_OTHER, S_DEVANAGARI, S_THAI, S_HANGUL, S_CJK, N_SCRIPTS };
-static const char *script_lang[N_SCRIPTS] = {"el", "ru", "hy", "he", "ar", NULL, "hi", "th", "ko", NULL};
+/* The language codes a script decides (language.py's _SCRIPT_LANG), then those it takes a letter
+ * check or kana count to tell apart: indexed by script, then by CODE_*. */
+enum { CODE_JA = N_SCRIPTS, CODE_ZH, CODE_UK, CODE_FA, N_CODES };
+static const char *script_codes[N_CODES] = {"el", "ru", "hy", "he", "ar", NULL, "hi", "th", "ko", NULL,
+                                            "ja", "zh", "uk", "fa"};
 
 typedef struct {
     Py_UCS4 start;
@@ -603,7 +602,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *langs;  /* tuple of str, the packed fields' order */
-    PyObject *script_codes[N_SCRIPTS + 4]; /* interned codes: script languages, ja, zh, uk, fa */
+    PyObject *script_codes[N_CODES]; /* script_codes, interned */
     int nlangs, default_lang, unit;
     stop_slot_t *stop; /* word hash -> row */
     uint64_t stop_mask;
@@ -614,13 +613,12 @@ typedef struct {
     int nhints;
 } LexiconObject;
 
-enum { CODE_JA = N_SCRIPTS, CODE_ZH, CODE_UK, CODE_FA };
 
 static void
 Lexicon_dealloc(LexiconObject *self)
 {
     Py_XDECREF(self->langs);
-    for (int i = 0; i < N_SCRIPTS + 4; i++)
+    for (int i = 0; i < N_CODES; i++)
         Py_XDECREF(self->script_codes[i]);
     PyMem_Free(self->stop);
     PyMem_Free(self->rows);
@@ -664,13 +662,10 @@ Lexicon_init(LexiconObject *self, PyObject *args, PyObject *kwds)
     self->nlangs = nlangs;
     self->default_lang = default_lang;
     self->unit = unit;
-    static const char *codes[N_SCRIPTS + 4] = {"el", "ru", "hy", "he", "ar", NULL, "hi", "th", "ko", NULL,
-                                               "ja", "zh", "uk", "fa"};
-    for (int i = 0; i < N_SCRIPTS + 4; i++) {
-        if (codes[i] != NULL && (self->script_codes[i] = PyUnicode_InternFromString(codes[i])) == NULL)
+    for (int i = 0; i < N_CODES; i++) {
+        if (script_codes[i] != NULL && (self->script_codes[i] = PyUnicode_InternFromString(script_codes[i])) == NULL)
             return -1;
     }
-    (void)script_lang;
 
     Py_ssize_t n = PyDict_Size(stopwords);
     uint64_t cap = 16;
