@@ -26,7 +26,6 @@ still reads as coding.
 from __future__ import annotations
 
 import gzip
-import importlib
 import json
 import math
 import re
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
-from router.language import detect_language, native_allowed
+from router.language import detect_language, native_module
 
 __all__ = [
     "CONTEXT_WEIGHT",
@@ -445,15 +444,10 @@ class Classifier:
 
 
 # The optional C accelerator (built by setup.py); without it, or with ROUTER_CLASSIFIER_NATIVE=0,
-# the pure-Python path gives the same results. Imported by name: import-linter's graph holds only
-# Python sources.
-try:
-    if not native_allowed():
-        raise ImportError("ROUTER_CLASSIFIER_NATIVE=0")
-    _features = importlib.import_module("router._features")
+# the pure-Python path gives the same results.
+_NativeTable = _native_score = None
+if (_features := native_module()) is not None:
     _NativeTable, _native_score = _features.Table, _features.score
-except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
-    _NativeTable = _native_score = None
 
 
 def _native_table(diffs: Mapping[str, tuple[int, int]]) -> object | None:

@@ -19,14 +19,16 @@ Two stages, both cheap:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
 from bisect import bisect_right
 from itertools import compress, repeat
 from operator import itemgetter
+from types import ModuleType
 
-__all__ = ["DEFAULT_LANGUAGE", "detect_language", "native_allowed"]
+__all__ = ["DEFAULT_LANGUAGE", "detect_language", "native_allowed", "native_module"]
 
 DEFAULT_LANGUAGE = "en"
 
@@ -185,13 +187,10 @@ def detect_language(text: str) -> str:
     """
     if len(text) > _HEAD + _TAIL:
         text = text[:_HEAD] + "\n" + text[-_TAIL:]
-    if _LEXICON is not None:  # the C accelerator: the same steps, the same results
-        cleaned = _native_strip(text + "\n")
-        return _native_language(_LEXICON, cleaned if len(cleaned.strip()) >= 2 else text)
-    cleaned = _strip_noise(text + "\n")
+    cleaned = _strip(text + "\n")
     if len(cleaned.strip()) < 2:
         cleaned = text
-    return _detect_clean(cleaned)
+    return _detect(cleaned)
 
 
 def _detect_clean(cleaned: str) -> str:
@@ -293,14 +292,24 @@ def native_allowed() -> bool:
     return os.environ.get("ROUTER_CLASSIFIER_NATIVE", "1").strip() != "0"
 
 
-def _lexicon() -> object | None:
-    """The stop words, suffixes and letter hints for the C accelerator, or None without it."""
-    if not native_allowed():
-        return None
+def _load_native() -> ModuleType | None:
     try:  # by name: import-linter's graph holds only Python sources
-        features = importlib.import_module("router._features")
+        return importlib.import_module("router._features") if native_allowed() else None
     except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
         return None
+
+
+_NATIVE = _load_native()
+
+
+def native_module() -> ModuleType | None:
+    """``router._features``, the C accelerator of classification and language detection, or None
+    where it was not built or ``ROUTER_CLASSIFIER_NATIVE=0`` is set. Loaded once, at import."""
+    return _NATIVE
+
+
+def _lexicon(features: ModuleType) -> object:
+    """The stop words, suffixes and letter hints as the accelerator's Lexicon."""
     stopwords = {
         w: tuple((packed >> (16 * i)) & 0xFFFF for i in range(len(_LANGS))) for w, packed in _PACKED.items()
     }
@@ -309,7 +318,13 @@ def _lexicon() -> object | None:
     return features.Lexicon(_LANGS, _LANGS.index(DEFAULT_LANGUAGE), _UNIT, stopwords, suffixes, hints)
 
 
-_LEXICON = _lexicon()
-if _LEXICON is not None:
-    _native_language = importlib.import_module("router._features").language
-    _native_strip = importlib.import_module("router._features").strip_noise
+# The two steps of detect_language after clipping: in C when the accelerator is there, else the
+# Python references above (the same results).
+if _NATIVE is not None:
+    _LEXICON = _lexicon(_NATIVE)
+    _native_language, _native_strip = _NATIVE.language, _NATIVE.strip_noise
+    _strip = _native_strip
+    _detect = functools.partial(_native_language, _LEXICON)
+else:
+    _LEXICON = None
+    _strip, _detect = _strip_noise, _detect_clean
