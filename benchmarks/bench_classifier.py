@@ -7,7 +7,7 @@ of prose, code and maths), plus an agent conversation with tools and a stack tra
 p99 in microseconds, task and language detection included; targets are p99 < 200 us up to 1,000
 characters and < 1 ms at 20,000.
 
-The run measures the classifier as installed (with its C accelerator, ``router._features``, when it
+The run measures the classifier as installed (with its C accelerator, ``router.classify._features``, when it
 was built) and, as the baseline in the same run, its pure-Python path (a child process with
 ``ROUTER_CLASSIFIER_NATIVE=0``); both compute the same results. Exits 1 when a target is missed.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from router.classifier import _default_model, classify  # noqa: E402
+from router.classify.classifier import _default_model, classify  # noqa: E402
 
 TARGETS_US = {"short (50)": 200, "medium (1,000)": 200, "long (20,000)": 1000, "agent (tools)": 1000}
 

@@ -99,13 +99,14 @@ async def main() -> None:
     import orjson
 
     import router
-    from router.metering import MemoryMeter
-    from router.policy import parse_policy
+    from router.core.meter import MemoryMeter
+    from router.core.policy_parser import parse_policy
 
     results: dict[str, dict] = {}
     with static_upstream() as url:
         body = orjson.dumps({"model": "static", "messages": MESSAGES})
-        from router.transport import AiohttpTransport, ProviderTransport
+        from router.transport.aiohttp_client import AiohttpTransport
+        from router.transport.chooser import ProviderTransport
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
             async def raw() -> None:

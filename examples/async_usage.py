@@ -3,7 +3,7 @@
 import asyncio
 
 import router
-from router.demo import simulated_providers
+from router.dev.demo import simulated_providers
 
 
 async def main() -> None:

@@ -1,7 +1,7 @@
 """Auto routing: the classifier picks the task, the policy picks the route, router picks the cheapest that serves."""
 
 import router
-from router.demo import simulated_providers
+from router.dev.demo import simulated_providers
 
 with simulated_providers():  # fake vLLM/DeepSeek/OpenAI/Mistral on loopback; leave this out in production
     for prompt in ["Write a Rust function that parses ISO dates",

@@ -1,7 +1,7 @@
 """EU residency: the request only reaches EU providers, on the first try and on every fallback."""
 
 import router
-from router.demo import simulated_providers
+from router.dev.demo import simulated_providers
 
 with simulated_providers() as upstreams:
     upstreams["MISTRAL"].sim.set_fault("status:503")  # Mistral's EU endpoint is down...

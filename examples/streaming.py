@@ -1,7 +1,7 @@
 """Streaming: chunks as the OpenAI SDK yields them; cost is exact once the stream ends."""
 
 import router
-from router.demo import simulated_providers
+from router.dev.demo import simulated_providers
 
 with simulated_providers():
     stream = router.complete(messages=[{"role": "user", "content": "Write a haiku about queues"}], stream=True)

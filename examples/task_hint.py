@@ -1,7 +1,7 @@
 """A task hint: you know better than the classifier, so say it (`task=`; `X-Router-Task` in the proxy)."""
 
 import router
-from router.demo import simulated_providers
+from router.dev.demo import simulated_providers
 
 with simulated_providers():
     resp = router.complete(messages=[{"role": "user", "content": "Plan the database migration."}], task="reasoning")

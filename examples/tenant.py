@@ -1,7 +1,7 @@
 """Tenants: a tenant's residency and budget apply to every request it makes, and metering records it."""
 
 import router
-from router.demo import simulated_providers
+from router.dev.demo import simulated_providers
 
 with simulated_providers():
     # acme-eu is bound to EU residency in policies/demo.yaml: it cannot route around it.

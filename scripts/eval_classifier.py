@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from train_classifier import DEFAULT_DATA, is_holdout, load_rows, row_messages  # noqa: E402
 
-from router.classifier import DEFAULT_MODEL_PATH, TASKS, Classifier, detect_language  # noqa: E402
+from router.classify.classifier import DEFAULT_MODEL_PATH, TASKS, Classifier, detect_language  # noqa: E402
 
 CASUAL = sorted((ROOT / "data" / "tasks").glob("casual_eval*.jsonl"))
 

@@ -1,11 +1,11 @@
-"""Train the task classifier shipped as ``src/router/data/task_model.json.gz``.
+"""Train the task classifier shipped as ``src/router/classify/data/task_model.json.gz``.
 
     python scripts/train_classifier.py                      # rebuild the shipped model
     python scripts/train_classifier.py --extra my_traffic.jsonl --out my_model.json.gz
 
 Input rows are JSON lines with ``text`` and ``task`` (one of coding / reasoning / general); a row
 may instead carry a whole conversation as ``messages`` (and ``tools``), exactly as a request sends
-it. Features come from ``router.classifier.extract_features``, so training and serving can't drift.
+it. Features come from ``router.classify.classifier.extract_features``, so training and serving can't drift.
 
 Rows of ``--data`` whose :func:`is_holdout` is true are held out and never trained on (the test
 suite and ``scripts/eval_classifier.py`` score the shipped model on them). ``--extra`` files are
@@ -29,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from router.classifier import MODEL_FORMAT, TASKS, extract_features, feature_norm  # noqa: E402
+from router.classify.classifier import MODEL_FORMAT, TASKS, extract_features, feature_norm  # noqa: E402
 
 DEFAULT_DATA = ROOT / "data" / "tasks" / "train.jsonl"
 DEFAULT_EXTRA = sorted((ROOT / "data" / "tasks").glob("extra*.jsonl"))  # casual_eval*.jsonl: never
-DEFAULT_OUT = ROOT / "src" / "router" / "data" / "task_model.json.gz"
+DEFAULT_OUT = ROOT / "src" / "router" / "classify" / "data" / "task_model.json.gz"
 HOLDOUT_PERCENT = 20
 
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {len(weights_out)} features) "
           f"in {time.perf_counter() - started:.1f}s")
 
-    from router.classifier import Classifier
+    from router.classify.classifier import Classifier
 
     clf = Classifier.load(args.out)
     correct = sum(clf.classify(row_messages(r), r.get("tools")).task == r["task"] for r in held)

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from router.policy import parse_policy
-from router.simulator import ModelConfig, Simulator
+from router.core.policy_parser import parse_policy
+from router.dev.simulator import ModelConfig, Simulator
 
 POLICY = """
 version: 1

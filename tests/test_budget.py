@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from router import Router
-from router.budget import InProcessBudget, RedisBudget, scopes_for
-from router.errors import BudgetExceeded
+from router.core.errors import BudgetExceeded
+from router.metering.budget import InProcessBudget, RedisBudget, scopes_for
 
 from .metering_support import make_policy, msgs, policy_text, service_url
 
@@ -169,9 +169,9 @@ async def test_redis_reservation_of_a_crashed_replica_expires(redis_url, redis_p
 WORKER = textwrap.dedent("""
     import asyncio, json, sys
     from router import Router
-    from router.budget import RedisBudget
-    from router.errors import BudgetExceeded
-    from router.policy import parse_policy
+    from router.metering.budget import RedisBudget
+    from router.core.errors import BudgetExceeded
+    from router.core.policy_parser import parse_policy
 
     async def main():
         text, url, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -231,7 +231,7 @@ async def test_two_processes_against_one_redis_overspend_at_most_one_request_eac
 
 
 def test_open_budget_takes_the_redis_key_prefix_from_the_url():
-    from router.budget import open_budget
+    from router.metering.budget import open_budget
 
     b = open_budget("redis://127.0.0.1:6379/0?socket_timeout=1&prefix=staging:budget")
     assert isinstance(b, RedisBudget)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from router.ledger import open_ledger
-from router.policy import hash_key
-from router.simulator import ModelConfig, Simulator
+from router.core.policy import hash_key
+from router.dev.simulator import ModelConfig, Simulator
+from router.metering.ledger import open_ledger
 
 from .metering_support import service_url
 

@@ -1,4 +1,4 @@
-"""Tests for router.classifier and router.language (the shipped task model)."""
+"""Tests for router.classify.classifier and router.classify.language (the shipped task model)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from router.classifier import (
+from router.classify.classifier import (
     DEFAULT_MODEL_PATH,
     TASKS,
     Classification,
@@ -21,7 +21,7 @@ from router.classifier import (
     classify,
     extract_features,
 )
-from router.language import detect_language
+from router.classify.language import detect_language
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "data" / "tasks" / "train.jsonl"
@@ -235,7 +235,7 @@ def test_import_does_not_load_the_model() -> None:
 import sys
 opened = []
 sys.addaudithook(lambda ev, args: opened.append(str(args[0])) if ev == "open" else None)
-import router.classifier as c
+import router.classify.classifier as c
 model = {str(DEFAULT_MODEL_PATH)!r}
 print(c._model is None, model in opened, "numpy" in sys.modules)
 c.classify([{{"role": "user", "content": "hi"}}])
@@ -249,7 +249,7 @@ def test_deterministic_across_calls_and_processes() -> None:
     first = classify(msgs)
     assert all(classify(msgs) == first for _ in range(3))
     code = (
-        "from router.classifier import classify;"
+        "from router.classify.classifier import classify;"
         "c = classify([{'role': 'user', 'content': 'my pandas merge returns NaN for every row, why? both frames have an id column'}]);"
         "print(c.task, repr(c.confidence), c.language)"
     )
@@ -270,7 +270,7 @@ def test_shipped_model_is_small() -> None:
 
 
 def test_ascii_word_split_matches_the_regex():
-    from router import language
+    from router.classify import language
 
     with open(ROOT / "data" / "tasks" / "train.jsonl", encoding="utf-8") as fh:
         rows = [json.loads(line)["text"] for line in fh]
@@ -280,7 +280,7 @@ def test_ascii_word_split_matches_the_regex():
             assert language._ascii_words(low) == language._WORD.findall(low), low
 
 
-# --- the C accelerator (router._features) ----------------------------------------------------
+# --- the C accelerator (router.classify._features) ----------------------------------------------------
 # It must compute exactly what the pure-Python reference computes. The install command builds
 # it (setup.py); these tests fail, rather than skip, when it did not build, so CI always checks
 # both paths.
@@ -288,9 +288,9 @@ def test_ascii_word_split_matches_the_regex():
 
 def _native():
     try:
-        from router import _features
+        from router.classify import _features
     except ImportError as exc:  # pragma: no cover - a broken build
-        pytest.fail(f"router._features did not build ({exc}): install a C compiler and Python headers, "
+        pytest.fail(f"router.classify._features did not build ({exc}): install a C compiler and Python headers, "
                     "then `pip install -e .`")
     return _features
 
@@ -369,7 +369,7 @@ def test_native_and_python_scores_agree_on_conversations_and_random_text(both_mo
 
 def test_native_and_python_language_detection_agree() -> None:
     _native()
-    from router import language
+    from router.classify import language
 
     assert language._LEXICON is not None
     texts = _data_texts()
@@ -386,7 +386,7 @@ def test_native_noise_strip_matches_the_regexes() -> None:
     import random
 
     features = _native()
-    from router.language import _strip_noise
+    from router.classify.language import _strip_noise
 
     samples = []
     for text in _data_texts():
@@ -402,22 +402,22 @@ def test_native_noise_strip_matches_the_regexes() -> None:
 
 
 def test_without_the_accelerator_the_python_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A machine without a C compiler: router._features cannot be imported at all.
+    # A machine without a C compiler: router.classify._features cannot be imported at all.
     code = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name == "router._features":
+        if name == "router.classify._features":
             raise ImportError("no C accelerator here")
 sys.meta_path.insert(0, Block())
-from router.classifier import classify, _default_model
-from router import language
+from router.classify.classifier import classify, _default_model
+from router.classify import language
 c = classify([{"role": "user", "content": "Wie kann ich in Python eine Liste umdrehen? def f(x): return x[::-1]"}])
 print(_default_model().native, language._LEXICON is None, c.task, c.language)
 """
     assert _run_python(code) == "False True coding de"
     # asking for the accelerator where it is missing is an error, not a silent slow path
-    import router.classifier as rc
+    import router.classify.classifier as rc
 
     monkeypatch.setattr(rc, "_NativeTable", None)
     with pytest.raises(RuntimeError, match="not built"):

@@ -19,7 +19,7 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> s
 
 def test_import_router_stays_light():
     code = ("import sys, router; heavy = [m for m in ('aiohttp', 'yaml', 'litellm', 'httpx', 'prometheus_client',"
-            " 'numpy', 'router.classifier') if m in sys.modules]; print(heavy)")
+            " 'numpy', 'router.classify.classifier') if m in sys.modules]; print(heavy)")
     r = run("-c", code)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 

@@ -17,10 +17,10 @@ import yaml
 from aiohttp import web
 
 from router import Router
-from router.budget import InProcessBudget
-from router.dashboards import DASHBOARDS, build
-from router.errors import UpstreamFailed
-from router.metrics import PrometheusMeter
+from router.core.errors import UpstreamFailed
+from router.dev.dashboards import DASHBOARDS, build
+from router.metering.budget import InProcessBudget
+from router.metering.prometheus import PrometheusMeter
 
 from .conftest import ROOT
 from .metering_support import make_policy, msgs, start_sims
@@ -29,7 +29,7 @@ from .metering_support import make_policy, msgs, start_sims
 def test_committed_dashboards_are_the_generated_ones():
     for d in DASHBOARDS:
         with open(ROOT / "dashboards" / f"{d.uid}.json", encoding="utf-8") as f:
-            assert json.load(f) == build(d), f"regenerate: python -m router.dashboards dashboards ({d.uid})"
+            assert json.load(f) == build(d), f"regenerate: python -m router.dev.dashboards dashboards ({d.uid})"
     prov = yaml.safe_load((ROOT / "dashboards" / "provisioning" / "dashboards.yaml").read_text())
     assert prov["apiVersion"] == 1 and prov["providers"][0]["type"] == "file"
 

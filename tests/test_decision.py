@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from router.decision import LiveState, decide, estimate_prompt_tokens
-from router.errors import BudgetExceeded, InvalidRequest, NoCandidate, NotFound, PermissionDenied
-from router.policy import parse_policy
+from router.core.decision import LiveState, decide, estimate_prompt_tokens
+from router.core.errors import BudgetExceeded, InvalidRequest, NoCandidate, NotFound, PermissionDenied
+from router.core.policy_parser import parse_policy
 
 POLICY = """
 version: 1

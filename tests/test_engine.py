@@ -8,10 +8,10 @@ import time
 import pytest
 
 from router import Router
-from router.errors import InvalidRequest, NoCandidate, UpstreamFailed
-from router.metering import MemoryMeter
-from router.policy import parse_policy
-from router.simulator import MISTRAL_CHAT_FIELDS, ModelConfig, Simulator, count_prompt_tokens
+from router.core.errors import InvalidRequest, NoCandidate, UpstreamFailed
+from router.core.meter import MemoryMeter
+from router.core.policy_parser import parse_policy
+from router.dev.simulator import MISTRAL_CHAT_FIELDS, ModelConfig, Simulator, count_prompt_tokens
 
 PRICES = {"coder": (0.03, 0.03), "ds-chat": (0.28, 0.42), "ds-r1": (0.55, 2.19), "mini": (0.4, 1.6),
           "large": (0.5, 1.5)}

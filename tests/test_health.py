@@ -6,18 +6,18 @@ import httpx
 import pytest
 import respx
 
-from router.errors import PolicyError
-from router.health import (
+from router.core.errors import PolicyError
+from router.core.policy import HealthSettings
+from router.core.policy_parser import parse_policy
+from router.monitor.health import (
     CLOSED,
     HALF_OPEN,
     OPEN,
     CircuitBreaker,
     HealthTracker,
-    Prober,
     is_failure,
-    probe_url,
 )
-from router.policy import HealthSettings, parse_policy
+from router.monitor.probes import Prober, probe_url
 
 POLICY = """
 version: 1

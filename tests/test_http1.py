@@ -1,4 +1,4 @@
-"""router.http1: the lean HTTP/1.1 client, against a raw asyncio server that answers from a script."""
+"""router.transport.http1: the lean HTTP/1.1 client, against a raw asyncio server that answers from a script."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from router.http1 import Http1Transport
-from router.translate import UpstreamCall
-from router.transport import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from router.core.translate import UpstreamCall
+from router.transport.base import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from router.transport.http1 import Http1Transport
 
 
 class _Server(asyncio.Protocol):

@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from router import Router
-from router.errors import UpstreamFailed
-from router.ledger import LedgerMeter, LedgerRecord, PostgresLedger, SQLiteLedger, open_ledger
-from router.metrics import PrometheusMeter
+from router.core.errors import UpstreamFailed
+from router.metering.ledger import LedgerMeter, LedgerRecord, PostgresLedger, SQLiteLedger, open_ledger
+from router.metering.prometheus import PrometheusMeter
 
 from .metering_support import make_policy, msgs, service_url
 
@@ -187,7 +187,7 @@ async def test_pending_gauge_shows_a_ledger_that_is_down(sims, tmp_path, lock_fr
 
 @pytest.mark.parametrize("lock_free", [False, True])
 def test_full_buffer_drops_the_oldest(tmp_path, lock_free):
-    from router.response import RouterInfo
+    from router.core.response import RouterInfo
 
     prom = PrometheusMeter(lock_free=lock_free)
     meter = LedgerMeter(FlakyLedger(tmp_path / "l.db", failures=10**6), flush_interval_s=0.01, max_pending=3,
@@ -202,7 +202,7 @@ def test_full_buffer_drops_the_oldest(tmp_path, lock_free):
 
 
 def test_close_flushes_before_the_interval(tmp_path):
-    from router.response import RouterInfo
+    from router.core.response import RouterInfo
 
     meter = LedgerMeter(SQLiteLedger(tmp_path / "l.db"), flush_interval_s=30)
     for i in range(7):
@@ -212,7 +212,7 @@ def test_close_flushes_before_the_interval(tmp_path):
 
 
 def test_batches_by_size(tmp_path):
-    from router.response import RouterInfo
+    from router.core.response import RouterInfo
 
     ledger = FlakyLedger(tmp_path / "l.db", failures=0)
     meter = LedgerMeter(ledger, flush_interval_s=30, batch_size=4)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from router import Router
-from router.errors import BudgetExceeded
-from router.ledger import open_ledger
-from router.policy import parse_policy
-from router.simulator import Simulator
+from router.core.errors import BudgetExceeded
+from router.core.policy_parser import parse_policy
+from router.dev.simulator import Simulator
+from router.metering.ledger import open_ledger
 
 POLICY = """
 version: 1

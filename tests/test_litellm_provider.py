@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from router import Router
-from router.errors import UpstreamFailed
-from router.policy import parse_policy
-from router.simulator import Simulator
+from router.core.errors import UpstreamFailed
+from router.core.policy_parser import parse_policy
+from router.dev.simulator import Simulator
 
 POLICY = """
 version: 1
@@ -29,7 +29,7 @@ retry: {{attempts: 1}}
 
 
 def test_litellm_not_imported_without_a_litellm_provider():
-    code = ("import sys, router; from router.policy import load_policy; r = router.Router('policies/default.yaml');"
+    code = ("import sys, router; from router.core.policy_parser import load_policy; r = router.Router('policies/default.yaml');"
             "r.explain(messages=[{'role': 'user', 'content': 'hi'}]); print('litellm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

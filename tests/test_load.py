@@ -6,10 +6,13 @@ import httpx
 import pytest
 import respx
 
-from router.decision import EMPTY_STATE, LiveState
-from router.errors import PolicyError
-from router.load import LoadMonitor, LoadSample, Monitor, SaturationGate, parse_vllm_metrics
-from router.policy import SaturationSettings, parse_policy
+from router.core.decision import EMPTY_STATE, LiveState
+from router.core.errors import PolicyError
+from router.core.policy import SaturationSettings
+from router.core.policy_parser import parse_policy
+from router.monitor.load import LoadMonitor, LoadSample, SaturationGate, parse_vllm_metrics
+from router.monitor.monitor import Monitor
+from router.monitor.probes import Scraper
 
 METRICS = """\
 # HELP vllm:num_requests_waiting Number of requests waiting to be processed.
@@ -118,15 +121,16 @@ async def test_scrape_over_httpx() -> None:
     p = policy()
     route = respx.get("http://gpu.test/metrics")
     lm = LoadMonitor(p, clock=Clock())
+    scraper = Scraper(lm)
     route.mock(return_value=httpx.Response(200, text=METRICS))
-    assert await lm.scrape(p.providers["gpu"])
+    assert await scraper.scrape(p.providers["gpu"])
     assert lm.saturated() == {"qwen"}                     # 7 waiting > 5
     route.mock(return_value=httpx.Response(500))
-    assert not await lm.scrape(p.providers["gpu"]) and lm.errors["gpu"] == "HTTP 500"
+    assert not await scraper.scrape(p.providers["gpu"]) and lm.errors["gpu"] == "HTTP 500"
     route.mock(side_effect=httpx.ConnectTimeout("slow"))
-    assert not await lm.scrape(p.providers["gpu"]) and "ConnectTimeout" in lm.errors["gpu"]
+    assert not await scraper.scrape(p.providers["gpu"]) and "ConnectTimeout" in lm.errors["gpu"]
     assert lm.saturated() == {"qwen"}                     # not stale yet: keeps the last verdict
-    await lm.aclose()
+    await scraper.aclose()
 
 
 def test_monitor_overlay_composes_with_the_given_state() -> None:

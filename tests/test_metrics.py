@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router import Router
-from router.budget import InProcessBudget
-from router.metrics import PrometheusMeter
+from router.metering.budget import InProcessBudget
+from router.metering.prometheus import PrometheusMeter
 
 from .metering_support import make_policy, msgs
 
@@ -144,8 +144,8 @@ async def test_inflight_counts_calls_while_they_run(sims, lock_free):
 
 MP_CHILD = textwrap.dedent("""
     import sys
-    from router.metrics import PrometheusMeter
-    from router.response import RouterInfo
+    from router.metering.prometheus import PrometheusMeter
+    from router.core.response import RouterInfo
     m = PrometheusMeter(lock_free=sys.argv[2] == "lock_free")
     info = RouterInfo("req_x", "coding", "hint", 1.0, None, "coding", None, provider="gpu", model="coder",
                       status="ok", cost_usd=0.25, latency_s=0.1)
@@ -169,7 +169,7 @@ def test_lock_free_totals_equal_the_locked_series_exactly():
     """Same records into both kinds of meter: every sample identical, bit for bit, scrape after scrape."""
     import random
 
-    from router.response import Attempt, RouterInfo
+    from router.core.response import Attempt, RouterInfo
 
     rng = random.Random(7)
     locked, free = PrometheusMeter(), PrometheusMeter(lock_free=True)

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from router.errors import PolicyError
-from router.policy import Secret, check_policy, hash_key, load_policy, parse_policy
+from router.core.errors import PolicyError
+from router.core.policy import Secret, hash_key
+from router.core.policy_parser import check_policy, load_policy, parse_policy
 
 from .conftest import EXAMPLE_ENV, ROOT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from router.policy import _Parser, parse_policy
+from router.core.policy_parser import _Parser, parse_policy
 
 from .conftest import ROOT
 

@@ -11,13 +11,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.decision import LiveState
-from router.engine import Engine
-from router.metering import MemoryMeter
-from router.policy import hash_key, parse_policy
-from router.proxy import Proxy, ProxyOptions
-from router.simulator import ModelConfig, Simulator
-from router.transport import AiohttpTransport
+from router.core.decision import LiveState
+from router.core.meter import MemoryMeter
+from router.core.policy import hash_key
+from router.core.policy_parser import parse_policy
+from router.dev.simulator import ModelConfig, Simulator
+from router.engine.engine import Engine
+from router.server.proxy import Proxy, ProxyOptions
+from router.transport.aiohttp_client import AiohttpTransport
 
 ACME_KEY, GLOBEX_KEY, BROKE_KEY = "sk-acme-123", "sk-globex-456", "sk-broke-789"
 

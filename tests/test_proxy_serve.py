@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from router.simulator import Simulator
+from router.dev.simulator import Simulator
 
 POLICY = """
 version: 1
@@ -220,7 +220,7 @@ async def test_invalid_policy_at_start_exits_1_with_check_messages(tmp_path):
 
 
 async def test_served_requests_reach_the_ledger_and_provider_state(sim, serve, tmp_path):
-    from router.ledger import open_ledger
+    from router.metering.ledger import open_ledger
 
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(url=sim.base_url, target="one"))

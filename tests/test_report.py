@@ -9,8 +9,8 @@ import json
 import pytest
 
 from router.cli import main
-from router.ledger import SQLiteLedger
-from router.report import parse_tokens, parse_when
+from router.metering.ledger import SQLiteLedger
+from router.tools.report import parse_tokens, parse_when
 
 from .test_ledger import _rec
 

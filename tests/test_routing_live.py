@@ -8,10 +8,10 @@ import socket
 import pytest
 
 from router import Router
-from router.errors import NoCandidate, UpstreamFailed
-from router.load import Monitor
-from router.policy import parse_policy
-from router.simulator import Simulator
+from router.core.errors import NoCandidate, UpstreamFailed
+from router.core.policy_parser import parse_policy
+from router.dev.simulator import Simulator
+from router.monitor.monitor import Monitor
 
 POLICY = """
 version: 1

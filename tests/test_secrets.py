@@ -8,9 +8,9 @@ import pytest
 from aiohttp import web
 
 from router import Router
-from router.errors import InvalidRequest, UpstreamFailed
-from router.metering import MemoryMeter
-from router.policy import parse_policy
+from router.core.errors import InvalidRequest, UpstreamFailed
+from router.core.meter import MemoryMeter
+from router.core.policy_parser import parse_policy
 
 KEY = "sk-proj-VerySecret0123456789"
 

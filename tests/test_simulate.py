@@ -8,8 +8,8 @@ import time
 import pytest
 
 from router.cli import main
-from router.policy import load_policy
-from router.simulate import SpecError, format_table, load_spec, parse_spec, simulate
+from router.core.policy_parser import load_policy
+from router.tools.simulate import SpecError, format_table, load_spec, parse_spec, simulate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPECS = ROOT / "simulate"

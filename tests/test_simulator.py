@@ -22,7 +22,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.simulator import (
+from router.dev.simulator import (
     MISTRAL_CHAT_FIELDS,
     Fault,
     ModelConfig,
@@ -622,7 +622,7 @@ def test_start_in_thread_serves_sync_callers() -> None:
 def test_cli_main_serves_until_terminated() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.simulator", "--port", "0", "--model", "cli-m", "--reply-tokens", "3"],
+        [sys.executable, "-m", "router.dev.simulator", "--port", "0", "--model", "cli-m", "--reply-tokens", "3"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

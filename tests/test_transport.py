@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from router.http1 import Http1Transport
-from router.translate import UpstreamCall
-from router.transport import AiohttpTransport, ProviderTransport, Transport
+from router.core.translate import UpstreamCall
+from router.transport.aiohttp_client import AiohttpTransport
+from router.transport.base import Transport
+from router.transport.chooser import ProviderTransport
+from router.transport.http1 import Http1Transport
 
 
 class Recorder(Transport):

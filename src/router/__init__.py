@@ -48,21 +48,20 @@ __all__ = [
 
 # Where each public name lives; imported on first access (PEP 562) so `import router` is cheap.
 _LAZY = {
-    "Router": "client", "default_policy_path": "client",
-    "ChatCompletion": "response", "ChatCompletionChunk": "response", "Embeddings": "response",
-    "RouterInfo": "response",
-    "Decision": "decision",
-    "Policy": "policy", "load_policy": "policy",
-    "Meter": "metering", "MemoryMeter": "metering",
-    **{name: "errors" for name in (
+    "Router": "engine.client", "default_policy_path": "engine.client",
+    "ChatCompletion": "core.response", "ChatCompletionChunk": "core.response", "Embeddings": "core.response",
+    "RouterInfo": "core.response",
+    "Decision": "core.decision",
+    "Policy": "core.policy", "load_policy": "core.policy_parser",
+    "Meter": "core.meter", "MemoryMeter": "core.meter",
+    **{name: "core.errors" for name in (
         "AuthenticationError", "BudgetExceeded", "InvalidRequest", "NoCandidate", "NotFound", "PayloadTooLarge",
         "PermissionDenied", "PolicyError", "RequestError", "RouterError", "UpstreamFailed")},
 }
 
 if TYPE_CHECKING:
-    from .client import Router
-    from .decision import Decision
-    from .errors import (
+    from router.core.decision import Decision
+    from router.core.errors import (
         AuthenticationError,
         BudgetExceeded,
         InvalidRequest,
@@ -75,9 +74,11 @@ if TYPE_CHECKING:
         RouterError,
         UpstreamFailed,
     )
-    from .metering import MemoryMeter, Meter
-    from .policy import Policy, load_policy
-    from .response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
+    from router.core.meter import MemoryMeter, Meter
+    from router.core.policy import Policy
+    from router.core.policy_parser import load_policy
+    from router.core.response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
+    from router.engine.client import Router
 
 
 def __getattr__(name: str) -> Any:
@@ -101,7 +102,7 @@ def default_router() -> Router:
     if _default is None:
         with _default_lock:
             if _default is None:
-                from .client import Router
+                from router.engine.client import Router
 
                 _default = Router()
     return _default

@@ -11,7 +11,7 @@ __all__ = ["main"]
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .policy import check_policy
+    from router.core.policy_parser import check_policy
 
     failed = False
     for path in args.files:
@@ -27,10 +27,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .client import default_policy_path
-    from .decision import decide
-    from .errors import RouterError
-    from .policy import load_policy
+    from router.core.decision import decide
+    from router.core.errors import RouterError
+    from router.core.policy_parser import load_policy
+    from router.engine.client import default_policy_path
 
     text = " ".join(args.text) if args.text else sys.stdin.read()
     body: dict = {"model": args.model, "messages": [{"role": "user", "content": text}]}
@@ -51,7 +51,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_hash_key(args: argparse.Namespace) -> int:
-    from .policy import hash_key
+    from router.core.policy import hash_key
 
     key = args.key if args.key is not None else sys.stdin.readline().strip()
     print(hash_key(key))
@@ -59,14 +59,14 @@ def _cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from router.dev.demo import run_demo
 
     return run_demo(verbose=args.verbose)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .client import default_policy_path
-    from .serve import ServeOptions, serve
+    from router.engine.client import default_policy_path
+    from router.server.serve import ServeOptions, serve
 
     return serve(ServeOptions(policy=args.policy or default_policy_path(), host=args.host, port=args.port,
                               workers=args.workers, watch=args.watch, watch_interval_s=args.watch_interval_s,
@@ -75,13 +75,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import run
+    from router.tools.report import run
 
     return run(args)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import run
+    from router.tools.simulate import run
 
     return run(args.policy, args.traffic, days=args.days, plot_path=args.plot)
 
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     h.set_defaults(fn=_cmd_hash_key)
 
     rp = sub.add_parser("report", help="spend, tokens, errors and savings from the ledger; or a price comparison")
-    from .report import add_arguments as _report_arguments
+    from router.tools.report import add_arguments as _report_arguments
 
     _report_arguments(rp)
     rp.set_defaults(fn=_cmd_report)

@@ -1,0 +1,329 @@
+"""The routing decision: request + policy + live state -> every candidate, costed and judged.
+
+Pure: no I/O, no clock. `decide()` is what `router explain` prints and what the engine
+executes, so what users read is exactly what runs.
+
+>>> d = decide(policy, {"messages": [{"role": "user", "content": "fix this SQL"}]})  # doctest: +SKIP
+>>> [(c.model, c.excluded) for c in d.candidates]                                    # doctest: +SKIP
+[('qwen3-coder-next', None), ('deepseek-v3', None), ('gpt-4.1-mini', None)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.classify.classifier import TASKS, classify
+from router.core.errors import BudgetExceeded, InvalidRequest, NoCandidate, NotFound, PermissionDenied
+from router.core.policy import Model, Policy, Route, Tenant
+
+__all__ = ["Candidate", "Decision", "LiveState", "decide", "decide_embedding", "estimate_prompt_tokens"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What the decision needs to know about the world right now, as plain data."""
+
+    budget_remaining: Mapping[str, float] = field(default_factory=dict)  # tenant -> USD left
+    circuit_open: frozenset[str] = frozenset()                           # model aliases
+    saturated: frozenset[str] = frozenset()                              # model aliases
+    ttft: Mapping[str, float] = field(default_factory=dict)              # alias -> EWMA seconds to first token
+
+
+EMPTY_STATE = LiveState()
+
+# Exclusions that pass with time (503: retry later); every other one is about the request (4xx).
+_TRANSIENT = frozenset({"circuit_open", "saturated"})
+
+
+@dataclass(slots=True)
+class Candidate:
+    model: str
+    provider: str
+    region: str | None
+    upstream_model: str
+    estimated_cost_usd: float
+    excluded: str | None = None
+    self_hosted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "provider": self.provider, "region": self.region,
+                "upstream_model": self.upstream_model, "self_hosted": self.self_hosted,
+                "estimated_cost_usd": round(self.estimated_cost_usd, 10), "excluded": self.excluded}
+
+
+@dataclass(slots=True)
+class Decision:
+    task: str
+    task_source: str            # hint | alias | classifier | fallback
+    confidence: float
+    language: str | None
+    route: str
+    rule: int | None            # index of the matching rule; None when `model` named the route or alias
+    candidates: list[Candidate]
+    prompt_tokens: int          # estimated
+    output_tokens: int          # expected: max_tokens, else the route's or the policy's default
+    tenant: str | None = None
+    residency: tuple[str, ...] = ()
+    classified_task: str | None = None
+    downgraded: bool = False
+
+    @property
+    def allowed(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.excluded is None]
+
+    def require_candidates(self) -> list[Candidate]:
+        """The candidates to try, in order; raises when every one was excluded."""
+        allowed = self.allowed
+        if allowed:
+            return allowed
+        reasons = ", ".join(f"{c.model}: {c.excluded}" for c in self.candidates)
+        why = {c.excluded for c in self.candidates}
+        if "over_budget" in why:
+            raise BudgetExceeded(f"tenant '{self.tenant}' has no budget left for this request ({reasons})")
+        message = f"no candidate of route '{self.route}' can serve this request ({reasons})"
+        if why & _TRANSIENT:  # a deployment that may recover: worth a retry later
+            raise NoCandidate(message, decision=self)
+        if why == {"residency"}:  # the policy forbids every candidate: retrying cannot help
+            raise NoCandidate(message, decision=self, status=403, code="residency")
+        raise NoCandidate(message, decision=self, status=400, code="no_candidate_fits")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "task": self.task, "task_source": self.task_source, "confidence": round(self.confidence, 4),
+            "language": self.language, "route": self.route, "rule": self.rule,
+            "tenant": self.tenant, "residency": list(self.residency),
+            "estimated_prompt_tokens": self.prompt_tokens, "expected_output_tokens": self.output_tokens,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+        if self.classified_task is not None:
+            out["classified_task"] = self.classified_task
+        if self.downgraded:
+            out["downgraded"] = True
+        return out
+
+
+def estimate_prompt_tokens(messages: Sequence[Any], tools: Sequence[Any] | None = None) -> int:
+    """A cheap, deliberately generous token estimate: 1 token per 4 characters + 4 per message."""
+    chars = 0
+    for m in messages:
+        if not isinstance(m, Mapping):
+            continue
+        c = m.get("content")
+        if isinstance(c, str):
+            chars += len(c)
+        elif isinstance(c, list):
+            for part in c:
+                if isinstance(part, Mapping):
+                    text = part.get("text")
+                    chars += len(text) if isinstance(text, str) else 0
+                    if part.get("type") in ("image_url", "input_image"):
+                        chars += 3400  # ~850 tokens: a typical high-detail image tile budget
+        calls = m.get("tool_calls")
+        if calls:
+            chars += len(str(calls))
+    if tools:
+        chars += len(str(tools))
+    return chars // 4 + 4 * len(messages) + 3
+
+
+def _has_images(messages: Sequence[Any]) -> bool:
+    for m in messages:
+        c = m.get("content") if isinstance(m, Mapping) else None
+        if isinstance(c, list):
+            for part in c:
+                if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image"):
+                    return True
+    return False
+
+
+def _tenant_and_residencies(policy: Policy, tenant: str | None, residency: str | None
+                            ) -> tuple[Tenant | None, list[str]]:
+    """The tenant (checked) and every residency the request carries: the tenant's, then its own."""
+    ten: Tenant | None = None
+    if tenant is not None:
+        ten = policy.tenants.get(tenant)
+        if ten is None and policy.tenants:
+            raise PermissionDenied(f"unknown tenant '{tenant}'", param="tenant")
+    residencies: list[str] = []
+    if ten is not None and ten.residency:
+        residencies.append(ten.residency)
+    if residency:
+        if residency not in policy.residency:
+            known = ", ".join(policy.residency) or "none"
+            raise InvalidRequest(f"unknown residency '{residency}' (the policy defines: {known})", param="residency")
+        if residency not in residencies:
+            residencies.append(residency)
+    return ten, residencies
+
+
+def decide_embedding(policy: Policy, body: Mapping[str, Any], *, residency: str | None = None,
+                     tenant: str | None = None, state: LiveState = EMPTY_STATE) -> Decision:
+    """An embeddings request: `model` names the alias (no classification), residency still applies.
+
+    >>> decide_embedding(policy, {"model": "embed-eu", "input": "hello"}).route  # doctest: +SKIP
+    'embed-eu'
+    """
+    alias = body.get("model")
+    if type(alias) is not str or not alias:
+        raise InvalidRequest("`model` must name a model alias from the policy", param="model")
+    model = policy.models.get(alias)
+    if model is None:
+        raise NotFound(f"unknown model '{alias}': use one of {', '.join(policy.models)}", param="model")
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest("`input` must be a string or a non-empty list", param="input")
+    ten, residencies = _tenant_and_residencies(policy, tenant, residency)
+    if ten is not None and ten.routes is not None and alias not in ten.routes:
+        raise PermissionDenied(f"tenant '{ten.name}' may not use '{alias}'", param="model")
+    provider = policy.providers[model.provider]
+    prompt_tokens = sum(len(x) // 4 + 1 if isinstance(x, str) else len(x) if isinstance(x, list) else 1
+                        for x in inputs)
+    excluded = None
+    if any(provider.region not in policy.residency[r] for r in residencies):
+        excluded = "residency"
+    elif alias in state.circuit_open:
+        excluded = "circuit_open"
+    candidate = Candidate(alias, provider.name, provider.region, model.model,
+                          model.price.cost(prompt_tokens, 0), excluded, provider.self_hosted)
+    return Decision("embedding", "alias", 1.0, None, alias, None, [candidate], prompt_tokens, 0,
+                    ten.name if ten is not None else tenant, tuple(residencies))
+
+
+def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
+           tenant: str | None = None, state: LiveState = EMPTY_STATE, language: bool = True) -> Decision:
+    """Route one OpenAI-style request body. Raises a RequestError when no route can serve it.
+
+    `task` is an explicit hint, `residency` a requirement added to the tenant's (never lifting it),
+    `tenant` a tenant name from the policy. `language=False` detects the language only when a
+    policy rule reads it (the engine's hot path); otherwise ``Decision.language`` is None.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("`messages` must be a non-empty list of messages", param="messages")
+    tools = body.get("tools") or None
+
+    ten, residencies = _tenant_and_residencies(policy, tenant, residency)
+
+    if task is not None:
+        if task not in TASKS:
+            raise InvalidRequest(f"unknown task '{task}'; use one of: {', '.join(TASKS)}", param="task")
+        if ten is not None and not ten.allow_hints:
+            task = None
+
+    model = body.get("model") or "auto"
+    route: Route | None = None
+    pinned: Model | None = None
+    if model != "auto":
+        route = policy.routes.get(model)
+        if route is None:
+            pinned = policy.models.get(model)
+            if pinned is None:
+                names = ", ".join(["auto", *policy.routes, *policy.models])
+                raise NotFound(f"unknown model '{model}': use one of {names}", param="model")
+        if ten is not None and ten.routes is not None and model not in ten.routes:
+            raise PermissionDenied(f"tenant '{ten.name}' may not use '{model}'", param="model")
+
+    # Task: hint, then a route named after a task, then the classifier.
+    needs_language = model == "auto" and policy.uses_language
+    detect_language = language or needs_language
+    confidence, language, classified = 1.0, None, None
+    if task is not None:
+        source = "hint"
+    elif route is not None and route.name in TASKS:
+        task, source = route.name, "alias"
+    elif pinned is not None and pinned.alias in policy.alias_tasks:
+        task, source = policy.alias_tasks[pinned.alias], "alias"
+    else:
+        source = "classifier"
+    if source == "classifier" or needs_language:
+        c = classify(messages, tools, language=detect_language)
+        language = c.language
+        if source == "classifier":
+            task, confidence = c.task, c.confidence
+            if confidence < policy.classifier.min_confidence:
+                classified, task, source = c.task, policy.classifier.fallback_task, "fallback"
+    assert task is not None
+
+    rule_index: int | None = None
+    if route is None and pinned is None:
+        facts = {"task": task, "language": language, "tenant": ten.name if ten else tenant, "tools": bool(tools)}
+        for rule in policy.rules:
+            ok = True
+            for key, cond in rule.conditions.items():
+                if key == "residency":
+                    hit = any(r in cond.values for r in residencies)
+                    ok = hit != cond.negate
+                else:
+                    ok = cond.matches(facts[key])
+                if not ok:
+                    break
+            if ok:
+                route, rule_index = policy.routes[rule.route], rule.index
+                break
+        if route is None:
+            raise NotFound("no rule in the policy matches this request", param="model")
+        if ten is not None and ten.routes is not None and route.name not in ten.routes:
+            raise PermissionDenied(f"tenant '{ten.name}' may not use route '{route.name}'", param="model")
+
+    targets = (pinned.alias,) if pinned is not None else route.targets  # type: ignore[union-attr]
+    route_name = pinned.alias if pinned is not None else route.name  # type: ignore[union-attr]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    prompt_tokens = estimate_prompt_tokens(messages, tools)
+    out_tokens = int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else (
+        (route.expected_output_tokens if route is not None else None) or policy.expected_output_tokens)
+    max_cost = body.get("max_cost_usd")
+    if max_cost is None and route is not None:
+        max_cost = route.max_cost_usd
+    regions = None
+    for r in residencies:
+        allowed_regions = policy.residency[r]
+        regions = allowed_regions if regions is None else regions & allowed_regions
+    images = _has_images(messages)
+    tenant_name = ten.name if ten is not None else tenant
+    remaining = state.budget_remaining.get(tenant_name) if tenant_name is not None else None
+
+    candidates: list[Candidate] = []
+    for alias in targets:
+        m = policy.models[alias]
+        p = policy.providers[m.provider]
+        cost = m.price.cost(prompt_tokens, out_tokens)
+        excluded = None
+        if regions is not None and p.region not in regions:
+            excluded = "residency"
+        elif alias in state.circuit_open:
+            excluded = "circuit_open"
+        elif alias in state.saturated:
+            excluded = "saturated"
+        elif tools and "tools" not in m.capabilities:
+            excluded = "capability:tools"
+        elif images and "vision" not in m.capabilities:
+            excluded = "capability:vision"
+        elif m.context_window is not None and prompt_tokens + (max_tokens or 0) > m.context_window:
+            excluded = "context_window"
+        elif max_cost is not None and cost > max_cost:
+            excluded = "max_cost"
+        elif remaining is not None and cost > remaining:
+            excluded = "over_budget"
+        candidates.append(Candidate(alias, p.name, p.region, m.model, cost, excluded, p.self_hosted))
+
+    downgraded = False
+    allowed = [c for c in candidates if c.excluded is None]
+    if not allowed:
+        broke = [c for c in candidates if c.excluded == "over_budget"]
+        if broke and ten is not None and ten.budget is not None and ten.budget.on_exhausted == "downgrade":
+            cheapest = min(broke, key=lambda c: c.estimated_cost_usd)
+            cheapest.excluded, downgraded = None, True
+            allowed = [cheapest]
+    if route is not None and route.strategy == "cheapest":
+        ttft = state.ttft  # latency breaks cost ties; unmeasured deployments count as fastest, to get measured
+        allowed.sort(key=lambda c: (c.estimated_cost_usd, ttft.get(c.model, 0.0)))
+    elif route is not None and route.strategy == "fastest":
+        ttft = state.ttft
+        allowed.sort(key=lambda c: ttft.get(c.model, 0.0))
+    ordered = allowed + [c for c in candidates if c.excluded is not None]
+    return Decision(task, source, confidence, language, route_name, rule_index, ordered, prompt_tokens,
+                    out_tokens, tenant_name, tuple(residencies), classified, downgraded)

@@ -1,0 +1,605 @@
+"""Policy files: load YAML, substitute the environment, parse strictly, validate as a whole.
+
+Pure: no network. Every problem is reported with the file, the path inside it
+(``routes.coding.targets[1]``) and what to do, and all problems are reported at once. The result
+is a `router.core.policy.Policy`.
+
+>>> policy = load_policy("policies/default.yaml")     # doctest: +SKIP
+>>> policy.routes["coding"].targets                   # doctest: +SKIP
+('qwen3-coder-next', 'deepseek-v3', 'gpt-4.1-mini')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+from router.core.errors import PolicyError, PolicyIssue
+from router.core.policy import (
+    CONDITION_KEYS,
+    PROVIDER_KINDS,
+    STRATEGIES,
+    TASK_LABELS,
+    Budget,
+    ClassifierSettings,
+    Condition,
+    HealthSettings,
+    MeteringSettings,
+    Model,
+    Policy,
+    Price,
+    ProbeSettings,
+    Provider,
+    ReferenceModel,
+    Retry,
+    Route,
+    Rule,
+    SaturationSettings,
+    Secret,
+    Tenant,
+    Timeouts,
+)
+from router.core.prices import catalogue_lookup
+
+__all__ = ["check_policy", "load_policy", "parse_policy"]
+
+# ----------------------------------------------------------------------------- loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def load_policy(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Policy:
+    """Load and validate the policy at `path`; raise PolicyError listing every problem."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise PolicyError([PolicyIssue(path, "", f"cannot read the policy: {e.strerror}",
+                                       "check the path, or set ROUTER_POLICY")]) from None
+    return parse_policy(text, source=path, env=env)
+
+
+def check_policy(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> list[PolicyIssue]:
+    """Every problem in the policy at `path`; empty when it is valid."""
+    try:
+        load_policy(path, env)
+    except PolicyError as e:
+        return e.issues
+    return []
+
+
+def parse_policy(text: str, *, source: str = "<policy>", env: Mapping[str, str] | None = None) -> Policy:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise PolicyError([PolicyIssue(source, where, f"not valid YAML: {problem}",
+                                       "fix the YAML syntax at that position")]) from None
+    parser = _Parser(source, os.environ if env is None else env)
+    policy = parser.parse(raw)
+    if parser.issues or policy is None:
+        raise PolicyError(parser.issues)
+    return dataclasses.replace(policy, digest=hashlib.sha256(text.encode()).hexdigest()[:12])
+
+
+def _fmt(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+class _Parser:
+    def __init__(self, source: str, env: Mapping[str, str]):
+        self.source = source
+        self.env = env
+        self.issues: list[PolicyIssue] = []
+
+    def err(self, path: str, message: str, fix: str = "") -> None:
+        self.issues.append(PolicyIssue(self.source, path, message, fix))
+
+    # -- primitives
+    def subst(self, path: str, value: str) -> str:
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.err(path, f"environment variable {name} is not set",
+                     f"export {name}, or write ${{{name}:-default}} to give a default")
+            return ""
+
+        return _ENV.sub(repl, value) if "${" in value else value
+
+    def mapping(self, path: str, value: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+                ) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.err(path or "(top level)", f"expected a mapping, got {_kind(value)}",
+                     "write it as `key: value` pairs")
+            return None
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                fix = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+                self.err(_fmt(path, key), f"unknown key '{key}'", fix)
+        for key in required:
+            if key not in value:
+                self.err(_fmt(path, key), f"missing required key '{key}'", f"add `{key}:`")
+        return value
+
+    def string(self, path: str, value: Any, *, secret: bool = False) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.err(path, f"expected a string, got {_kind(value)}")
+            return None
+        return self.subst(path, value) if isinstance(value, str) else str(value)
+
+    def number(self, path: str, value: Any, *, minimum: float = 0.0, integer: bool = False,
+               positive: bool = False) -> float | None:
+        if isinstance(value, str):
+            value = self.subst(path, value)
+            try:
+                value = float(value)
+            except ValueError:
+                self.err(path, f"expected a number, got '{value}'")
+                return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.err(path, f"expected a number, got {_kind(value)}")
+            return None
+        if value < minimum or (positive and value <= 0):
+            self.err(path, f"must be {'greater than' if positive else 'at least'} {minimum:g}, got {value:g}")
+            return None
+        if integer and value != int(value):
+            self.err(path, f"expected a whole number, got {value:g}")
+            return None
+        return int(value) if integer else float(value)
+
+    def boolean(self, path: str, value: Any) -> bool | None:
+        if not isinstance(value, bool):
+            self.err(path, f"expected true or false, got {_kind(value)}")
+            return None
+        return value
+
+    def choice(self, path: str, value: Any, options: tuple[str, ...]) -> str | None:
+        if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1)
+            fix = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(options)}"
+            self.err(path, f"'{value}' is not one of {', '.join(options)}", fix)
+            return None
+        return value
+
+    def str_list(self, path: str, value: Any) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.err(path, f"expected a list, got {_kind(value)}", "write it as [a, b]")
+            return []
+        out = []
+        for i, item in enumerate(value):
+            s = self.string(_fmt(path, i), item)
+            if s is not None:
+                out.append(s)
+        return out
+
+    def each(self, path: str, value: Any, fn: Callable[[str, str, Any], Any]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.err(path, f"expected a mapping of names, got {_kind(value)}")
+            return {}
+        out = {}
+        for name, item in value.items():
+            parsed = fn(_fmt(path, name), str(name), item)
+            if parsed is not None:
+                out[str(name)] = parsed
+        return out
+
+    # -- sections
+    def parse(self, raw: Any) -> Policy | None:
+        top = self.mapping("", raw, ("version", "providers", "models", "routes", "rules", "residency",
+                                     "tenants", "retry", "timeouts", "classifier", "defaults",
+                                     "reference_model", "metering"),
+                           ("providers", "models", "routes"))
+        if top is None:
+            return None
+        if top.get("version", 1) != 1:
+            self.err("version", f"unsupported policy version {top.get('version')!r}", "use `version: 1`")
+        providers = self.each("providers", top.get("providers"), self.provider)
+        residency = self.each("residency", top.get("residency"), lambda p, n, v: frozenset(self.str_list(p, v)))
+        models = self.each("models", top.get("models"), lambda p, n, v: self.model(p, n, v, providers))
+        routes = self.each("routes", top.get("routes"), lambda p, n, v: self.route(p, n, v, models))
+        tenants = self.each("tenants", top.get("tenants"), lambda p, n, v: self.tenant(p, n, v, residency, routes, models))
+        rules = self.rules(top.get("rules"), routes, residency, tenants)
+        retry = self.retry(top.get("retry"))
+        timeouts = self.timeouts("timeouts", top.get("timeouts"))
+        classifier = self.classifier_settings(top.get("classifier"))
+        expected = 256
+        defaults = self.mapping("defaults", top.get("defaults", {}), ("expected_output_tokens",))
+        if defaults and "expected_output_tokens" in defaults:
+            expected = self.number("defaults.expected_output_tokens", defaults["expected_output_tokens"],
+                                   integer=True, positive=True) or expected
+        self.check_residency(providers, models, routes, rules, residency, tenants)
+        reference = self.reference_model(top.get("reference_model"), models) if "reference_model" in top else None
+        metering = self.metering_settings(top.get("metering"))
+        return Policy(self.source, providers, models, routes, tuple(rules), residency, tenants, retry,
+                      timeouts, classifier, int(expected), reference_model=reference, metering=metering)
+
+    def provider(self, path: str, name: str, raw: Any) -> Provider | None:
+        m = self.mapping(path, raw, ("kind", "base_url", "api_key", "region", "metrics_url", "max_concurrency",
+                                     "headers", "self_hosted", "health", "saturation", "gpu_hour_usd", "gpus"),
+                           ("kind", "base_url"))
+        if m is None:
+            return None
+        kind = self.choice(_fmt(path, "kind"), m.get("kind"), PROVIDER_KINDS) if "kind" in m else None
+        base_url = self.string(_fmt(path, "base_url"), m.get("base_url", ""))
+        if base_url is not None and "base_url" in m and not re.match(r"^https?://[^/\s]+", base_url):
+            self.err(_fmt(path, "base_url"), "must be an http:// or https:// URL",
+                     "write the full URL, e.g. https://api.example.com/v1")
+        key = None
+        if m.get("api_key") is not None:
+            k = self.string(_fmt(path, "api_key"), m["api_key"], secret=True)
+            if k and k.lower() not in ("none", "null"):
+                key = Secret(k)
+        metrics_url = self.string(_fmt(path, "metrics_url"), m["metrics_url"]) if m.get("metrics_url") else None
+        mc = None
+        if m.get("max_concurrency") is not None:
+            mc = self.number(_fmt(path, "max_concurrency"), m["max_concurrency"], integer=True, positive=True)
+        headers = {}
+        if m.get("headers") is not None:
+            if isinstance(m["headers"], dict):
+                headers = {str(k): self.string(_fmt(_fmt(path, "headers"), k), v) or "" for k, v in m["headers"].items()}
+            else:
+                self.err(_fmt(path, "headers"), "expected a mapping of header names to values")
+        region = self.string(_fmt(path, "region"), m["region"]) if m.get("region") is not None else None
+        self_hosted = m.get("self_hosted", kind == "vllm")
+        if not isinstance(self_hosted, bool):
+            self.err(_fmt(path, "self_hosted"), "expected true or false")
+            self_hosted = False
+        health = self.health_settings(_fmt(path, "health"), m.get("health"))
+        saturation = None
+        if m.get("saturation") is not None:
+            saturation = self.saturation_settings(_fmt(path, "saturation"), m["saturation"], metrics_url)
+        gpu_hour = None
+        if m.get("gpu_hour_usd") is not None:
+            gpu_hour = self.number(_fmt(path, "gpu_hour_usd"), m["gpu_hour_usd"])
+        gpus = 1
+        if m.get("gpus") is not None:
+            gpus = int(self.number(_fmt(path, "gpus"), m["gpus"], integer=True, positive=True) or 1)
+        if kind is None or base_url is None:
+            return None
+        return Provider(name, kind, base_url.rstrip("/"), key, region, metrics_url,
+                        int(mc) if mc else None, headers, self_hosted, health, saturation, gpu_hour, gpus)
+
+    def health_settings(self, path: str, raw: Any) -> HealthSettings:
+        keys = ("failure_threshold", "window_s", "min_requests", "failure_rate", "open_s", "half_open_probes",
+                "probe")
+        m = self.mapping(path, raw if raw is not None else {}, keys)
+        d = HealthSettings()
+        if not m:
+            return d
+        values: dict[str, Any] = {}
+        for k in ("failure_threshold", "min_requests", "half_open_probes"):
+            if m.get(k) is not None:
+                values[k] = int(self.number(_fmt(path, k), m[k], integer=True, positive=True) or getattr(d, k))
+        for k in ("window_s", "open_s", "failure_rate"):
+            if m.get(k) is not None:
+                values[k] = self.number(_fmt(path, k), m[k], positive=True) or getattr(d, k)
+        if values.get("failure_rate", 0) > 1:
+            self.err(_fmt(path, "failure_rate"), "must be between 0 and 1", "write 0.5 for 50%")
+        if m.get("probe") is not None:
+            pp = _fmt(path, "probe")
+            pm = self.mapping(pp, m["probe"], ("path", "interval_s", "timeout_s"))
+            if pm is not None:
+                dp = ProbeSettings()
+                ppath = self.string(_fmt(pp, "path"), pm["path"]) if pm.get("path") is not None else dp.path
+                interval = (self.number(_fmt(pp, "interval_s"), pm["interval_s"], positive=True)
+                            if pm.get("interval_s") is not None else dp.interval_s)
+                timeout = (self.number(_fmt(pp, "timeout_s"), pm["timeout_s"], positive=True)
+                           if pm.get("timeout_s") is not None else dp.timeout_s)
+                values["probe"] = ProbeSettings(ppath or dp.path, interval or dp.interval_s, timeout or dp.timeout_s)
+        return dataclasses.replace(d, **values)
+
+    def saturation_settings(self, path: str, raw: Any, metrics_url: str | None) -> SaturationSettings | None:
+        keys = ("max_waiting", "max_kv_cache", "recover_waiting", "recover_kv_cache", "scrape_interval_s",
+                "stale_after_s")
+        m = self.mapping(path, raw, keys)
+        if m is None:
+            return None
+        d = SaturationSettings()
+        v: dict[str, Any] = {}
+        for k in keys:
+            if m.get(k) is not None:
+                v[k] = self.number(_fmt(path, k), m[k], positive=k.endswith("_s"))
+        for k in ("max_kv_cache", "recover_kv_cache"):
+            if v.get(k) is not None and v[k] > 1:
+                self.err(_fmt(path, k), f"KV-cache usage is a fraction between 0 and 1, got {v[k]:g}",
+                         "write 0.9 for 90%")
+        if v.get("max_waiting") is None and v.get("max_kv_cache") is None:
+            self.err(path, "no threshold: a deployment could never count as saturated",
+                     "set `max_waiting:` and/or `max_kv_cache:`")
+        for hi, lo in (("max_waiting", "recover_waiting"), ("max_kv_cache", "recover_kv_cache")):
+            if v.get(lo) is not None and v.get(hi) is not None and v[lo] > v[hi]:
+                self.err(_fmt(path, lo), f"must not exceed {hi} ({v[hi]:g}), or the deployment would flap",
+                         f"set it below {hi}")
+        if not metrics_url:
+            self.err(path, "saturation is read from vLLM's /metrics, but the provider has no metrics_url",
+                     "add `metrics_url: http://HOST:PORT/metrics`")
+        if v.get("max_waiting") is not None and v.get("recover_waiting") is None:
+            v["recover_waiting"] = v["max_waiting"] / 2
+        if v.get("max_kv_cache") is not None and v.get("recover_kv_cache") is None:
+            v["recover_kv_cache"] = max(0.0, v["max_kv_cache"] - 0.1)
+        return SaturationSettings(**{k: (val if val is not None else getattr(d, k)) for k, val in v.items()})
+
+    def model(self, path: str, alias: str, raw: Any, providers: Mapping[str, Provider]) -> Model | None:
+        m = self.mapping(path, raw, ("provider", "model", "price", "context_window", "capabilities", "params"),
+                         ("provider", "model"))
+        if m is None:
+            return None
+        pname = self.string(_fmt(path, "provider"), m.get("provider", ""))
+        upstream = self.string(_fmt(path, "model"), m.get("model", ""))
+        provider = providers.get(pname or "")
+        if pname and "provider" in m and provider is None:
+            self.dangling(_fmt(path, "provider"), "provider", pname, providers)
+        ctx = None
+        if m.get("context_window") is not None:
+            ctx = self.number(_fmt(path, "context_window"), m["context_window"], integer=True, positive=True)
+        caps = frozenset(self.str_list(_fmt(path, "capabilities"), m.get("capabilities", [])))
+        params = m.get("params") or {}
+        if not isinstance(params, dict):
+            self.err(_fmt(path, "params"), "expected a mapping of request parameters")
+            params = {}
+        price = None
+        if "price" in m:
+            pm = self.mapping(_fmt(path, "price"), m["price"], ("input_per_mtok", "output_per_mtok"),
+                              ("input_per_mtok", "output_per_mtok"))
+            if pm is not None and "input_per_mtok" in pm and "output_per_mtok" in pm:
+                inp = self.number(_fmt(_fmt(path, "price"), "input_per_mtok"), pm["input_per_mtok"])
+                out = self.number(_fmt(_fmt(path, "price"), "output_per_mtok"), pm["output_per_mtok"])
+                if inp is not None and out is not None:
+                    price = Price(inp, out)
+        elif provider is not None and upstream:
+            entry = catalogue_lookup(provider.kind, upstream)
+            if entry is None:
+                self.err(_fmt(path, "price"), f"no price for '{upstream}' in the policy or in litellm's catalogue",
+                         "add `price: {input_per_mtok: X, output_per_mtok: Y}` (USD per million tokens)")
+            else:
+                price = Price(entry.input_per_mtok, entry.output_per_mtok, f"catalogue:{entry.key}")
+                ctx = ctx or entry.context_window
+        if provider is None or not upstream or price is None:
+            return None
+        return Model(alias, provider.name, upstream, price, int(ctx) if ctx else None, caps, params)
+
+    def route(self, path: str, name: str, raw: Any, models: Mapping[str, Model]) -> Route | None:
+        m = self.mapping(path, raw, ("targets", "strategy", "max_cost_usd", "expected_output_tokens"), ("targets",))
+        if m is None:
+            return None
+        targets = self.str_list(_fmt(path, "targets"), m.get("targets", []))
+        if "targets" in m and not targets:
+            self.err(_fmt(path, "targets"), "a route needs at least one target", "list model aliases from `models`")
+        for i, t in enumerate(targets):
+            if t not in models:
+                self.dangling(_fmt(_fmt(path, "targets"), i), "model", t, models)
+        strategy = self.choice(_fmt(path, "strategy"), m.get("strategy", "ordered"), STRATEGIES) or "ordered"
+        max_cost = None
+        if m.get("max_cost_usd") is not None:
+            max_cost = self.number(_fmt(path, "max_cost_usd"), m["max_cost_usd"], positive=True)
+        eot = None
+        if m.get("expected_output_tokens") is not None:
+            eot = self.number(_fmt(path, "expected_output_tokens"), m["expected_output_tokens"],
+                              integer=True, positive=True)
+        return Route(name, tuple(t for t in targets if t in models), strategy, max_cost,
+                     int(eot) if eot else None)
+
+    def tenant(self, path: str, name: str, raw: Any, residency: Mapping[str, Any], routes: Mapping[str, Route],
+               models: Mapping[str, Model]) -> Tenant | None:
+        m = self.mapping(path, raw if raw is not None else {}, ("keys", "residency", "budget", "allow_hints", "routes"))
+        if m is None:
+            return None
+        keys = self.str_list(_fmt(path, "keys"), m.get("keys", []))
+        for i, k in enumerate(keys):
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", k):
+                self.err(_fmt(_fmt(path, "keys"), i), "a key must be stored as its hash, `sha256:<64 hex digits>`",
+                         "run `router hash-key YOUR_KEY` and paste its output")
+        res = None
+        if m.get("residency") is not None:
+            res = self.string(_fmt(path, "residency"), m["residency"])
+            if res is not None and res not in residency:
+                self.dangling(_fmt(path, "residency"), "residency", res, residency)
+        budget = None
+        if m.get("budget") is not None:
+            bp = _fmt(path, "budget")
+            b = self.mapping(bp, m["budget"], ("daily_usd", "monthly_usd", "on_exhausted", "routes"))
+            if b is not None:
+                daily = self.number(_fmt(bp, "daily_usd"), b["daily_usd"]) if b.get("daily_usd") is not None else None
+                monthly = (self.number(_fmt(bp, "monthly_usd"), b["monthly_usd"])
+                           if b.get("monthly_usd") is not None else None)
+                action = self.choice(_fmt(bp, "on_exhausted"), b.get("on_exhausted", "reject"),
+                                     ("reject", "downgrade")) or "reject"
+                per_route: dict[str, Budget] = {}
+                for rname, rb in (self.each(_fmt(bp, "routes"), b.get("routes"), lambda p, n, v: (p, v))).items():
+                    rp, raw_rb = rb
+                    if rname not in routes and rname not in models:
+                        self.dangling(rp, "route", rname, routes)
+                    rm = self.mapping(rp, raw_rb, ("daily_usd", "monthly_usd"))
+                    if rm is not None:
+                        rd = self.number(_fmt(rp, "daily_usd"), rm["daily_usd"]) if rm.get("daily_usd") is not None else None
+                        rmo = (self.number(_fmt(rp, "monthly_usd"), rm["monthly_usd"])
+                               if rm.get("monthly_usd") is not None else None)
+                        per_route[rname] = Budget(rd, rmo, action)
+                budget = Budget(daily, monthly, action, per_route)
+        hints = self.boolean(_fmt(path, "allow_hints"), m.get("allow_hints", True))
+        allowed = None
+        if m.get("routes") is not None:
+            allowed = tuple(self.str_list(_fmt(path, "routes"), m["routes"]))
+            for i, r in enumerate(allowed):
+                if r not in routes and r not in models:
+                    self.dangling(_fmt(_fmt(path, "routes"), i), "route", r, routes)
+        return Tenant(name, tuple(keys), res, budget, hints is not False, allowed)
+
+    def rules(self, raw: Any, routes: Mapping[str, Route], residency: Mapping[str, Any],
+              tenants: Mapping[str, Tenant]) -> list[Rule]:
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list):
+            self.err("rules", f"expected a list of rules, got {_kind(raw)}")
+            return []
+        out = []
+        for i, item in enumerate(raw):
+            path = f"rules[{i}]"
+            m = self.mapping(path, item, ("if", "route"), ("route",))
+            if m is None:
+                continue
+            route = self.string(_fmt(path, "route"), m.get("route", ""))
+            if route and "route" in m and route not in routes:
+                self.dangling(_fmt(path, "route"), "route", route, routes)
+            conds: dict[str, Condition] = {}
+            cm = self.mapping(_fmt(path, "if"), m.get("if") or {}, CONDITION_KEYS)
+            for key, value in (cm or {}).items():
+                if key not in CONDITION_KEYS:
+                    continue
+                cp = _fmt(_fmt(path, "if"), key)
+                negate = False
+                if isinstance(value, dict):
+                    if set(value) != {"not"}:
+                        self.err(cp, "a condition is a value, a list of values, or {not: value-or-list}")
+                        continue
+                    negate, value = True, value["not"]
+                values = value if isinstance(value, list) else [value]
+                if key == "tools":
+                    if not all(isinstance(v, bool) for v in values):
+                        self.err(cp, "`tools` matches true or false")
+                        continue
+                else:
+                    values = [str(v) for v in values]
+                    known = {"task": TASK_LABELS, "residency": tuple(residency), "tenant": tuple(tenants)}.get(key)
+                    for v in values:
+                        if known is not None and v not in known:
+                            self.dangling(cp, key, v, known)
+                conds[key] = Condition(frozenset(values), negate)
+            if route in routes:
+                out.append(Rule(i, conds, route))
+        if not raw:
+            self.err("rules", "no rules: no request could be routed",
+                     "add at least a final catch-all rule, e.g. `- {route: general}`")
+        elif not any(not r.get("if") for r in raw if isinstance(r, dict)):
+            self.err("rules", "no catch-all rule: a request matching no condition could not be routed",
+                     "end the list with a rule without `if`, e.g. `- {route: general}`")
+        return out
+
+    def retry(self, raw: Any) -> Retry:
+        m = self.mapping("retry", raw or {}, ("attempts", "backoff_s", "max_backoff_s", "retry_after_max_s"))
+        d = Retry()
+        if not m:
+            return d
+        return Retry(
+            int(self.number("retry.attempts", m.get("attempts", d.attempts), integer=True, positive=True)
+                or d.attempts),
+            self.number("retry.backoff_s", m.get("backoff_s", d.backoff_s)) or 0.0,
+            self.number("retry.max_backoff_s", m.get("max_backoff_s", d.max_backoff_s)) or 0.0,
+            self.number("retry.retry_after_max_s", m.get("retry_after_max_s", d.retry_after_max_s)) or 0.0,
+        )
+
+    def timeouts(self, path: str, raw: Any) -> Timeouts:
+        keys = ("connect_s", "first_token_s", "total_s", "attempt_s")
+        m = self.mapping(path, raw or {}, keys)
+        d = Timeouts()
+        if not m:
+            return d
+        return Timeouts(*(self.number(_fmt(path, k), m[k], positive=True) or getattr(d, k)
+                          if m.get(k) is not None else getattr(d, k) for k in keys))
+
+    def classifier_settings(self, raw: Any) -> ClassifierSettings:
+        m = self.mapping("classifier", raw or {}, ("min_confidence", "fallback_task"))
+        if not m:
+            return ClassifierSettings()
+        conf = self.number("classifier.min_confidence", m.get("min_confidence", 0.0))
+        if conf is not None and conf > 1:
+            self.err("classifier.min_confidence", "must be between 0 and 1")
+        task = self.choice("classifier.fallback_task", m.get("fallback_task", "general"), TASK_LABELS)
+        return ClassifierSettings(conf or 0.0, task or "general")
+
+    def reference_model(self, raw: Any, models: Mapping[str, Model]) -> ReferenceModel | None:
+        if isinstance(raw, str):
+            model = models.get(raw)
+            if model is None:
+                self.dangling("reference_model", "model", raw, models)
+                return None
+            return ReferenceModel(raw, model.price)
+        m = self.mapping("reference_model", raw, ("name", "price"), ("name", "price"))
+        if m is None:
+            return None
+        name = self.string("reference_model.name", m.get("name", "")) if "name" in m else None
+        price = None
+        if "price" in m:
+            pm = self.mapping("reference_model.price", m["price"], ("input_per_mtok", "output_per_mtok"),
+                              ("input_per_mtok", "output_per_mtok"))
+            if pm is not None and "input_per_mtok" in pm and "output_per_mtok" in pm:
+                inp = self.number("reference_model.price.input_per_mtok", pm["input_per_mtok"])
+                out = self.number("reference_model.price.output_per_mtok", pm["output_per_mtok"])
+                if inp is not None and out is not None:
+                    price = Price(inp, out)
+        if not name or price is None:
+            return None
+        return ReferenceModel(name, price)
+
+    def metering_settings(self, raw: Any) -> MeteringSettings:
+        m = self.mapping("metering", raw or {}, ("tenant_label", "ledger"))
+        if not m:
+            return MeteringSettings()
+        label = self.boolean("metering.tenant_label", m["tenant_label"]) if "tenant_label" in m else False
+        ledger = self.string("metering.ledger", m["ledger"]) if m.get("ledger") is not None else None
+        return MeteringSettings(bool(label), ledger or None)
+
+    def check_residency(self, providers: Mapping[str, Provider], models: Mapping[str, Model],
+                        routes: Mapping[str, Route], rules: list[Rule], residency: Mapping[str, frozenset[str]],
+                        tenants: Mapping[str, Tenant]) -> None:
+        def serves(route: Route, res: str) -> bool:
+            regions = residency[res]
+            return any(providers[models[t].provider].region in regions for t in route.targets)
+
+        for res, regions in residency.items():
+            if not any(p.region in regions for p in providers.values()):
+                self.err(_fmt("residency", res), f"no provider is in any of the regions {sorted(regions)}",
+                         "set `region:` on a provider, or list a region your providers are in")
+        for rule in rules:
+            cond = rule.conditions.get("residency")
+            if cond is None or cond.negate:
+                continue
+            for res in sorted(cond.values):
+                if res in residency and not serves(routes[rule.route], res):
+                    self.err(f"rules[{rule.index}].route",
+                             f"route '{rule.route}' has no target in a region allowed for residency '{res}' "
+                             f"({', '.join(sorted(residency[res]))})",
+                             "add a model served by a provider in one of those regions to the route's targets")
+        for t in tenants.values():
+            if t.residency and t.residency in residency and not any(serves(r, t.residency) for r in routes.values()):
+                self.err(f"tenants.{t.name}.residency", f"no route can serve residency '{t.residency}'",
+                         "add a route with a target in an allowed region")
+
+    def dangling(self, path: str, what: str, name: str, known: Mapping[str, Any] | tuple[str, ...]) -> None:
+        names = list(known)
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            fix = f"did you mean '{close[0]}'?"
+        elif names:
+            fix = f"use one of: {', '.join(names)}"
+        else:
+            fix = f"define it first (no {what} is defined)"
+        self.err(path, f"unknown {what} '{name}'", fix)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)

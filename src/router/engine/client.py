@@ -1,0 +1,227 @@
+"""`Router`: the library API over the async core, sync and async alike.
+
+>>> import router
+>>> r = router.Router("policies/default.yaml")                               # doctest: +SKIP
+>>> resp = r.complete(messages=[{"role": "user", "content": "Write a Rust ISO date parser"}])  # doctest: +SKIP
+>>> resp.choices[0].message.content, resp.router.model, resp.router.cost_usd  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+
+from router.core.decision import Decision
+from router.core.meter import Meter
+from router.core.policy import Policy
+from router.core.policy_parser import load_policy
+from router.core.response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
+from router.engine import sync
+from router.engine.engine import ChunkStream, Engine
+from router.metering.budget import BudgetBackend
+from router.monitor.monitor import Monitor
+from router.transport.base import Transport
+from router.transport.chooser import ProviderTransport
+
+__all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_meters", "default_policy_path"]
+
+
+def bundled_policy_path() -> str:
+    """The default policy shipped inside the package."""
+    return str(resources.files("router") / "policies" / "default.yaml")
+
+
+def default_policy_path() -> str:
+    """`ROUTER_POLICY` if set, else the bundled default policy."""
+    return os.environ.get("ROUTER_POLICY") or bundled_policy_path()
+
+
+def default_meters(policy: Policy) -> list[Meter]:
+    """The library's meters when none are given: the ledger at `$ROUTER_LEDGER`, else at the policy's
+    `metering.ledger`, else none (the proxy always keeps one; see docs/metering.md)."""
+    target = os.environ.get("ROUTER_LEDGER") or policy.metering.ledger
+    if not target or target == "none":
+        return []
+    from router.metering.ledger import LedgerMeter, open_ledger
+
+    return [LedgerMeter(open_ledger(target))]
+
+
+def _body(messages: Sequence[Any] | None, model: str, params: dict[str, Any]) -> dict[str, Any]:
+    body = dict(params)
+    if messages is not None:
+        body["messages"] = messages if isinstance(messages, list) else list(messages)
+    body["model"] = model
+    return body
+
+
+class Stream:
+    """Async iterator of `ChatCompletionChunk`; `.router` is complete once iteration ends."""
+
+    def __init__(self, inner: ChunkStream):
+        self._inner = inner
+        self.router: RouterInfo = inner.router
+        self.decision: Decision = inner.decision
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        return self._chunks()
+
+    def __del__(self) -> None:
+        # Dropped without being read: meter it as cancelled, on its loop (never from inside the GC).
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._inner.abandon)
+
+    async def _chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        try:
+            async for chunk in self._inner:
+                yield ChatCompletionChunk(chunk)
+        finally:
+            await self._inner.aclose()
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        return ChatCompletionChunk(await self._inner.__anext__())
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SyncStream(sync.SyncIterator[ChatCompletionChunk]):
+    """Blocking iterator of `ChatCompletionChunk`; `close()` stops early and aborts upstream."""
+
+    def __init__(self, inner: ChunkStream):
+        super().__init__(Stream(inner).__aiter__())
+        self._inner = inner
+        self.router: RouterInfo = inner.router
+        self.decision: Decision = inner.decision
+
+    def close(self) -> None:
+        super().close()
+        sync.run(_abandon(self._inner))
+
+    def __del__(self) -> None:
+        super().__del__()
+        sync.call_soon(self._inner.abandon)
+
+
+async def _abandon(inner: ChunkStream) -> None:
+    inner.abandon()
+
+
+class Router:
+    """Routes requests by a policy. Thread-safe; share one per process.
+
+    `policy` is a path, a loaded `Policy`, or None for `ROUTER_POLICY` / the bundled default.
+    """
+
+    def __init__(self, policy: str | os.PathLike[str] | Policy | None = None, *,
+                 transport: Transport | None = None, meters: Sequence[Meter] | None = None,
+                 budget: BudgetBackend | None = None,
+                 monitor: Monitor | bool = True):
+        if not isinstance(policy, Policy):
+            policy = load_policy(policy if policy is not None else default_policy_path())
+        if meters is None:
+            meters = default_meters(policy)
+        if budget is None and any(t.budget is not None for t in policy.tenants.values()):
+            from router.metering.budget import (
+                open_budget,  # a budget in the policy is enforced, whoever routes
+            )
+
+            budget = open_budget(os.environ.get("ROUTER_BUDGETS"))
+        self.engine = Engine(policy, transport or ProviderTransport(), meters, budget=budget)
+        # health + load: circuit breakers, in-flight counts, vLLM scrapes, probes (False: none)
+        self.engine.monitor = Monitor(policy) if monitor is True else (monitor or None)
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    def reload(self, policy: str | os.PathLike[str] | Policy) -> Policy:
+        """Validate `policy` and swap it in atomically; requests in flight finish on the old one."""
+        if not isinstance(policy, Policy):
+            policy = load_policy(policy)
+        self.engine.policy = policy
+        return policy
+
+    # -- async
+    async def acomplete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
+                        task: str | None = None, residency: str | None = None, tenant: str | None = None,
+                        request_id: str | None = None, **params: Any) -> ChatCompletion | Stream:
+        """Route and send a chat completion. `stream=True` returns an async iterator of chunks."""
+        body = _body(messages, model, params)
+        if stream:
+            return Stream(self.engine.stream(body, task=task, residency=residency, tenant=tenant,
+                                             request_id=request_id))
+        return await self.engine.complete(body, task=task, residency=residency, tenant=tenant,
+                                          request_id=request_id)
+
+    async def aembed(self, input: str | Sequence[Any], *, model: str, residency: str | None = None,
+                     tenant: str | None = None, request_id: str | None = None, **params: Any) -> Embeddings:
+        """Embeddings from the model alias `model` (no classification; residency and budgets apply)."""
+        body = {**params, "model": model, "input": input if isinstance(input, str) else list(input)}
+        return await self.engine.embed(body, residency=residency, tenant=tenant, request_id=request_id)
+
+    # -- sync
+    def embed(self, input: str | Sequence[Any], *, model: str, residency: str | None = None,
+              tenant: str | None = None, request_id: str | None = None, **params: Any) -> Embeddings:
+        """`aembed`, blocking."""
+        return sync.run(self.aembed(input, model=model, residency=residency, tenant=tenant,
+                                    request_id=request_id, **params))
+
+    def complete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
+                 task: str | None = None, residency: str | None = None, tenant: str | None = None,
+                 request_id: str | None = None, **params: Any) -> ChatCompletion | SyncStream:
+        """`acomplete`, blocking. `stream=True` returns an iterator of chunks."""
+        body = _body(messages, model, params)
+        if stream:
+            inner = self.engine.stream(body, task=task, residency=residency, tenant=tenant, request_id=request_id)
+            return SyncStream(inner)
+        return sync.run(self.engine.complete(body, task=task, residency=residency, tenant=tenant,
+                                             request_id=request_id))
+
+    def explain(self, messages: Sequence[Any] | None = None, *, model: str = "auto", task: str | None = None,
+                residency: str | None = None, tenant: str | None = None, **params: Any) -> Decision:
+        """The decision for this request, without calling anyone."""
+        return self.engine.decide(_body(messages, model, params), task=task, residency=residency, tenant=tenant)
+
+    # -- lifecycle
+    async def aclose(self) -> None:
+        """Close the connection pool of the running loop and flush the meters."""
+        await self.engine.transport.aclose()
+        for meter in self.engine.meters:
+            await meter.aclose()
+        if self.engine.budget is not None:
+            await self.engine.budget.aclose()
+        if self.engine.monitor is not None:
+            await self.engine.monitor.aclose()
+
+    def close(self) -> None:
+        """Close the sync API's connection pool and flush the meters."""
+        sync.run(self.aclose())
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

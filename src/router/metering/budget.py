@@ -1,0 +1,436 @@
+"""Tenant budgets: reserve the estimated cost before the call, settle the actual cost after.
+
+A request's budget is a set of *scopes*: the tenant's day and month (UTC), and the day and
+month of its route when the policy sets per-route limits. `reserve` checks every scope and
+adds the estimate to each one's `reserved` atomically, so concurrent requests can overspend a
+limit only by what the requests already admitted cost beyond their estimates. `settle` moves
+the request from `reserved` to `spent` with its actual cost.
+
+Two backends behind one interface:
+
+- `InProcessBudget` (the default): a dict under a lock; one process.
+- `RedisBudget`: Lua scripts, each one atomic in Redis; for many replicas. `remaining()` (read
+  on the hot path before `decide`) serves a per-tenant value at most `refresh_s` old (refreshed in
+  the background, and by every reserve and settle); an older or unknown value reads as "no
+  limit known" and the atomic reserve alone decides. So the cache can only change *where* an
+  exhausted budget is noticed (decide or reserve), never how much is spent.
+
+>>> budget = InProcessBudget()                                # doctest: +SKIP
+>>> Router(policy, budget=budget)                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from router.core.errors import BudgetExceeded
+
+if TYPE_CHECKING:
+    from router.core.decision import Candidate, Decision
+    from router.core.policy import Budget, Policy
+
+__all__ = ["BudgetBackend", "InProcessBudget", "RedisBudget", "Reservation", "Scope", "open_budget"]
+
+log = logging.getLogger("router.metering.budget")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One limit a request counts against: `key` names the tenant, route and period."""
+
+    key: str
+    limit_usd: float
+    tenant_wide: bool   # counts toward `remaining(tenant)` (route scopes do not)
+
+
+@dataclass(slots=True)
+class Reservation:
+    id: str
+    tenant: str
+    scopes: tuple[Scope, ...]
+    amount_usd: float
+
+
+def _periods(now: float) -> tuple[str, str]:
+    t = time.gmtime(now)
+    return time.strftime("%Y%m%d", t), time.strftime("%Y%m", t)
+
+
+def scopes_for(tenant: str, budget: Budget, route: str | None, now: float) -> tuple[Scope, ...]:
+    """The scopes a request of `tenant` on `route` counts against at time `now`."""
+    day, month = _periods(now)
+    out = []
+    if budget.daily_usd is not None:
+        out.append(Scope(f"{tenant}:d:{day}", budget.daily_usd, True))
+    if budget.monthly_usd is not None:
+        out.append(Scope(f"{tenant}:m:{month}", budget.monthly_usd, True))
+    rb = budget.routes.get(route) if route is not None else None
+    if rb is not None:
+        if rb.daily_usd is not None:
+            out.append(Scope(f"{tenant}:r:{route}:d:{day}", rb.daily_usd, False))
+        if rb.monthly_usd is not None:
+            out.append(Scope(f"{tenant}:r:{route}:m:{month}", rb.monthly_usd, False))
+    return tuple(out)
+
+
+class BudgetMetrics(Protocol):
+    """What a budget backend reports (`PrometheusMeter` implements it)."""
+
+    def budget_remaining(self, tenant: str, usd: float) -> None: ...
+
+
+class BudgetBackend(abc.ABC):
+    """Where budgets are kept. The engine calls `remaining` before deciding, `reserve` after, `settle` at the end.
+
+    `metrics`, when given, is told each tenant's remaining USD (`budget_remaining(tenant, usd)`);
+    `PrometheusMeter` implements it.
+    """
+
+    def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
+        self.metrics = metrics
+        self.wall = wall
+
+    # -- what the engine calls
+    def remaining(self, policy: Policy, tenant: str) -> float | None:
+        """USD the tenant has left (the tightest of its day and month), or None without a budget. Cheap."""
+        ten = policy.tenants.get(tenant)
+        if ten is None or ten.budget is None:
+            return None
+        scopes = tuple(s for s in scopes_for(tenant, ten.budget, None, self.wall()) if s.tenant_wide)
+        if not scopes:
+            return None
+        return self._remaining(tenant, scopes)
+
+    async def reserve(self, policy: Policy, decision: Decision, candidates: list[Candidate]
+                      ) -> tuple[Reservation | None, list[Candidate]]:
+        """Reserve the largest estimate among `candidates`; on an exhausted budget reject or downgrade."""
+        ten = policy.tenants.get(decision.tenant or "")
+        if ten is None or ten.budget is None or not candidates:
+            return None, candidates
+        scopes = scopes_for(ten.name, ten.budget, decision.route, self.wall())
+        if not scopes:
+            return None, candidates
+        rid = os.urandom(8).hex()
+        amount = max(c.estimated_cost_usd for c in candidates)
+        ok, left = await self._reserve(ten.name, scopes, amount, rid, force=False)
+        if ok:
+            return Reservation(rid, ten.name, scopes, amount), candidates
+        if ten.budget.on_exhausted != "downgrade":
+            raise BudgetExceeded(f"tenant '{ten.name}' has no budget left for this request "
+                                 f"(estimated ${amount:.6f}, ${max(left, 0.0):.6f} left)")
+        cheapest = min(candidates, key=lambda c: c.estimated_cost_usd)
+        # downgrade: the cheapest allowed candidate runs even when it does not fit (as decide() does)
+        ok, _ = await self._reserve(ten.name, scopes, cheapest.estimated_cost_usd, rid,
+                                    force=cheapest.estimated_cost_usd > left)
+        return Reservation(rid, ten.name, scopes, cheapest.estimated_cost_usd), [cheapest]
+
+    @abc.abstractmethod
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """Replace the reservation with the actual cost. Never blocks; never raises."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Wait for pending settlements."""
+
+    # -- what a backend implements
+    @abc.abstractmethod
+    def _remaining(self, tenant: str, scopes: Sequence[Scope]) -> float | None: ...
+
+    @abc.abstractmethod
+    async def _reserve(self, tenant: str, scopes: Sequence[Scope], amount: float, rid: str, *,
+                       force: bool) -> tuple[bool, float]:
+        """Reserve `amount` in every scope if each has that much left (or `force`); return (ok, left)."""
+
+    def _report(self, tenant: str, left: float | None) -> None:
+        if self.metrics is not None and left is not None:
+            try:
+                self.metrics.budget_remaining(tenant, left)
+            except Exception:  # metrics must not break budgets
+                log.exception("budget metrics failed")
+
+
+class InProcessBudget(BudgetBackend):
+    """Budgets in this process's memory. Spend is lost on restart; use `RedisBudget` to share or keep it."""
+
+    def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
+        super().__init__(metrics=metrics, wall=wall)
+        self._lock = threading.Lock()
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+        self._holds: dict[str, float] = {}   # reservation id -> amount (same in each of its scopes)
+
+    def _left(self, scope: Scope) -> float:
+        return scope.limit_usd - self._spent.get(scope.key, 0.0) - self._reserved.get(scope.key, 0.0)
+
+    def _remaining(self, tenant: str, scopes: Sequence[Scope]) -> float | None:
+        with self._lock:
+            return min(self._left(s) for s in scopes)
+
+    def _tenant_left(self, scopes: Sequence[Scope]) -> float | None:
+        wide = [self._left(s) for s in scopes if s.tenant_wide]
+        return min(wide) if wide else None
+
+    async def _reserve(self, tenant: str, scopes: Sequence[Scope], amount: float, rid: str, *,
+                       force: bool) -> tuple[bool, float]:
+        with self._lock:
+            left = min(self._left(s) for s in scopes)
+            if left < amount and not force:
+                return False, left
+            for s in scopes:
+                self._reserved[s.key] = self._reserved.get(s.key, 0.0) + amount
+            self._holds[rid] = amount
+            tenant_left = self._tenant_left(scopes)
+        self._report(tenant, tenant_left)
+        return True, left - amount
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        with self._lock:
+            held = self._holds.pop(reservation.id, 0.0)
+            for s in reservation.scopes:
+                self._reserved[s.key] = self._reserved.get(s.key, 0.0) - held
+                self._spent[s.key] = self._spent.get(s.key, 0.0) + actual_usd
+            tenant_left = self._tenant_left(reservation.scopes)
+        self._report(reservation.tenant, tenant_left)
+
+    def spent(self, key: str) -> float:
+        with self._lock:
+            return self._spent.get(key, 0.0)
+
+
+# ----------------------------------------------------------------------------- Redis
+
+_LUA_COMMON = """
+local function purge(k, now)
+  local dead = redis.call('ZRANGEBYSCORE', k .. ':exp', '-inf', now)
+  for _, m in ipairs(dead) do
+    local a = tonumber(redis.call('HGET', k .. ':res', m) or '0')
+    redis.call('HINCRBYFLOAT', k, 'reserved', -a)
+    redis.call('HDEL', k .. ':res', m)
+    redis.call('ZREM', k .. ':exp', m)
+  end
+end
+local function left(k, limit)
+  local v = redis.call('HMGET', k, 'spent', 'reserved')
+  return limit - (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0)
+end
+"""
+
+# KEYS: scope keys. ARGV: amount, id, now, expiry, ttl, force, ntenant, limit_1..limit_n
+_LUA_RESERVE = _LUA_COMMON + """
+local amount, id, now, expiry, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local force, ntenant = ARGV[6] == '1', tonumber(ARGV[7])
+local worst, tworst = nil, nil
+for i, k in ipairs(KEYS) do
+  purge(k, now)
+  local l = left(k, tonumber(ARGV[7 + i]))
+  if worst == nil or l < worst then worst = l end
+  if i <= ntenant and (tworst == nil or l < tworst) then tworst = l end
+end
+if (not force) and worst < amount then
+  return {0, tostring(worst), tostring(tworst or '')}
+end
+for i, k in ipairs(KEYS) do
+  redis.call('HINCRBYFLOAT', k, 'reserved', amount)
+  redis.call('HSET', k .. ':res', id, amount)
+  redis.call('ZADD', k .. ':exp', expiry, id)
+  redis.call('EXPIRE', k, ttl)
+  redis.call('EXPIRE', k .. ':res', ttl)
+  redis.call('EXPIRE', k .. ':exp', ttl)
+end
+if tworst ~= nil then tworst = tworst - amount end
+return {1, tostring(worst - amount), tostring(tworst or '')}
+"""
+
+# KEYS: scope keys. ARGV: id, actual, ttl, ntenant, limit_1..limit_n
+_LUA_SETTLE = _LUA_COMMON + """
+local id, actual, ttl, ntenant = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tworst = nil
+for i, k in ipairs(KEYS) do
+  local a = redis.call('HGET', k .. ':res', id)
+  if a then
+    redis.call('HINCRBYFLOAT', k, 'reserved', -tonumber(a))
+    redis.call('HDEL', k .. ':res', id)
+    redis.call('ZREM', k .. ':exp', id)
+  end
+  redis.call('HINCRBYFLOAT', k, 'spent', actual)
+  redis.call('EXPIRE', k, ttl)
+  if i <= ntenant then
+    local l = left(k, tonumber(ARGV[4 + i]))
+    if tworst == nil or l < tworst then tworst = l end
+  end
+end
+return tostring(tworst or '')
+"""
+
+# KEYS: scope keys. ARGV: now, limit_1..limit_n
+_LUA_REMAINING = _LUA_COMMON + """
+local now = tonumber(ARGV[1])
+local worst = nil
+for i, k in ipairs(KEYS) do
+  purge(k, now)
+  local l = left(k, tonumber(ARGV[1 + i]))
+  if worst == nil or l < worst then worst = l end
+end
+return tostring(worst)
+"""
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return float(value) if value not in (None, "") else None
+
+
+class RedisBudget(BudgetBackend):
+    """Budgets in Redis, shared by every replica; each operation is one atomic Lua script.
+
+    Keys: ``{prefix}:{<tenant>}:d:<YYYYMMDD>`` (hash: spent, reserved) with ``:res`` (reservation
+    id -> USD) and ``:exp`` (reservation id -> expiry) beside it; the tenant in braces keeps
+    a tenant's keys in one Redis Cluster slot. A reservation a crashed replica never settled
+    expires after `reservation_ttl_s` (make it longer than `timeouts.total_s`).
+
+    >>> budget = RedisBudget("redis://127.0.0.1:6379/0")       # doctest: +SKIP
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "router:budget",
+                 refresh_s: float = 1.0, reservation_ttl_s: float = 900.0, key_ttl_s: int = 40 * 86400,
+                 metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
+        super().__init__(metrics=metrics, wall=wall)
+        self.url, self.prefix = url, prefix
+        self.refresh_s, self.reservation_ttl_s, self.key_ttl_s = refresh_s, reservation_ttl_s, key_ttl_s
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._cache: dict[str, tuple[float, float]] = {}   # tenant -> (remaining, monotonic time)
+        self._refreshing: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _client(self) -> Any:
+        import redis.asyncio as aioredis  # the one module that imports redis
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = aioredis.Redis.from_url(self.url)
+            self._clients[loop] = client
+        return client
+
+    def _keys(self, scopes: Sequence[Scope], tenant: str) -> list[str]:
+        out = []
+        for s in scopes:
+            rest = s.key[len(tenant):]  # scope keys start with the tenant name
+            out.append(f"{self.prefix}:{{{tenant}}}{rest}")
+        return out
+
+    @staticmethod
+    def _ordered(scopes: Sequence[Scope]) -> list[Scope]:
+        return [s for s in scopes if s.tenant_wide] + [s for s in scopes if not s.tenant_wide]
+
+    def _remaining(self, tenant: str, scopes: Sequence[Scope]) -> float | None:
+        cached = self._cache.get(tenant)
+        if cached is not None and time.monotonic() - cached[1] <= self.refresh_s:
+            return cached[0]
+        # stale or unknown: let the atomic reserve decide this request, refresh for the next ones
+        if tenant not in self._refreshing:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return None
+            self._refreshing.add(tenant)
+            self._spawn(self._refresh(tenant, tuple(scopes)))
+        return None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _remember(self, tenant: str, left: float | None) -> None:
+        if left is not None:
+            self._cache[tenant] = (left, time.monotonic())
+            self._report(tenant, left)
+
+    async def _refresh(self, tenant: str, scopes: tuple[Scope, ...]) -> None:
+        try:
+            value = await self._client().eval(_LUA_REMAINING, len(scopes), *self._keys(scopes, tenant),
+                                              self.wall(), *(s.limit_usd for s in scopes))
+            self._remember(tenant, _float(value))
+        except Exception as e:
+            log.warning("budget refresh for tenant %s failed: %s", tenant, e)
+        finally:
+            self._refreshing.discard(tenant)
+
+    async def _reserve(self, tenant: str, scopes: Sequence[Scope], amount: float, rid: str, *,
+                       force: bool) -> tuple[bool, float]:
+        scopes = self._ordered(scopes)
+        now = self.wall()
+        ntenant = sum(1 for s in scopes if s.tenant_wide)
+        ok, left, tenant_left = await self._client().eval(
+            _LUA_RESERVE, len(scopes), *self._keys(scopes, tenant), repr(amount), rid, now,
+            now + self.reservation_ttl_s, self.key_ttl_s, "1" if force else "0", ntenant,
+            *(repr(s.limit_usd) for s in scopes))
+        self._remember(tenant, _float(tenant_left))
+        return bool(int(ok)), float(_float(left) or 0.0)
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        try:
+            self._spawn(self._settle(reservation, actual_usd))
+        except RuntimeError:  # no running loop: the reservation expires on its own
+            log.warning("budget settle of %s skipped: no event loop", reservation.id)
+
+    async def _settle(self, reservation: Reservation, actual_usd: float) -> None:
+        scopes = self._ordered(reservation.scopes)
+        ntenant = sum(1 for s in scopes if s.tenant_wide)
+        for attempt in range(3):
+            try:
+                value = await self._client().eval(
+                    _LUA_SETTLE, len(scopes), *self._keys(scopes, reservation.tenant), reservation.id,
+                    repr(actual_usd), self.key_ttl_s, ntenant, *(repr(s.limit_usd) for s in scopes))
+                self._remember(reservation.tenant, _float(value))
+                return
+            except Exception as e:
+                log.warning("budget settle of %s failed (try %d): %s", reservation.id, attempt + 1, e)
+                await asyncio.sleep(0.1 * 2 ** attempt)
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            client = self._clients.pop(loop, None)
+            if client is not None:
+                await client.aclose()
+
+    async def spent(self, key_suffix: str, tenant: str) -> float:
+        """Spent USD in one scope (for tests and tools): `key_suffix` like ``:d:20250101``."""
+        value = await self._client().hget(f"{self.prefix}:{{{tenant}}}{key_suffix}", "spent")
+        return float(_float(value) or 0.0)
+
+
+def open_budget(url: str | None, **kwargs: Any) -> BudgetBackend:
+    """`redis://...` gives a `RedisBudget`; None or ``memory`` the in-process one.
+
+    A ``prefix`` query parameter sets the Redis key prefix and is removed from the URL
+    (``redis://host:6379/0?prefix=staging:budget``): replicas sharing a prefix share budgets.
+    """
+    if url and url.startswith(("redis://", "rediss://", "unix://")):
+        from urllib.parse import parse_qsl, urlencode
+
+        base, _, qs = url.partition("?")
+        query = parse_qsl(qs, keep_blank_values=True)
+        prefixes = [v for k, v in query if k == "prefix"]
+        if prefixes:
+            kwargs.setdefault("prefix", prefixes[-1])
+            rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+            url = base + ("?" + rest if rest else "")
+        return RedisBudget(url, **kwargs)
+    if url in (None, "", "memory"):
+        return InProcessBudget(**kwargs)
+    raise ValueError(f"unknown budget backend '{url}': use memory or redis://host:port/db")

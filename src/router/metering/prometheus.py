@@ -1,0 +1,341 @@
+"""Prometheus metrics: `PrometheusMeter`, a `Meter` that turns every finished request into counters.
+
+Labels are bounded: route, task, provider and model names come from the policy; status and
+outcome from small fixed sets. No keys, IPs, request ids or free text ever become labels.
+`tenant` is added to the request and cost metrics only when the policy opts in
+(``metering: {tenant_label: true}``); budgets are per tenant by nature.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes), values go to that directory
+and `render()` aggregates every process's files. In one process with ``lock_free=True`` (what
+`router serve` uses: one event loop records every request), `record()` adds to plain running
+totals instead of taking prometheus_client's lock per increment, and a collector registered
+ahead of the metrics copies them into the series whenever the registry is collected
+(`render()`, a scrape, ``get_sample_value``): the same values, summed in the same order.
+
+>>> meter = PrometheusMeter()                                   # doctest: +SKIP
+>>> body, content_type = meter.render()                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+try:  # the text format generate_latest writes; Prometheus 2.x reads it whatever its version
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+except ImportError:  # pragma: no cover - prometheus_client < 0.21
+    from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+
+from router.core.meter import LiveView, Meter
+from router.core.response import RouterInfo
+
+__all__ = ["BUCKETS", "PrometheusMeter"]
+
+#: latency buckets, 50 ms to 10 minutes
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+NONE = "none"   # the label value for "not set" (e.g. the provider of a request no provider served)
+_BOUNDS = (*BUCKETS, float("inf"))
+
+
+class _Flush:
+    """Registered first in the meter's registry: collecting it folds the running totals in."""
+
+    def __init__(self, meter: PrometheusMeter):
+        self.meter = meter
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self.meter.flush()
+        return []
+
+
+def _v(value: str | None) -> str:
+    return value if value else NONE
+
+
+class PrometheusMeter(Meter):
+    """Request, token, cost, attempt, budget and ledger metrics for one process (or, in multiprocess
+    mode, all of them).
+
+    `registry`: where to register (a fresh `CollectorRegistry` when None, so several meters can
+    live in one process). The engine calls `bind(view)` and `track_inflight(provider, delta)`;
+    budgets call `budget_remaining`; a `LedgerMeter` calls `ledger_pending`, `ledger_error` and
+    `ledger_dropped`.
+
+    `lock_free`: keep the per-request series (`record`, `track_inflight`) as plain running totals
+    folded in at collection time; only for a meter those two are called on from one thread at a
+    time (an event loop). Ignored in multiprocess mode.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, tenant_label: bool = False,
+                 lock_free: bool = False):
+        self._view: LiveView | None = None  # set by bind(); /metrics reads router_provider_state from it
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.tenant_label = tenant_label
+        if self.multiprocess:
+            # values live in the directory; this registry only aggregates them at render time
+            self.registry = registry if registry is not None else CollectorRegistry()
+            MultiProcessCollector(self.registry)
+            reg: CollectorRegistry | None = None
+        else:
+            self.registry = registry if registry is not None else CollectorRegistry()
+            reg = self.registry
+            if lock_free:  # registered before the metrics: a collection flushes, then reads
+                self.registry.register(_Flush(self))
+        self.lock_free = lock_free and not self.multiprocess
+        t = ("tenant",) if tenant_label else ()
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=reg, multiprocess_mode=mode)
+
+        self.requests = Counter("router_requests_total", "Requests finished, by how they ended.",
+                                ("route", "task", "provider", "model", "status", *t), registry=reg)
+        self.duration = Histogram("router_request_duration_seconds",
+                                  "Request latency, arrival to last byte, every retry included.",
+                                  ("route", "provider"), buckets=BUCKETS, registry=reg)
+        self.ttft = Histogram("router_time_to_first_token_seconds",
+                              "Time from arrival to the first chunk (streams) or the whole body (JSON).",
+                              ("route", "provider"), buckets=BUCKETS, registry=reg)
+        self.tokens = Counter("router_tokens_total", "Tokens metered (estimated when the upstream sent no usage).",
+                              ("provider", "model", "kind"), registry=reg)
+        self.cost = Counter("router_cost_usd_total", "Cost in USD at the policy's prices.",
+                            ("route", "provider", "model", *t), registry=reg)
+        self.savings = Counter("router_savings_usd_total",
+                               "USD saved against the policy's reference_model (never negative).",
+                               ("route", *t), registry=reg)
+        self.reference_cost = Counter("router_reference_cost_usd_total",
+                                      "What the same tokens would have cost on the reference_model.",
+                                      ("route", *t), registry=reg)
+        self.attempts = Counter("router_upstream_attempts_total", "Upstream attempts, by outcome.",
+                                ("provider", "model", "outcome"), registry=reg)
+        self.fallbacks = Counter("router_fallbacks_total",
+                                 "Moves to the next candidate, by the outcome that caused them.",
+                                 ("route", "reason"), registry=reg)
+        self.budget = gauge("router_budget_remaining_usd", "USD left in the tenant's tightest budget period.",
+                            ("tenant",), "mostrecent")
+        self.inflight = gauge("router_inflight_requests", "Upstream calls in flight.", ("provider",), "livesum")
+        self.provider_state = gauge("router_provider_state",
+                                    "0 healthy, 1 degraded (half-open or saturated), 2 down (circuit open or probe failed).",
+                                    ("provider", "model"), "max")
+        self.classifier = Counter("router_classifier_decisions_total", "How each request's task was chosen.",
+                                  ("task", "source"), registry=reg)
+        self.ledger_pending_records = gauge("router_ledger_pending_records",
+                                            "Records accepted but not yet committed to the ledger.", (), "livesum")
+        self.ledger_errors = Counter("router_ledger_errors_total", "Failed ledger writes (each is retried).",
+                                     registry=reg)
+        self.ledger_dropped_records = Counter("router_ledger_dropped_records_total",
+                                              "Records dropped because the ledger buffer was full.", registry=reg)
+        self.ledger_pending_records.set(0)
+        self._cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._attempt_cache: dict[tuple[str, str, str], Any] = {}
+        self._inflight_cache: dict[str, Any] = {}
+        # lock_free: running totals per child, copied into the children by flush()
+        self._counter_totals: dict[Any, list[float]] = {}
+        self._histogram_totals: dict[Any, list[float]] = {}
+        if not self.lock_free:
+            self.record = self._record_direct  # type: ignore[method-assign]
+
+    # -- running totals (one process)
+    def _counter(self, child: Any) -> list[float]:
+        """The running total behind a counter (or gauge) child, starting at its current value."""
+        total = self._counter_totals.get(child)
+        if total is None:
+            total = self._counter_totals[child] = [child._value.get()]
+        return total
+
+    def _histogram(self, child: Any) -> list[float]:
+        """[sum, count in bucket 0, bucket 1, ...] behind a histogram child (counts not cumulative)."""
+        total = self._histogram_totals.get(child)
+        if total is None:
+            total = [child._sum.get(), *(b.get() for b in child._buckets)]
+            self._histogram_totals[child] = total
+        return total
+
+    def flush(self) -> None:
+        """Copy the running totals into the prometheus_client children (called on every collection)."""
+        for child, total in list(self._counter_totals.items()):
+            child._value.set(total[0])
+        for child, total in list(self._histogram_totals.items()):
+            child._sum.set(total[0])
+            for bucket, n in zip(child._buckets, total[1:], strict=True):
+                bucket.set(n)
+
+    # -- Meter
+    def _children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The label children one request touches, looked up once per label combination.
+
+        prometheus_client's ``labels()`` returns the same child for the same values, so caching
+        it changes nothing but the cost (a lock, a tuple and a dict lookup per metric per request).
+        Children are created exactly when the uncached code would create them (a child is a
+        visible series, even at 0).
+        """
+        route, task, task_source, provider, model, status, tenant, has_provider = key
+        t = (tenant,) if self.tenant_label else ()
+        p, m = provider or NONE, model or NONE
+        children = (
+            self.requests.labels(route, task or NONE, p, m, status, *t),
+            self.duration.labels(route, p),
+            self.classifier.labels(task, task_source or NONE) if task else None,
+            tuple(self.tokens.labels(p, m, kind) for kind in ("prompt", "completion", "reasoning"))
+            if has_provider else None,
+            self.cost.labels(route, p, m, *t) if has_provider else None,
+            [None, None, None],  # ttft, reference cost, savings: created on first use
+        )
+        if self.lock_free:
+            counter, histogram = self._counter, self._histogram
+            requests, duration, classifier, tokens, cost, lazy = children
+            children = (counter(requests), histogram(duration),
+                        counter(classifier) if classifier is not None else None,
+                        tuple(counter(c) for c in tokens) if tokens is not None else None,
+                        counter(cost) if cost is not None else None, lazy)
+        if len(self._cache) > 10_000:  # labels are bounded by the policy; this only guards against surprises
+            self._cache.clear()
+        self._cache[key] = children
+        return children
+
+    def _key(self, info: RouterInfo) -> tuple[Any, ...]:
+        return (info.route or NONE, info.task, info.task_source, info.provider, info.model, info.status,
+                (info.tenant or NONE) if self.tenant_label else None, info.provider is not None)
+
+    def record(self, info: RouterInfo) -> None:
+        key = self._key(info)
+        route, provider = key[0], info.provider
+        totals = self._cache.get(key)
+        if totals is None:
+            totals = self._children(key)
+        requests, duration, classifier, tokens, cost, lazy = totals
+        requests[0] += 1
+        v = info.latency_s
+        duration[0] += v
+        duration[bisect_left(_BOUNDS, v) + 1] += 1
+        v = info.ttft_s
+        if v is not None:
+            ttft = lazy[0]
+            if ttft is None:
+                ttft = lazy[0] = self._histogram(self.ttft.labels(route, provider or NONE))
+            ttft[0] += v
+            ttft[bisect_left(_BOUNDS, v) + 1] += 1
+        if classifier is not None:
+            classifier[0] += 1
+        if tokens is not None:
+            for total, n in zip(tokens, (info.prompt_tokens, info.completion_tokens, info.reasoning_tokens),
+                                strict=True):
+                if n < 0:
+                    raise ValueError("Counters can only be incremented by non-negative amounts.")
+                total[0] += n
+            if info.cost_usd < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            cost[0] += info.cost_usd
+        ref = info.reference_cost_usd
+        if ref is not None:
+            if lazy[1] is None:
+                t = (info.tenant or NONE,) if self.tenant_label else ()
+                lazy[1] = self._counter(self.reference_cost.labels(route, *t))
+                lazy[2] = self._counter(self.savings.labels(route, *t))
+            if ref < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            lazy[1][0] += ref
+            lazy[2][0] += max(0.0, ref - info.cost_usd)
+        prev = None
+        attempts = self._attempt_cache
+        for a in info.attempts:
+            akey = (a.provider, a.model, a.outcome)
+            total = attempts.get(akey)
+            if total is None:
+                if len(attempts) > 10_000:
+                    attempts.clear()
+                total = attempts[akey] = self._counter(self.attempts.labels(*akey))
+            total[0] += 1
+            if prev is not None and (prev.provider, prev.model) != (a.provider, a.model):
+                self.fallbacks.labels(route, prev.outcome).inc()
+            prev = a
+
+    def _record_direct(self, info: RouterInfo) -> None:
+        key = self._key(info)
+        route, provider = key[0], info.provider
+        children = self._cache.get(key)
+        if children is None:
+            children = self._children(key)
+        requests, duration, classifier, tokens, cost, lazy = children
+        requests.inc()
+        duration.observe(info.latency_s)
+        if info.ttft_s is not None:
+            ttft = lazy[0]
+            if ttft is None:
+                ttft = lazy[0] = self.ttft.labels(route, provider or NONE)
+            ttft.observe(info.ttft_s)
+        if classifier is not None:
+            classifier.inc()
+        if tokens is not None:
+            tokens[0].inc(info.prompt_tokens)
+            tokens[1].inc(info.completion_tokens)
+            tokens[2].inc(info.reasoning_tokens)
+            cost.inc(info.cost_usd)
+        if info.reference_cost_usd is not None:
+            if lazy[1] is None:
+                t = (info.tenant or NONE,) if self.tenant_label else ()
+                lazy[1], lazy[2] = self.reference_cost.labels(route, *t), self.savings.labels(route, *t)
+            lazy[1].inc(info.reference_cost_usd)
+            lazy[2].inc(max(0.0, info.reference_cost_usd - info.cost_usd))
+        prev = None
+        attempts = self._attempt_cache
+        for a in info.attempts:
+            akey = (a.provider, a.model, a.outcome)
+            child = attempts.get(akey)
+            if child is None:
+                if len(attempts) > 10_000:
+                    attempts.clear()
+                child = attempts[akey] = self.attempts.labels(*akey)
+            child.inc()
+            if prev is not None and (prev.provider, prev.model) != (a.provider, a.model):
+                self.fallbacks.labels(route, prev.outcome).inc()
+            prev = a
+
+    # -- engine hooks
+    tracks_inflight = True
+
+    def bind(self, view: LiveView) -> None:
+        """Called by the engine it meters: publish the provider state series for the policy's models."""
+        self._view = view
+        for model in view.policy.models.values():
+            self.provider_state.labels(model.provider, model.alias).set(0)
+
+    def track_inflight(self, provider: str, delta: int) -> None:
+        child = self._inflight_cache.get(provider)
+        if child is None:
+            child = self.inflight.labels(provider)
+            if self.lock_free:
+                child = self._counter(child)
+            self._inflight_cache[provider] = child
+        if self.lock_free:
+            child[0] += delta
+        else:
+            child.inc(delta)
+
+    # -- budget and ledger hooks
+    def budget_remaining(self, tenant: str, usd: float) -> None:
+        self.budget.labels(tenant).set(usd)
+
+    def ledger_pending(self, n: int) -> None:
+        self.ledger_pending_records.set(n)
+
+    def ledger_error(self) -> None:
+        self.ledger_errors.inc()
+
+    def ledger_dropped(self, n: int) -> None:
+        self.ledger_dropped_records.inc(n)
+
+    # -- exposition
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of every metric (all processes' in multiprocess mode) and its content type."""
+        if self._view is not None:  # circuit and saturation state, read at scrape time
+            for (provider, alias), state in self._view.provider_states().items():
+                self.provider_state.labels(provider, alias).set(state)
+        return generate_latest(self.registry), CONTENT_TYPE

@@ -1,0 +1,110 @@
+"""router.core.translate: provider quirks, one table row per quirk, on plain data."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.core.policy_parser import parse_policy
+from router.core.translate import Usage, build_call, read_usage
+
+POLICY = """
+version: 1
+providers:
+  gpu:  {kind: vllm, base_url: "http://gpu.internal/v1"}
+  ds:   {kind: deepseek, base_url: "https://api.deepseek.com/v1", api_key: sk-ds}
+  oa:   {kind: openai, base_url: "https://api.openai.com/v1", api_key: sk-oa, headers: {OpenAI-Organization: org-1}}
+  mi:   {kind: mistral, base_url: "https://api.mistral.ai/v1", api_key: sk-mi}
+models:
+  coder: {provider: gpu, model: Qwen/Qwen3-Coder-Next, price: {input_per_mtok: 0, output_per_mtok: 0},
+          params: {temperature: 0.2}}
+  chat:  {provider: ds, model: deepseek-chat, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}}
+  r1:    {provider: ds, model: deepseek-reasoner, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}}
+  mini:  {provider: oa, model: gpt-4.1-mini, price: {input_per_mtok: 0.4, output_per_mtok: 1.6}}
+  large: {provider: mi, model: mistral-large-latest, price: {input_per_mtok: 0.5, output_per_mtok: 1.5}}
+routes:
+  general: {targets: [chat]}
+rules:
+  - {route: general}
+"""
+
+ASSISTANT_WITH_REASONING = {"role": "assistant", "content": "4", "reasoning_content": "2+2..."}
+MESSAGES = [{"role": "user", "content": "2+2?"}, ASSISTANT_WITH_REASONING, {"role": "user", "content": "and 3+3?"}]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return parse_policy(POLICY, env={})
+
+
+def call(policy, alias: str, body: dict, *, stream: bool = False, path: str = "/chat/completions"):
+    model = policy.models[alias]
+    return build_call(policy.providers[model.provider], model, body, stream=stream, path=path)
+
+
+# (model alias, request body, stream, expected payload subset, keys that must be absent, expected dropped)
+CASES = [
+    pytest.param("coder", {"model": "auto", "messages": MESSAGES, "max_cost_usd": 1, "top_k": 5}, False,
+                 {"model": "Qwen/Qwen3-Coder-Next", "temperature": 0.2, "top_k": 5, "messages": MESSAGES},
+                 ("max_cost_usd", "stream", "stream_options"), (), id="vllm: model params + extras pass, router fields never"),
+    pytest.param("coder", {"messages": MESSAGES, "temperature": 0.9}, False, {"temperature": 0.9}, (), (),
+                 id="request sampling overrides the model's params"),
+    pytest.param("coder", {"messages": MESSAGES, "stream": True, "stream_options": {"x": 1}}, True,
+                 {"stream": True, "stream_options": {"x": 1, "include_usage": True}}, (), (),
+                 id="streams always ask for usage"),
+    pytest.param("mini", {"messages": MESSAGES, "stream": True}, False, {"model": "gpt-4.1-mini"},
+                 ("stream", "stream_options"), (), id="a JSON call drops stream fields"),
+    pytest.param("chat", {"messages": MESSAGES, "logprobs": True}, False,
+                 {"messages": [MESSAGES[0], {"role": "assistant", "content": "4"}, MESSAGES[2]], "logprobs": True},
+                 (), (), id="deepseek: reasoning_content stripped from input turns"),
+    pytest.param("r1", {"messages": MESSAGES, "logprobs": True, "top_logprobs": 2}, False,
+                 {"model": "deepseek-reasoner"}, ("logprobs", "top_logprobs"), ("logprobs", "top_logprobs"),
+                 id="deepseek-reasoner: logprobs dropped"),
+    pytest.param("large", {"messages": MESSAGES, "seed": 7, "max_completion_tokens": 50, "user": "u1",
+                           "stream": True, "logit_bias": {}}, True,
+                 {"random_seed": 7, "max_tokens": 50, "stream": True,
+                  "messages": [MESSAGES[0], {"role": "assistant", "content": "4"}, MESSAGES[2]]},
+                 ("seed", "max_completion_tokens", "user", "stream_options", "logit_bias"), ("user", "logit_bias"),
+                 id="mistral: renames, allowlist, no stream_options"),
+]
+
+
+@pytest.mark.parametrize("alias,body,stream,expected,absent,dropped", CASES)
+def test_quirks(policy, alias, body, stream, expected, absent, dropped) -> None:
+    c = call(policy, alias, body, stream=stream)
+    for k, v in expected.items():
+        assert c.payload[k] == v, k
+    for k in absent:
+        assert k not in c.payload, k
+    assert sorted(c.dropped) == sorted(dropped)
+
+
+def test_the_request_body_is_never_mutated(policy) -> None:
+    body = {"messages": [dict(m) for m in MESSAGES], "seed": 1, "stream": True}
+    before = repr(body)
+    for alias in ("coder", "chat", "r1", "mini", "large"):
+        call(policy, alias, body, stream=True)
+    assert repr(body) == before
+
+
+def test_url_headers_and_key(policy) -> None:
+    c = call(policy, "mini", {"messages": MESSAGES})
+    assert c.url == "https://api.openai.com/v1/chat/completions"
+    assert c.headers == {"Content-Type": "application/json", "OpenAI-Organization": "org-1",
+                         "Authorization": "Bearer sk-oa"}
+    assert "Authorization" not in call(policy, "coder", {"messages": MESSAGES}).headers  # keyless vLLM
+    e = call(policy, "large", {"input": "x", "seed": 3}, path="/embeddings")
+    assert e.url.endswith("/embeddings") and e.payload["seed"] == 3  # chat quirks do not touch embeddings
+
+
+@pytest.mark.parametrize("data,usage", [
+    ({"usage": {"prompt_tokens": 10, "completion_tokens": 5}}, Usage(10, 5)),
+    ({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "completion_tokens_details": {"reasoning_tokens": 3}}},
+     Usage(10, 5, 3)),
+    ({"usage": {"prompt_tokens": 10}}, None),
+    ({"usage": {"prompt_tokens": "10", "completion_tokens": 5}}, None),
+    ({"usage": None}, None),
+    ({}, None),
+    (None, None),
+])
+def test_read_usage(data, usage) -> None:
+    assert read_usage(data) == usage
