@@ -173,6 +173,10 @@ def main() -> int:
                    help="the LiteLLM proxy executable (default: `litellm` on PATH), e.g. /tmp/lvenv/bin/litellm")
     p.add_argument("--portkey", action="store_true", help="also run the Portkey gateway (node, npm)")
     p.add_argument("--portkey-dir", help="an existing `npm install @portkey-ai/gateway` prefix to reuse")
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "ENV"),
+                   help="also run router serve as NAME with extra environment ENV (KEY=VALUE[,KEY=VALUE...]); "
+                        "e.g. `--variant base PYTHONPATH=/tmp/base/src` for an A/B against another commit "
+                        "in the same run, or a feature switched on by its variable")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or build it from "
@@ -220,6 +224,16 @@ def main() -> int:
         PROXIES["router"] = px
         loop_name = m.group(1) if (m := re.search(r"event loop: (\w+)", log.read_text())) else "unknown"
         targets.append(("router", f"http://127.0.0.1:{px_port}/v1/chat/completions", {}))
+        for name, extra in args.variant:  # the same setup with other code or switches, measured alongside
+            v_env = {**env, **dict(kv.split("=", 1) for kv in extra.split(",") if kv)}
+            v_port = free_port()
+            with open(tmp / f"{name}.log", "wb") as err:
+                vp = stack.enter_context(process([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy),
+                                                  "--port", str(v_port), "--ledger", str(tmp / f"{name}.db")],
+                                                 env=v_env, stderr=err))
+            wait_ready(f"http://127.0.0.1:{v_port}/readyz", vp)
+            PROXIES[name] = vp
+            targets.append((name, f"http://127.0.0.1:{v_port}/v1/chat/completions", {}))
 
         if args.litellm:
             targets.append(start_litellm(stack, tmp, upstream, args.litellm_bin))
