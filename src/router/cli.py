@@ -27,13 +27,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from router.core.decision import decide
+    from router.core.decision import LiveState, decide
     from router.core.errors import RouterError
     from router.core.policy_parser import load_policy
     from router.engine.client import default_policy_path
 
     text = " ".join(args.text) if args.text else sys.stdin.read()
-    body: dict = {"model": args.model, "messages": [{"role": "user", "content": text}]}
+    content: object = text
+    if args.image:
+        content = [{"type": "text", "text": text}, *({"type": "image_url", "image_url": {"url": url}} for url in args.image)]
+    body: dict = {"model": args.model, "messages": [{"role": "user", "content": content}]}
     if args.system:
         body["messages"].insert(0, {"role": "system", "content": args.system})
     if args.max_tokens:
@@ -42,7 +45,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         body["tools"] = [{"type": "function", "function": {"name": "tool", "parameters": {"type": "object"}}}]
     try:
         policy = load_policy(args.policy or default_policy_path())
-        decision = decide(policy, body, task=args.task, residency=args.residency, tenant=args.tenant)
+        state = LiveState(circuit_open=frozenset(args.down or ()))
+        decision = decide(policy, body, task=args.task, residency=args.residency, tenant=args.tenant, state=state)
     except RouterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -104,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--system", help="a system prompt to include")
     e.add_argument("--max-tokens", type=int, dest="max_tokens")
     e.add_argument("--tools", action="store_true", help="the request carries tool definitions")
+    e.add_argument("--image", action="append", metavar="URL", help="attach an image (repeatable)")
+    e.add_argument("--down", action="append", metavar="ALIAS",
+                   help="decide as if this model alias were down (its circuit open); repeatable")
     e.set_defaults(fn=_cmd_explain)
 
     h = sub.add_parser("hash-key", help="print the sha256:... form of an API key, for a policy's tenants")
