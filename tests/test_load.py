@@ -109,11 +109,22 @@ def test_single_model_server_matches_a_different_served_name() -> None:
     assert lm.saturated() == {"qwen"}
 
 
-def test_providers_without_saturation_are_not_watched() -> None:
-    lm = LoadMonitor(policy(sat=""), clock=Clock())
-    assert lm.watched == {}
-    lm.observe("gpu", {"Qwen/Qwen3.5": LoadSample(waiting=500)})
+def test_a_metrics_url_alone_is_watched_with_the_default_thresholds() -> None:
+    p = policy(sat="")
+    assert p.providers["gpu"].saturation == SaturationSettings.default_for(None)
+    lm = LoadMonitor(p, clock=Clock())
+    assert set(lm.watched) == {"gpu"}
+    lm.observe("gpu", {"Qwen/Qwen3.5": LoadSample(waiting=9)})      # default: more than 8 waiting
+    assert lm.saturated() == {"qwen"}
+    lm.observe("gpu", {"Qwen/Qwen3.5": LoadSample(waiting=4, kv_cache=0.5)})
     assert lm.saturated() == frozenset()
+
+
+def test_default_thresholds_follow_max_concurrency() -> None:
+    text = POLICY.format(sat=", max_concurrency: 32").replace('metrics_url: "http://gpu.test/metrics", ', "")
+    assert parse_policy(text, env={}).providers["gpu"].saturation is None   # nothing to scrape: not watched
+    p = parse_policy(POLICY.format(sat=", max_concurrency: 32"), env={})
+    assert p.providers["gpu"].saturation.max_waiting == 4 and p.providers["gpu"].saturation.max_kv_cache == 0.95
 
 
 @respx.mock
@@ -167,6 +178,6 @@ def test_saturation_defaults_and_cost_keys() -> None:
     assert s is not None and (s.recover_waiting, s.recover_kv_cache) == (4, pytest.approx(0.8))
     text = POLICY.format(sat=", gpu_hour_usd: 2.05, gpus: 2")
     gpu = parse_policy(text, env={}).providers["gpu"]
-    assert (gpu.gpu_hour_usd, gpu.gpus, gpu.saturation) == (2.05, 2, None)
+    assert (gpu.gpu_hour_usd, gpu.gpus, gpu.saturation) == (2.05, 2, SaturationSettings.default_for(None))
     with pytest.raises(PolicyError, match="providers.gpu.gpus: expected a whole number"):
         parse_policy(POLICY.format(sat=", gpus: 1.5"), env={})

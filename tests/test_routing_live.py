@@ -159,6 +159,22 @@ async def test_saturated_deployment_is_skipped_and_recovers(sims) -> None:
         assert (await r.acomplete(msgs())).router.model == "qwen"
 
 
+async def test_a_metrics_url_alone_spills_a_full_queue_to_the_api(sims) -> None:
+    """No `saturation:` block: the documented defaults (more than max_concurrency / 8 waiting) apply."""
+    policy = make_policy(sims, "max_concurrency: {mc},", mc=16)
+    assert policy.providers["gpu"].saturation is not None and policy.providers["gpu"].saturation.max_waiting == 2
+    async with Router(policy) as r:
+        monitor = r.engine.monitor
+        assert monitor is not None
+        assert (await r.acomplete(msgs())).router.model == "qwen"   # starts the scraper
+        sims["gpu"].set_load(waiting=3)
+        await scraped(monitor, 1)
+        assert (await r.acomplete(msgs())).router.model == "ds"
+        sims["gpu"].set_load(waiting=0)
+        await scraped(monitor, 1)
+        assert (await r.acomplete(msgs())).router.model == "qwen"
+
+
 async def test_failing_scrape_degrades_to_in_flight_counts(sims) -> None:
     with socket.socket() as sock:                                    # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

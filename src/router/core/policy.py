@@ -123,6 +123,19 @@ class SaturationSettings:
     scrape_interval_s: float = 2.0
     stale_after_s: float = 10.0             # older samples are ignored: fall back to in-flight counts
 
+    @classmethod
+    def default_for(cls, max_concurrency: int | None) -> SaturationSettings:
+        """What a provider with a `metrics_url` and no `saturation:` block gets.
+
+        Saturated when vLLM queues more than an eighth of `max_concurrency` (at least 2; 8 without
+        it) or its KV cache is over 95 % full; recovered at half that queue and 85 %.
+
+        >>> SaturationSettings.default_for(64).max_waiting, SaturationSettings.default_for(None).max_waiting
+        (8, 8)
+        """
+        waiting = max(2, round(max_concurrency / 8)) if max_concurrency else 8
+        return cls(max_waiting=waiting, max_kv_cache=0.95, recover_waiting=waiting / 2, recover_kv_cache=0.85)
+
 
 @dataclass(frozen=True, slots=True)
 class Provider:

@@ -269,6 +269,8 @@ class _Parser:
         saturation = None
         if m.get("saturation") is not None:
             saturation = self.saturation_settings(_fmt(path, "saturation"), m["saturation"], metrics_url)
+        elif metrics_url:  # a metrics_url alone enables scraping, with the documented default thresholds
+            saturation = SaturationSettings.default_for(int(mc) if mc else None)
         gpu_hour = None
         if m.get("gpu_hour_usd") is not None:
             gpu_hour = self.number(_fmt(path, "gpu_hour_usd"), m["gpu_hour_usd"])
