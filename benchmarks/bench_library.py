@@ -1,6 +1,6 @@
 """Library overhead: `router.acomplete` against raw aiohttp, same static upstream, same run.
 
-    python benchmarks/bench_library.py [--calls 3000] [--rounds 6] [--concurrency 32] [--litellm]
+    python benchmarks/bench_library.py [--calls 3000] [--rounds 6] [--concurrency 32] [--litellm] [--tensorzero]
 
 Prints, per client: mean and p50/p99 latency per call at concurrency 1, calls/s at the given
 concurrency, and each as a ratio to raw aiohttp measured in the same run (these machines are
@@ -8,6 +8,10 @@ noisy: compare ratios, not absolute figures). The clients are measured in interl
 round in a rotated order, so drift in the machine's speed hits all of them alike; means and calls/s
 are medians over rounds, and router's own cost is the median of its per-round difference from raw
 aiohttp, printed with its spread. The upstream runs in its own process.
+
+Peers, in the same run and against the same upstream: ``--litellm`` (litellm.Router, which
+``pip install litellm`` provides) and ``--tensorzero`` (TensorZero's gateway embedded in Python,
+``pip install tensorzero``: its Rust gateway behind a Python client, observability off).
 """
 
 from __future__ import annotations
@@ -87,12 +91,47 @@ async def measure_all(clients: dict, calls: int, rounds: int, concurrency: int) 
     return out
 
 
+TENSORZERO_CONFIG = """
+[gateway.observability]
+enabled = false
+
+[models.static]
+routing = ["up"]
+
+[models.static.providers.up]
+type = "openai"
+model_name = "static"
+api_base = "{url}/"
+api_key_location = "none"
+"""
+
+
+async def measure_tensorzero(url: str, args: argparse.Namespace) -> dict[str, dict]:
+    """TensorZero's embedded gateway (its Rust core in this process) calling the same upstream."""
+    import tempfile
+
+    from tensorzero import AsyncTensorZeroGateway
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "tensorzero.toml")
+        with open(path, "w") as f:
+            f.write(TENSORZERO_CONFIG.format(url=url))
+        client = await AsyncTensorZeroGateway.build_embedded(config_file=path, async_setup=True)
+        tz_input = {"messages": MESSAGES}
+
+        async def tz() -> None:
+            await client.inference(model_name="static", input=tz_input)
+
+        return await measure_all({"tensorzero (embedded gateway)": tz}, args.calls, args.rounds, args.concurrency)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=3000, help="sequential calls per client, over all rounds")
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per client")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--litellm", action="store_true", help="also measure litellm.Router (slow to import)")
+    ap.add_argument("--tensorzero", action="store_true", help="also measure TensorZero's embedded gateway")
     args = ap.parse_args()
 
     import aiohttp
@@ -137,6 +176,9 @@ async def main() -> None:
             }, args.calls, args.rounds, args.concurrency)
             await lean.aclose()
             await same.aclose()
+
+        if args.tensorzero:
+            results.update(await measure_tensorzero(url, args))
 
         if args.litellm:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
