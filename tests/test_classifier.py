@@ -296,10 +296,16 @@ def _native():
 
 
 def _data_texts() -> list[str]:
+    """Every text of the data files: a row's `text`, or each string content of a conversation row."""
     texts = []
     for path in sorted((ROOT / "data" / "tasks").glob("*.jsonl")):
         with open(path, encoding="utf-8") as fh:
-            texts += [json.loads(line)["text"] for line in fh]
+            for line in fh:
+                row = json.loads(line)
+                if "text" in row:
+                    texts.append(row["text"])
+                else:
+                    texts += [m["content"] for m in row["messages"] if isinstance(m.get("content"), str)]
     return texts
 
 
