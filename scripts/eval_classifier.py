@@ -1,16 +1,27 @@
-"""Evaluate a task model: accuracy, per-class precision/recall, confusion matrix, language, latency.
+"""Evaluate the task classifier where it has to generalise.
 
-    python scripts/eval_classifier.py                          # shipped model, held-out split + casual set
+    python scripts/eval_classifier.py                     # everything below (leave-one-source-out takes minutes)
+    python scripts/eval_classifier.py --no-loso           # the shipped model on the evaluation sets only
     python scripts/eval_classifier.py --model m.json.gz --data my_labelled.jsonl --errors
 
-By default it scores the held-out split of ``data/tasks/train.jsonl`` (rows never trained on) and
-every ``data/tasks/casual_eval*.jsonl`` (hand-written, evaluation only). Files given with ``--data`` are
-scored in full. Standard library only.
+1. Leave-one-source-out (the headline): for every source of the training data, a model trained
+   on all the other sources (same options as the shipped one) classifies that source's rows.
+   Mean and worst sources, and the pooled rows by task, language group and calibration.
+2. ``../shared/data/tasks/dev_real.jsonl``: whole sources never trained on (mostly Chinese and
+   Japanese), scored with the shipped model.
+3. ``data/tasks/conversations_eval.jsonl``: conversations (follow-ups, topic switches, agents with
+   tools, system prompts), by kind.
+4. ``data/tasks/casual_eval*.jsonl``: prompts written for evaluation only.
+
+Every figure comes with per-task precision/recall, per-language-group accuracy and the expected
+calibration error. Evaluation files are never trained on (scripts/train_classifier.py reads only
+``train.jsonl`` and ``extra*.jsonl``). Needs numpy for leave-one-source-out only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,73 +30,100 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_classifier import DEFAULT_DATA, is_holdout, load_rows, row_messages  # noqa: E402
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from router.classify.classifier import DEFAULT_MODEL_PATH, TASKS, Classifier, detect_language  # noqa: E402
+from train_classifier import SHIPPED_C, source_of, training_rows  # noqa: E402
 
-CASUAL = sorted((ROOT / "data" / "tasks").glob("casual_eval*.jsonl"))
+from router.classify.classifier import DEFAULT_MODEL_PATH, Classifier  # noqa: E402
+from router.classify.evaluate import (  # noqa: E402
+    Report,
+    breakdown,
+    evaluate,
+    format_report,
+    load_rows,
+    outcomes_of,
+    row_messages,
+)
+
+TASKS_DIR = ROOT / "data" / "tasks"
+DEV_REAL = ROOT.parent / "shared" / "data" / "tasks" / "dev_real.jsonl"
+CONVERSATIONS = TASKS_DIR / "conversations_eval.jsonl"
+THRESHOLDS = (0.5, 0.6, 0.7)
 
 
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+def _errors(rows: list[dict], outcomes: list) -> None:
+    for r, (gold, pred, conf, lang) in zip(rows, outcomes, strict=True):
+        if gold != pred:
+            text = r.get("text") or " | ".join(str(m.get("content"))[:60] for m in row_messages(r))
+            print(f"    {gold:>9} -> {pred:<9} {conf:.2f} {lang} [{str(r.get('source', ''))[:30]}] {text[:110]!r}")
 
 
-def report(name: str, clf: Classifier, rows: list[dict], show_errors: bool) -> float:
-    confusion = {t: dict.fromkeys(TASKS, 0) for t in TASKS}
-    latencies: list[float] = []
-    lang_ok = lang_n = 0
-    errors = []
-    for r in rows:
-        msgs = row_messages(r)
-        t0 = time.perf_counter()
-        c = clf.classify(msgs, r.get("tools"))
-        latencies.append((time.perf_counter() - t0) * 1e6)
-        confusion[r["task"]][c.task] += 1
-        if c.task != r["task"]:
-            errors.append((r["task"], c.task, c.confidence, r.get("source", ""), r.get("text", "")))
-        if r.get("lang") and "messages" not in r:
-            lang_n += 1
-            lang_ok += detect_language(r["text"]) == r["lang"]
-    n = len(rows)
-    acc = sum(confusion[t][t] for t in TASKS) / max(n, 1)
-    print(f"\n== {name}: {n} rows, accuracy {acc:.4f}")
-    print(f"{'class':<10} {'precision':>9} {'recall':>7} {'support':>7}")
-    for t in TASKS:
-        predicted = sum(confusion[g][t] for g in TASKS)
-        support = sum(confusion[t].values())
-        prec = confusion[t][t] / predicted if predicted else 0.0
-        rec = confusion[t][t] / support if support else 0.0
-        print(f"{t:<10} {prec:>9.4f} {rec:>7.4f} {support:>7}")
-    print("confusion (rows = gold, columns = predicted):")
-    print(" " * 10 + "".join(f"{t:>10}" for t in TASKS))
-    for t in TASKS:
-        print(f"{t:<10}" + "".join(f"{confusion[t][p]:>10}" for p in TASKS))
-    if lang_n:
-        print(f"language accuracy: {lang_ok / lang_n:.4f} ({lang_ok}/{lang_n})")
-    print(f"latency per classify(): p50 {percentile(latencies, 50):.0f} us, p99 {percentile(latencies, 99):.0f} us")
-    if show_errors:
-        for gold, pred, conf, src, text in errors:
-            print(f"  {gold:>9} -> {pred:<9} {conf:.2f} [{src.split(':')[0]}] {text[:110]!r}")
-    return acc
+def loso(clf: Classifier, errors: bool) -> Report:
+    from router.classify.train import leave_one_source_out
+
+    rows = training_rows()
+    sources = [source_of(r) for r in rows]
+    c = float(clf.trained_on.get("C", SHIPPED_C[1]))
+    started = time.perf_counter()
+    print(f"\n== leave-one-source-out: {len(rows)} rows, {len(set(sources))} sources, C={c:g} (takes minutes)")
+    predictions = leave_one_source_out(rows, sources, c=c, conversation=clf.conversation,
+                                       temperature=clf.temperature)
+    # Scored on the rows as written: the LaTeX-free training copies are left out.
+    kept = [i for i, r in enumerate(rows) if not r.get("augmented")]
+    rows, sources = [rows[i] for i in kept], [sources[i] for i in kept]
+    outcomes = outcomes_of(rows, [predictions[i] for i in kept])
+    per: dict[str, list[int]] = {}
+    for s, (gold, pred, *_rest) in zip(sources, outcomes, strict=True):
+        per.setdefault(s, [0, 0])
+        per[s][0] += 1
+        per[s][1] += gold == pred
+    ranked = sorted(per.items(), key=lambda kv: kv[1][1] / kv[1][0])
+    mean = sum(k / n for n, k in per.values()) / len(per)
+    print(f"  mean over sources {100 * mean:.1f}%  ({time.perf_counter() - started:.0f}s)")
+    for name, (n, k) in ranked:
+        print(f"  {100 * k / n:5.1f}% {n:5d}  {name}")
+    print("  worst: " + "; ".join(f"{name[:48]} {100 * k / n:.1f}%" for name, (n, k) in ranked[:5]))
+    report = Report.of(outcomes, clf.classes)
+    print(format_report("leave-one-source-out, all rows pooled", report, thresholds=THRESHOLDS, languages=False))
+    if errors:
+        _errors(rows, outcomes)
+    return report
+
+
+def score(name: str, clf: Classifier, rows: list[dict], errors: bool, by_kind: bool = False) -> Report:
+    report = evaluate(clf, rows)
+    print()
+    print(format_report(name, report, thresholds=THRESHOLDS))
+    if by_kind and (line := breakdown(rows, report)):
+        print(line)
+    if errors:
+        _errors(rows, report.outcomes)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    ap.add_argument("--data", type=Path, action="append", help="labelled JSONL to score in full")
+    ap.add_argument("--data", type=Path, action="append", help="labelled JSONL to score in full (instead of the sets)")
+    ap.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out")
     ap.add_argument("--errors", action="store_true", help="print every misclassified row")
     args = ap.parse_args(argv)
 
     clf = Classifier.load(args.model)
     if args.data:
         for path in args.data:
-            report(str(path), clf, load_rows(path), args.errors)
+            score(str(path), clf, load_rows(path), args.errors, by_kind=True)
         return 0
-    held = [r for r in load_rows(DEFAULT_DATA) if is_holdout(r.get("text", ""))]
-    report(f"held-out split of {DEFAULT_DATA.name}", clf, held, args.errors)
-    for path in CASUAL:
-        report(path.name, clf, load_rows(path), args.errors)
+    if not args.no_loso:
+        loso(clf, args.errors)
+    if DEV_REAL.exists():
+        score(f"{DEV_REAL.name} (source-disjoint)", clf, load_rows(DEV_REAL), args.errors)
+    else:
+        print(f"\n(no {DEV_REAL}: skipped)")
+    score(CONVERSATIONS.name, clf, load_rows(CONVERSATIONS), args.errors, by_kind=True)
+    for path in sorted(TASKS_DIR.glob("casual_eval*.jsonl")):
+        score(path.name, clf, load_rows(path), args.errors)
     return 0
 
 

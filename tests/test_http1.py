@@ -219,3 +219,193 @@ async def test_limit_queues_callers(serve):
     assert await asyncio.gather(*(one() for _ in range(10))) == [b"{}"] * 10
     assert len(conns) <= 2
     await t.aclose()
+
+
+# ---------------------------------------------------------------------------- pool wait, backpressure, idle check
+
+
+async def test_waiting_for_a_free_connection_counts_against_the_deadline(serve):
+    """A `total_s=0.2` call behind a full pool times out in about 0.2 s, not when a connection frees."""
+    base, _, _ = await serve(lambda req: b"")  # never answers: the one connection stays busy
+    t = Http1Transport(limit=1)
+    busy = asyncio.create_task(send(t, call(base), total_s=5.0))
+    await asyncio.sleep(0.05)
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamTimeout, match="no free connection"):
+        await send(t, call(base), total_s=0.2)
+    assert asyncio.get_running_loop().time() - t0 < 0.5
+    busy.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await busy
+    await t.aclose()
+
+
+async def test_a_woken_waiter_that_was_cancelled_passes_the_slot_on(serve):
+    base, _, _ = await serve(lambda req: ok(b"{}"))
+    t = Http1Transport(limit=1)
+    first = await send(t, call(base))
+    waiting = [asyncio.create_task(send(t, call(base))) for _ in range(2)]
+    await asyncio.sleep(0.02)
+    await first.read()
+    first.release()      # wakes the first waiter ...
+    waiting[0].cancel()  # ... which is cancelled before it runs
+    resp = await asyncio.wait_for(waiting[1], 1.0)
+    assert await resp.read() == b"{}"
+    resp.release()
+    await t.aclose()
+
+
+def _streaming_server(head: bytes, produce) -> tuple[asyncio.AbstractServer, list[int]]:
+    written = [0]
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(len(b'{"model":"m"}'))
+        writer.write(head)
+        for piece in produce():
+            writer.write(piece)
+            await writer.drain()  # blocks while the client does not read: TCP flow control
+            written[0] += len(piece)
+        writer.close()
+
+    return handle, written
+
+
+async def test_a_64_mb_body_nobody_reads_is_not_buffered():
+    size, piece = 64 * 1024 * 1024, b"a" * (1024 * 1024)
+    handle, written = _streaming_server(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size,
+                                        lambda: (piece for _ in range(size // len(piece))))
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    t = Http1Transport()
+    resp = await send(t, UpstreamCall(f"http://127.0.0.1:{port}/x", {}, {"model": "m"}), total_s=30)
+    await asyncio.sleep(0.5)  # the body arrives; nobody reads it
+    conn = resp._conn
+    assert conn._paused and conn.p.size <= 2 * 1024 * 1024, conn.p.size
+    assert written[0] < 32 * 1024 * 1024  # the upstream was slowed down, not drained into memory
+    data = await resp.read()  # a reader takes it all
+    assert len(data) == size
+    resp.release()
+    server.close()
+    await t.aclose()
+
+
+async def test_a_slow_event_stream_consumer_keeps_memory_bounded():
+    event = b"data: " + b"x" * 1000 + b"\n\n"
+    n = 64 * 312   # about 20 MB of events
+
+    def produce():
+        batch = event * 64
+        for _ in range(n // 64):
+            yield b"%x\r\n%s\r\n" % (len(batch), batch)
+        yield b"0\r\n\r\n"
+
+    handle, written = _streaming_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", produce)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    t = Http1Transport()
+    resp = await send(t, UpstreamCall(f"http://127.0.0.1:{port}/x", {}, {"model": "m"}), total_s=60)
+    conn, seen, peak = resp._conn, 0, 0
+    async for _ in resp.sse_data():
+        seen += 1
+        peak = max(peak, conn.p.size)
+        if seen == 1:
+            await asyncio.sleep(0.5)  # the consumer lags: the stream must wait, not pile up
+            assert conn._paused and written[0] < n * len(event) // 2
+    assert seen == n and peak <= 2 * 1024 * 1024, peak
+    resp.release()
+    server.close()
+    await t.aclose()
+
+
+class _ThreadedServer:
+    """A keep-alive server in its own thread, so it can write to an idle connection while the
+    client's event loop is blocked (the bytes then sit unread in the client's socket)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            self.threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c) -> None:
+        buf = b""
+        while True:
+            try:
+                data = c.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf and buf.endswith(b"}"):
+                buf = b""
+                c.sendall(ok(b'{"n":%d}' % len(self.conns)))
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+async def test_an_idle_connection_with_unread_bytes_is_not_reused():
+    import time
+
+    srv = _ThreadedServer()
+    t = Http1Transport()
+    url = f"http://127.0.0.1:{srv.port}/x"
+    resp = await send(t, UpstreamCall(url, {}, {"model": "m"}))
+    assert await resp.read() == b'{"n":1}'
+    resp.release()
+    # the upstream times the idle connection out (as nginx does: a 408, then close) while this loop is busy
+    srv.conns[0].sendall(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    time.sleep(0.1)  # blocks the loop: the bytes wait in the socket, unseen by the protocol
+    resp = await send(t, UpstreamCall(url, {}, {"model": "m"}))  # the idle check finds them
+    assert resp.status == 200 and await resp.read() == b'{"n":2}'
+    resp.release()
+    assert len(srv.conns) == 2
+    srv.close()
+    await t.aclose()
+
+
+async def test_bytes_arriving_on_an_idle_connection_drop_it_from_the_pool(serve):
+    base, _, conns = await serve(lambda req: ok(b"{}"))
+    t = Http1Transport()
+    resp = await send(t, call(base))
+    await resp.read()
+    resp.release()
+    conns[0].write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsmuggle")  # unasked
+    await asyncio.sleep(0.05)
+    resp = await send(t, call(base))
+    assert await resp.read() == b"{}"
+    resp.release()
+    assert len(conns) == 2
+    await t.aclose()
+
+
+async def test_content_length_with_transfer_encoding_is_refused_and_the_connection_not_reused(serve):
+    smuggled = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!")
+    replies = iter([smuggled, ok(b'{"honest":1}')])
+    base, _, conns = await serve(lambda req: next(replies))
+    t = Http1Transport()
+    with pytest.raises(UpstreamProtocolError, match="both content-length and transfer-encoding"):
+        await send(t, call(base))
+    resp = await send(t, call(base))
+    assert await resp.read() == b'{"honest":1}'
+    resp.release()
+    assert len(conns) == 2
+    await t.aclose()

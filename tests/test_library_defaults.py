@@ -52,17 +52,18 @@ async def test_policy_ledger_is_written(sim, tmp_path, monkeypatch):
     resp = await r.acomplete([{"role": "user", "content": "hi"}], task="general", request_id="req-lib-1", max_tokens=2)
     await r.aclose()  # flushes the ledger
     ledger = open_ledger(str(path))
-    row = ledger.get("req-lib-1")
+    row = ledger.get(resp.router.request_id)
     ledger.close()
     assert row is not None and row.cost_usd == pytest.approx(resp.router.cost_usd)
+    assert row.client_request_id == "req-lib-1" != row.id
 
 
 async def test_router_ledger_env_wins(sim, tmp_path, monkeypatch):
     path = tmp_path / "env.db"
     monkeypatch.setenv("ROUTER_LEDGER", str(path))
     r = Router(parse_policy(POLICY.format(url=sim.base_url, metering=""), env={}))
-    await r.acomplete([{"role": "user", "content": "hi"}], task="general", request_id="req-env-1")
+    resp = await r.acomplete([{"role": "user", "content": "hi"}], task="general", request_id="req-env-1")
     await r.aclose()
     ledger = open_ledger(str(path))
-    assert ledger.get("req-env-1") is not None
+    assert ledger.get(resp.router.request_id).client_request_id == "req-env-1"
     ledger.close()

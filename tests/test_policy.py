@@ -9,6 +9,7 @@ import pytest
 from router.core.errors import PolicyError
 from router.core.policy import Secret, hash_key
 from router.core.policy_parser import check_policy, load_policy, parse_policy
+from router.core.prices import catalogue_version
 
 from .conftest import EXAMPLE_ENV, ROOT
 
@@ -70,7 +71,9 @@ def test_bundled_policies_match_the_repo(name):
 
 def test_valid_base():
     policy = parse_policy(BASE, env={})
-    assert policy.models["big"].price.source == "catalogue:gpt-4.1-mini"
+    # the catalogue's version is part of the source, so an upgrade of litellm never changes a bill silently
+    assert policy.models["big"].price.source == f"catalogue:gpt-4.1-mini (litellm {catalogue_version()})"
+    assert policy.models["big"].price.cached_input_per_mtok == 0.1   # cache_read_input_token_cost
     assert policy.digest
 
 

@@ -139,11 +139,13 @@ async def test_json_chat_with_router_headers(px, sims):
     assert sims["gpu"].requests[-1].body["model"] == "Qwen/Qwen3-Coder-Next"
 
 
-async def test_client_request_id_is_kept(px, http):
+async def test_client_request_id_is_kept_for_correlation_not_as_the_key(px, http):
     async with http.post(px.url + "/v1/chat/completions", json={"model": "mini", "messages": msgs()},
                          headers={"X-Request-Id": "my-req-42"}) as r:
-        assert r.status == 200 and r.headers["x-request-id"] == "my-req-42"
-    assert px.meter.records[-1].request_id == "my-req-42"
+        assert r.status == 200 and r.headers["x-client-request-id"] == "my-req-42"
+        rid = r.headers["x-request-id"]
+    info = px.meter.records[-1]
+    assert (info.request_id, info.client_request_id) == (rid, "my-req-42") and rid.startswith("req_")
 
 
 @pytest.mark.parametrize("model,route,alias,provider", [

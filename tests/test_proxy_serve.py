@@ -231,15 +231,16 @@ async def test_served_requests_reach_the_ledger_and_provider_state(sim, serve, t
                              headers={**HINT, "X-Request-Id": "req-ledger-1"}) as r:
             assert r.status == 200
             cost = float(r.headers["x-router-cost-usd"])
+            rid = r.headers["x-request-id"]
         async with http.get(s.url + "/metrics") as r:
             text = await r.text()
     assert re.search(r'router_provider_state\{model="[^"]+",provider="[^"]+"\} 0', text), text
     s.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(s.proc.wait, 10) == 0
     ledger = open_ledger(str(ledger_path))
-    row = ledger.get("req-ledger-1")
+    row = ledger.get(rid)
     ledger.close()
-    assert row is not None and row.status == "ok"
+    assert row is not None and row.status == "ok" and row.client_request_id == "req-ledger-1"
     assert round(row.cost_usd, 2) == round(cost, 2) and abs(row.cost_usd - cost) < 1e-9
 
 

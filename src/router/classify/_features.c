@@ -1,19 +1,19 @@
-/* router._features: the task classifier's feature scoring in C.
+/* router.classify._features: the task classifier's feature scoring in C.
  *
- * An optional accelerator for router/classifier.py. It computes exactly what the pure-Python path
- * computes (`_text_keys` + the look-ups in `Classifier._probabilities`): the fixed-point weight
+ * An optional accelerator for router/classify/classifier.py. It computes exactly what the pure-Python
+ * path computes (`features.text_keys` + the look-ups in `Classifier._sums`): the fixed-point weight
  * sums and feature counts of the last user turn and of the context, so the probabilities are the
- * same floats either way. tests/test_classifier.py checks the two paths agree on every training
- * text and on random text in many scripts. When this module does not build (no compiler), the
- * package works unchanged, on the Python path.
+ * same floats either way. tests/test_classifier.py checks the two paths agree on every data text
+ * and on random text in many scripts. When this module does not build (no compiler), the package
+ * works unchanged, on the Python path.
  *
  * Features are identified by a 64-bit hash of a tagged byte string instead of a Python object:
  *   1 + bytes          a word or a run of ASCII symbols          (Python: bytes)
  *   2 + UTF-8 text     one symbol, CJK character or pair, marker  (Python: str)
  *   3 + a + " " + b    a pair of adjacent words                   (Python: tuple of two bytes)
  * and stems by the hash of their bytes, in a table of their own. The Python side builds both
- * tables from the model (see `_canonical_name` in classifier.py); two distinct features sharing a
- * 64-bit hash is refused when the tables are built.
+ * tables from the model (see `canonical_name` in features.py); two distinct features sharing a
+ * slot fingerprint are refused when the tables are built.
  *
  * Everything runs with the GIL held and allocates nothing on the Python heap but the result.
  */
@@ -29,9 +29,9 @@
 #define TAG_STR 2
 #define TAG_PAIR 3
 
-#define PAIR_WORDS 80 /* word pairs come from the first 80 words (classifier._PAIR_WORDS) */
-#define CJK_CHARS 60  /* CJK characters and pairs from the first 60 CJK characters (_CJK_CHARS) */
+#define PAIR_WORDS 80 /* word pairs come from the first 80 words (features.PAIR_WORDS) */
 #define LATIN_CHARS 160 /* language evidence from the first 160 characters (language._LATIN_CHARS) */
+#define MAX_WIDTH 31  /* weights per feature: classes - 1 (classifier.MAX_TASKS - 1) */
 
 static inline uint64_t
 fnv(uint64_t h, const unsigned char *p, Py_ssize_t n)
@@ -65,22 +65,19 @@ spread(uint64_t h)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Weight tables: open addressing, linear probing, 16-byte slots.
+ * Weight tables: open addressing, linear probing. A slot is a 32-bit fingerprint and the
+ * feature's `width` 16-bit weights, padded to 4 bytes: 8 bytes for three classes.
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-    uint32_t fp;    /* fingerprint: high bits of the mixed hash (0: empty) */
-    int16_t re, im; /* the weights, in the model's fixed-point units */
-} slot_t;
-
-typedef struct {
-    slot_t *slots;
+    unsigned char *slots;
     uint64_t mask;
+    Py_ssize_t stride; /* bytes per slot */
 } table_t;
 
-/* Slot index from the low bits of the mixed hash, fingerprint from the high 32: an 8-byte slot
- * keeps the whole model (~25k features, 256 KB) in a core's L2 cache. A feature the model does not
- * have matches a stored fingerprint on its probe run with odds of about 1 in 500 million. */
+/* Slot index from the low bits of the mixed hash, fingerprint from the high 32: small slots keep
+ * the model in a core's cache. A feature the model does not have matches a stored fingerprint on
+ * its probe run with odds of about 1 in 500 million. */
 static inline uint32_t
 fingerprint(uint64_t mixed)
 {
@@ -88,34 +85,45 @@ fingerprint(uint64_t mixed)
     return fp ? fp : 1;
 }
 
-static const slot_t *
+static inline uint32_t
+slot_fp(const unsigned char *slot)
+{
+    uint32_t fp;
+    memcpy(&fp, slot, sizeof(fp));
+    return fp;
+}
+
+/* The weights of `key`, or NULL when the table does not have it. */
+static const int16_t *
 table_find(const table_t *t, uint64_t key)
 {
     uint64_t mixed = spread(key);
     uint32_t fp = fingerprint(mixed);
     uint64_t i = mixed & t->mask;
     for (;;) {
-        const slot_t *s = &t->slots[i];
-        if (s->fp == fp)
-            return s;
-        if (s->fp == 0)
+        const unsigned char *s = t->slots + i * t->stride;
+        uint32_t found = slot_fp(s);
+        if (found == fp)
+            return (const int16_t *)(s + 4);
+        if (found == 0)
             return NULL;
         i = (i + 1) & t->mask;
     }
 }
 
-/* Fill `t` from a sequence of (key bytes, real, imag); 0 on success, -1 with an exception set. */
+/* Fill `t` from a sequence of (key bytes, w1, ..., w_width); 0 on success, -1 with an exception set. */
 static int
-table_build(table_t *t, PyObject *items)
+table_build(table_t *t, PyObject *items, int width)
 {
-    PyObject *seq = PySequence_Fast(items, "weights must be a sequence of (bytes, int, int)");
+    PyObject *seq = PySequence_Fast(items, "weights must be a sequence of (bytes, int, ...)");
     if (seq == NULL)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     uint64_t cap = 16;
     while (cap * 4 < (uint64_t)n * 5) /* at most 80% full */
         cap <<= 1;
-    t->slots = PyMem_Calloc(cap, sizeof(slot_t));
+    t->stride = (4 + 2 * width + 3) / 4 * 4;
+    t->slots = PyMem_Calloc(cap, t->stride);
     if (t->slots == NULL) {
         Py_DECREF(seq);
         PyErr_NoMemory();
@@ -124,28 +132,36 @@ table_build(table_t *t, PyObject *items)
     t->mask = cap - 1;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
-        const char *key;
-        Py_ssize_t len;
-        int re, im;
-        if (!PyArg_ParseTuple(item, "y#ii", &key, &len, &re, &im))
-            goto fail;
-        if (re < INT16_MIN || re > INT16_MAX || im < INT16_MIN || im > INT16_MAX) {
-            PyErr_SetString(PyExc_OverflowError, "weight out of the 16-bit fixed-point range");
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 1 + width || !PyBytes_Check(PyTuple_GET_ITEM(item, 0))) {
+            PyErr_Format(PyExc_TypeError, "each weight is a tuple (bytes, %d ints)", width);
             goto fail;
         }
-        uint64_t mixed = spread(finish(fnv(FNV_OFFSET, (const unsigned char *)key, len)));
+        int16_t w[MAX_WIDTH];
+        for (int j = 0; j < width; j++) {
+            long v = PyLong_AsLong(PyTuple_GET_ITEM(item, 1 + j));
+            if (v == -1 && PyErr_Occurred())
+                goto fail;
+            if (v < INT16_MIN || v > INT16_MAX) {
+                PyErr_SetString(PyExc_OverflowError, "weight out of the 16-bit fixed-point range");
+                goto fail;
+            }
+            w[j] = (int16_t)v;
+        }
+        PyObject *key = PyTuple_GET_ITEM(item, 0);
+        uint64_t mixed = spread(finish(fnv(FNV_OFFSET, (const unsigned char *)PyBytes_AS_STRING(key),
+                                           PyBytes_GET_SIZE(key))));
         uint32_t fp = fingerprint(mixed);
         uint64_t i = mixed & t->mask;
-        while (t->slots[i].fp != 0) {
-            if (t->slots[i].fp == fp) {
+        while (slot_fp(t->slots + i * t->stride) != 0) {
+            if (slot_fp(t->slots + i * t->stride) == fp) {
                 PyErr_SetString(PyExc_ValueError, "two features share a slot fingerprint");
                 goto fail;
             }
             i = (i + 1) & t->mask;
         }
-        t->slots[i].fp = fp;
-        t->slots[i].re = (int16_t)re;
-        t->slots[i].im = (int16_t)im;
+        unsigned char *s = t->slots + i * t->stride;
+        memcpy(s, &fp, sizeof(fp));
+        memcpy(s + 4, w, sizeof(int16_t) * width);
     }
     Py_DECREF(seq);
     return 0;
@@ -160,6 +176,8 @@ typedef struct {
     PyObject_HEAD
     table_t weights;
     table_t stems;
+    int width;
+    Py_ssize_t cjk_head; /* features.CJK_HEAD */
 } TableObject;
 
 static void
@@ -174,24 +192,37 @@ static int
 Table_init(TableObject *self, PyObject *args, PyObject *kwds)
 {
     PyObject *weights, *stems;
-    static char *kwlist[] = {"weights", "stems", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Table", kwlist, &weights, &stems))
+    int width;
+    Py_ssize_t cjk_head;
+    static char *kwlist[] = {"width", "weights", "stems", "cjk_head", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOn:Table", kwlist, &width, &weights, &stems, &cjk_head))
         return -1;
+    if (cjk_head < 0) {
+        PyErr_SetString(PyExc_ValueError, "cjk_head must be >= 0");
+        return -1;
+    }
     if (self->weights.slots != NULL || self->stems.slots != NULL) {
         PyErr_SetString(PyExc_TypeError, "Table is already built");
         return -1;
     }
-    if (table_build(&self->weights, weights) < 0)
+    if (width < 1 || width > MAX_WIDTH) {
+        PyErr_Format(PyExc_ValueError, "width must be 1 to %d (classes - 1)", MAX_WIDTH);
         return -1;
-    if (table_build(&self->stems, stems) < 0)
+    }
+    self->width = width;
+    self->cjk_head = cjk_head;
+    if (table_build(&self->weights, weights, width) < 0)
+        return -1;
+    if (table_build(&self->stems, stems, width) < 0)
         return -1;
     return 0;
 }
 
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "router._features.Table",
-    .tp_doc = PyDoc_STR("Table(weights, stems): the model's fixed-point weights by feature hash."),
+    .tp_name = "router.classify._features.Table",
+    .tp_doc = PyDoc_STR("Table(width, weights, stems, cjk_head): the model's fixed-point weights by feature\n"
+                        "hash, and how many CJK characters the features read."),
     .tp_basicsize = sizeof(TableObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -200,21 +231,36 @@ static PyTypeObject TableType = {
 };
 
 /* ---------------------------------------------------------------------------------------------
- * One request: a set of the feature hashes seen so far (both texts), and the running sums.
+ * One text: a set of the feature hashes seen so far, and the running sums.
  * ------------------------------------------------------------------------------------------- */
 
 #define SEEN_STACK 1024
 
 typedef struct {
     const table_t *weights, *stems;
+    int width;
+    Py_ssize_t cjk_head;
     uint64_t *seen;
     uint64_t seen_mask;
     Py_ssize_t seen_count;
     uint64_t stack[SEEN_STACK];
-    int64_t re, im; /* sums of the text being read */
-    Py_ssize_t n;   /* its distinct features */
-    int failed;     /* out of memory */
+    int64_t sum[MAX_WIDTH]; /* sums of the text being read */
+    Py_ssize_t n;           /* its distinct features */
+    int failed;             /* out of memory */
 } state_t;
+
+static void
+state_reset(state_t *st)
+{
+    if (st->seen != st->stack)
+        PyMem_Free(st->seen);
+    memset(st->stack, 0, sizeof(st->stack));
+    st->seen = st->stack;
+    st->seen_mask = SEEN_STACK - 1;
+    st->seen_count = 0;
+    memset(st->sum, 0, sizeof(st->sum));
+    st->n = 0;
+}
 
 static int
 seen_grow(state_t *st)
@@ -260,8 +306,15 @@ seen_add(state_t *st, uint64_t h)
     return 1;
 }
 
-/* Count one feature (once per request) and add its weight. `word`/`len` are given for bytes
- * tokens: a long token the model does not know adds the weight of its stem instead. */
+static inline void
+add_weights(state_t *st, const int16_t *w)
+{
+    for (int j = 0; j < st->width; j++)
+        st->sum[j] += w[j];
+}
+
+/* Count one feature (once per text) and add its weights. `word`/`len` are given for bytes
+ * tokens: a long token the model does not know adds the weights of its stem instead. */
 static inline void
 feature(state_t *st, uint64_t h, const unsigned char *word, Py_ssize_t len)
 {
@@ -269,18 +322,15 @@ feature(state_t *st, uint64_t h, const unsigned char *word, Py_ssize_t len)
     if (!seen_add(st, h))
         return;
     st->n++;
-    const slot_t *s = table_find(st->weights, h);
-    if (s != NULL) {
-        st->re += s->re;
-        st->im += s->im;
+    const int16_t *w = table_find(st->weights, h);
+    if (w != NULL) {
+        add_weights(st, w);
     }
     else if (word != NULL && len > 6) {
         Py_ssize_t stem = word[0] < 128 ? 5 : (len < 10 ? len : 10);
-        s = table_find(st->stems, finish(fnv(FNV_OFFSET, word, stem)));
-        if (s != NULL) {
-            st->re += s->re;
-            st->im += s->im;
-        }
+        w = table_find(st->stems, finish(fnv(FNV_OFFSET, word, stem)));
+        if (w != NULL)
+            add_weights(st, w);
     }
 }
 
@@ -415,11 +465,11 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
 #endif
     if (size != PyUnicode_GET_LENGTH(lowered)) {
         /* Not ASCII: symbols outside ASCII (not letters or digits: €, ×, 。) one by one, and the
-         * first CJK characters and their adjacent pairs, which stand in for words. */
+         * first `cjk_head` CJK characters and their adjacent pairs, which stand in for words. */
         int kind = PyUnicode_KIND(lowered);
         const void *data = PyUnicode_DATA(lowered);
         Py_ssize_t length = PyUnicode_GET_LENGTH(lowered);
-        int budget = CJK_CHARS;
+        Py_ssize_t budget = st->cjk_head;
         Py_UCS4 prev = 0;
         int have_prev = 0;
         unsigned char buf[8];
@@ -458,9 +508,27 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
 }
 
 PyDoc_STRVAR(score_doc,
-"score(table, raw, lowered, ctx_raw, ctx_lowered, tools) -> (re, im, n, ctx_re, ctx_im, ctx_n)\n\n"
-"Fixed-point weight sums and distinct-feature counts of the last user turn and of the features\n"
-"only the context has (`ctx_raw`/`ctx_lowered` may be None; `tools` adds the tools marker to it).");
+"score(table, raw, lowered, ctx_raw, ctx_lowered, tools) -> (sums, n, ctx_sums, ctx_n)\n\n"
+"Fixed-point weight sums (a tuple of `width` ints) and distinct-feature counts of the last user\n"
+"turn and of the context (`ctx_raw`/`ctx_lowered` may both be None: then ctx_sums is None and\n"
+"ctx_n 0; `tools` adds the tools marker to the context).");
+
+static PyObject *
+sums_tuple(const state_t *st)
+{
+    PyObject *t = PyTuple_New(st->width);
+    if (t == NULL)
+        return NULL;
+    for (int j = 0; j < st->width; j++) {
+        PyObject *v = PyLong_FromLongLong(st->sum[j]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, j, v);
+    }
+    return t;
+}
 
 static PyObject *
 score(PyObject *module, PyObject *args)
@@ -477,38 +545,49 @@ score(PyObject *module, PyObject *args)
         return NULL;
     }
     int has_ctx = ctx_raw != Py_None;
-    if (has_ctx && (!PyBytes_Check(ctx_raw) || !PyUnicode_Check(ctx_lowered))) {
+    if (has_ctx ? (!PyBytes_Check(ctx_raw) || !PyUnicode_Check(ctx_lowered)) : ctx_lowered != Py_None) {
         PyErr_SetString(PyExc_TypeError, "ctx_raw must be bytes and ctx_lowered str, or both None");
         return NULL;
     }
     state_t st;
     st.weights = &table->weights;
     st.stems = &table->stems;
-    memset(st.stack, 0, sizeof(st.stack));
+    st.width = table->width;
+    st.cjk_head = table->cjk_head;
     st.seen = st.stack;
-    st.seen_mask = SEEN_STACK - 1;
-    st.seen_count = 0;
     st.failed = 0;
-    st.re = st.im = 0;
-    st.n = 0;
+    state_reset(&st);
+    PyObject *main_sums = NULL, *ctx_sums = NULL;
+    Py_ssize_t n = 0, ctx_n = 0;
     int rc = read_text(&st, raw, lowered);
-    /* The main text's sums; the seen set carries on, so the context counts only what it adds. */
-    int64_t re = st.re, im = st.im;
-    Py_ssize_t n = st.n;
-    st.re = st.im = 0;
-    st.n = 0;
-    if (rc == 0 && has_ctx) {
+    if (rc == 0 && !st.failed) {
+        main_sums = sums_tuple(&st);
+        n = st.n;
+        rc = main_sums == NULL ? -1 : 0;
+    }
+    if (rc == 0 && !st.failed && has_ctx) {
+        state_reset(&st); /* the context is read on its own: every feature it has counts */
         rc = read_text(&st, ctx_raw, ctx_lowered);
         if (rc == 0 && tools)
             str_feature(&st, "__tool");
+        if (rc == 0 && !st.failed) {
+            ctx_sums = sums_tuple(&st);
+            ctx_n = st.n;
+            rc = ctx_sums == NULL ? -1 : 0;
+        }
     }
     if (st.seen != st.stack)
         PyMem_Free(st.seen);
-    if (rc < 0)
-        return NULL;
-    if (st.failed)
-        return PyErr_NoMemory();
-    return Py_BuildValue("(LLnLLn)", (long long)re, (long long)im, n, (long long)st.re, (long long)st.im, st.n);
+    if (rc < 0 || st.failed) {
+        Py_XDECREF(main_sums);
+        Py_XDECREF(ctx_sums);
+        return rc < 0 ? NULL : PyErr_NoMemory();
+    }
+    if (ctx_sums == NULL) {
+        Py_INCREF(Py_None);
+        ctx_sums = Py_None;
+    }
+    return Py_BuildValue("(NnNn)", main_sums, n, ctx_sums, ctx_n);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -750,7 +829,7 @@ Lexicon_init(LexiconObject *self, PyObject *args, PyObject *kwds)
 
 static PyTypeObject LexiconType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "router._features.Lexicon",
+    .tp_name = "router.classify._features.Lexicon",
     .tp_doc = PyDoc_STR("Lexicon(langs, default, unit, stopwords, suffixes, hints): language evidence."),
     .tp_basicsize = sizeof(LexiconObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -1232,7 +1311,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "router._features",
+    .m_name = "router.classify._features",
     .m_doc = "The task classifier's feature scoring in C (an optional accelerator).",
     .m_size = -1,
     .m_methods = methods,

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.classify.classifier import TASKS, classify
+from router.classify.classifier import classify
 from router.core.errors import BudgetExceeded, InvalidRequest, NoCandidate, NotFound, PermissionDenied
-from router.core.policy import Model, Policy, Route, Tenant
+from router.core.policy import Model, Policy, Provider, Route, Tenant
 
 __all__ = ["Candidate", "Decision", "LiveState", "decide", "decide_embedding", "estimate_prompt_tokens"]
 
@@ -26,8 +26,8 @@ class LiveState:
     """What the decision needs to know about the world right now, as plain data."""
 
     budget_remaining: Mapping[str, float] = field(default_factory=dict)  # tenant -> USD left
-    circuit_open: frozenset[str] = frozenset()                           # model aliases
-    saturated: frozenset[str] = frozenset()                              # model aliases
+    circuit_open: frozenset[str] = frozenset()                           # deployment keys (Model.key)
+    saturated: frozenset[str] = frozenset()                              # deployment keys
     ttft: Mapping[str, float] = field(default_factory=dict)              # alias -> EWMA seconds to first token
 
 
@@ -46,11 +46,17 @@ class Candidate:
     estimated_cost_usd: float
     excluded: str | None = None
     self_hosted: bool = False
+    # a model served by several deployments: (provider, why it is out or None), in the policy's order;
+    # the engine picks one of the usable ones with live load (router.engine.replicas)
+    replicas: tuple[tuple[str, str | None], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "provider": self.provider, "region": self.region,
-                "upstream_model": self.upstream_model, "self_hosted": self.self_hosted,
-                "estimated_cost_usd": round(self.estimated_cost_usd, 10), "excluded": self.excluded}
+        out = {"model": self.model, "provider": self.provider, "region": self.region,
+               "upstream_model": self.upstream_model, "self_hosted": self.self_hosted,
+               "estimated_cost_usd": round(self.estimated_cost_usd, 10), "excluded": self.excluded}
+        if self.replicas:
+            out["replicas"] = [{"provider": p, "excluded": why} for p, why in self.replicas]
+        return out
 
 
 @dataclass(slots=True)
@@ -68,6 +74,7 @@ class Decision:
     residency: tuple[str, ...] = ()
     classified_task: str | None = None
     downgraded: bool = False
+    scores: tuple[tuple[str, float], ...] | None = None  # every task's probability, when classified
 
     @property
     def allowed(self) -> list[Candidate]:
@@ -90,8 +97,11 @@ class Decision:
         raise NoCandidate(message, decision=self, status=400, code="no_candidate_fits")
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "task": self.task, "task_source": self.task_source, "confidence": round(self.confidence, 4),
+        out: dict[str, Any] = {"task": self.task, "task_source": self.task_source,
+                               "confidence": round(self.confidence, 4)}
+        if self.scores is not None:
+            out["scores"] = {t: round(p, 4) for t, p in self.scores}
+        out |= {
             "language": self.language, "route": self.route, "rule": self.rule,
             "tenant": self.tenant, "residency": list(self.residency),
             "estimated_prompt_tokens": self.prompt_tokens, "expected_output_tokens": self.output_tokens,
@@ -183,23 +193,59 @@ def decide_embedding(policy: Policy, body: Mapping[str, Any], *, residency: str 
     prompt_tokens = sum(len(x) // 4 + 1 if isinstance(x, str) else len(x) if isinstance(x, list) else 1
                         for x in inputs)
     excluded = None
-    if any(provider.region not in policy.residency[r] for r in residencies):
+    replicas: tuple[tuple[str, str | None], ...] = ()
+    if model.replicas:
+        regions = None
+        for r in residencies:
+            regions = policy.residency[r] if regions is None else regions & policy.residency[r]
+        replicas, provider, excluded = _replicas(policy, model, regions, state)
+    elif any(provider.region not in policy.residency[r] for r in residencies):
         excluded = "residency"
     elif alias in state.circuit_open:
         excluded = "circuit_open"
     candidate = Candidate(alias, provider.name, provider.region, model.model,
-                          model.price.cost(prompt_tokens, 0), excluded, provider.self_hosted)
+                          model.price.cost(prompt_tokens, 0), excluded, provider.self_hosted, replicas)
     return Decision("embedding", "alias", 1.0, None, alias, None, [candidate], prompt_tokens, 0,
                     ten.name if ten is not None else tenant, tuple(residencies))
 
 
+def _replicas(policy: Policy, model: Model, regions: frozenset[str] | None, state: LiveState
+              ) -> tuple[tuple[tuple[str, str | None], ...], Provider, str | None]:
+    """Each replica of `model` with why it is out (residency, circuit_open, saturated) or None; the
+    first usable replica's provider (the first replica's when none is); and why the model is out
+    when every replica is (a replica that may recover wins over residency, so the error is a 503)."""
+    out = []
+    first = None
+    for name in model.replicas:
+        p = policy.providers[name]
+        key = model.key(name)
+        why = None
+        if regions is not None and p.region not in regions:
+            why = "residency"
+        elif key in state.circuit_open:
+            why = "circuit_open"
+        elif key in state.saturated:
+            why = "saturated"
+        elif first is None:
+            first = p
+        out.append((name, why))
+    if first is not None:
+        return tuple(out), first, None
+    reasons = {why for _, why in out}
+    excluded = "saturated" if "saturated" in reasons else "circuit_open" if "circuit_open" in reasons else "residency"
+    return tuple(out), policy.providers[model.replicas[0]], excluded
+
+
 def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
-           tenant: str | None = None, state: LiveState = EMPTY_STATE, language: bool = True) -> Decision:
+           tenant: str | None = None, state: LiveState = EMPTY_STATE, language: bool = True,
+           api: str = "chat") -> Decision:
     """Route one OpenAI-style request body. Raises a RequestError when no route can serve it.
 
     `task` is an explicit hint, `residency` a requirement added to the tenant's (never lifting it),
     `tenant` a tenant name from the policy. `language=False` detects the language only when a
-    policy rule reads it (the engine's hot path); otherwise ``Decision.language`` is None.
+    policy rule reads it (the engine's hot path); otherwise ``Decision.language`` is None. `api`
+    is the API the request came in on (chat, messages or responses), for rules' `api` condition.
+    A `model` that is not auto, a route or an alias is looked up in the policy's `client_models`.
     """
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -209,20 +255,23 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
     ten, residencies = _tenant_and_residencies(policy, tenant, residency)
 
     if task is not None:
-        if task not in TASKS:
-            raise InvalidRequest(f"unknown task '{task}'; use one of: {', '.join(TASKS)}", param="task")
+        if task not in policy.classifier.tasks:
+            known = ", ".join(policy.classifier.tasks)
+            raise InvalidRequest(f"unknown task '{task}'; use one of: {known}", param="task")
         if ten is not None and not ten.allow_hints:
             task = None
 
     model = body.get("model") or "auto"
     route: Route | None = None
     pinned: Model | None = None
+    if model != "auto" and model not in policy.routes and model not in policy.models and policy.client_models:
+        model = policy.client_model(model) or model
     if model != "auto":
         route = policy.routes.get(model)
         if route is None:
             pinned = policy.models.get(model)
             if pinned is None:
-                names = ", ".join(["auto", *policy.routes, *policy.models])
+                names = ", ".join(["auto", *policy.routes, *policy.models, *(c.pattern for c in policy.client_models)])
                 raise NotFound(f"unknown model '{model}': use one of {names}", param="model")
         if ten is not None and ten.routes is not None and model not in ten.routes:
             raise PermissionDenied(f"tenant '{ten.name}' may not use '{model}'", param="model")
@@ -230,27 +279,36 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
     # Task: hint, then a route named after a task, then the classifier.
     needs_language = model == "auto" and policy.uses_language
     detect_language = language or needs_language
-    confidence, language, classified = 1.0, None, None
+    confidence, language, classified, scores, fallback_route = 1.0, None, None, None, None
     if task is not None:
         source = "hint"
-    elif route is not None and route.name in TASKS:
+    elif route is not None and route.name in policy.classifier.tasks:
         task, source = route.name, "alias"
     elif pinned is not None and pinned.alias in policy.alias_tasks:
         task, source = policy.alias_tasks[pinned.alias], "alias"
     else:
         source = "classifier"
     if source == "classifier" or needs_language:
-        c = classify(messages, tools, language=detect_language)
+        model = policy.classifier.classifier
+        c = (model.classify(messages, tools, language=detect_language) if model is not None
+             else classify(messages, tools, language=detect_language))
         language = c.language
         if source == "classifier":
-            task, confidence = c.task, c.confidence
+            task, confidence, scores = c.task, c.confidence, c.scores
             if confidence < policy.classifier.min_confidence:
                 classified, task, source = c.task, policy.classifier.fallback_task, "fallback"
+                if policy.classifier.fallback_route is not None:
+                    fallback_route = policy.routes[policy.classifier.fallback_route]
     assert task is not None
 
     rule_index: int | None = None
-    if route is None and pinned is None:
-        facts = {"task": task, "language": language, "tenant": ten.name if ten else tenant, "tools": bool(tools)}
+    if route is None and pinned is None and fallback_route is not None:
+        route = fallback_route  # an uncertain classification: the policy's safe route, rules skipped
+        if ten is not None and ten.routes is not None and route.name not in ten.routes:
+            raise PermissionDenied(f"tenant '{ten.name}' may not use route '{route.name}'", param="model")
+    elif route is None and pinned is None:
+        facts = {"task": task, "language": language, "tenant": ten.name if ten else tenant, "tools": bool(tools),
+                 "api": api}
         for rule in policy.rules:
             ok = True
             for key, cond in rule.conditions.items():
@@ -289,26 +347,31 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
     candidates: list[Candidate] = []
     for alias in targets:
         m = policy.models[alias]
-        p = policy.providers[m.provider]
+        replicas: tuple[tuple[str, str | None], ...] = ()
+        if m.replicas:
+            replicas, p, excluded = _replicas(policy, m, regions, state)
+        else:
+            p = policy.providers[m.provider]
+            excluded = None
+            if regions is not None and p.region not in regions:
+                excluded = "residency"
+            elif alias in state.circuit_open:
+                excluded = "circuit_open"
+            elif alias in state.saturated:
+                excluded = "saturated"
         cost = m.price.cost(prompt_tokens, out_tokens)
-        excluded = None
-        if regions is not None and p.region not in regions:
-            excluded = "residency"
-        elif alias in state.circuit_open:
-            excluded = "circuit_open"
-        elif alias in state.saturated:
-            excluded = "saturated"
-        elif tools and "tools" not in m.capabilities:
-            excluded = "capability:tools"
-        elif images and "vision" not in m.capabilities:
-            excluded = "capability:vision"
-        elif m.context_window is not None and prompt_tokens + (max_tokens or 0) > m.context_window:
-            excluded = "context_window"
-        elif max_cost is not None and cost > max_cost:
-            excluded = "max_cost"
-        elif remaining is not None and cost > remaining:
-            excluded = "over_budget"
-        candidates.append(Candidate(alias, p.name, p.region, m.model, cost, excluded, p.self_hosted))
+        if excluded is None:
+            if tools and "tools" not in m.capabilities:
+                excluded = "capability:tools"
+            elif images and "vision" not in m.capabilities:
+                excluded = "capability:vision"
+            elif m.context_window is not None and prompt_tokens + (max_tokens or 0) > m.context_window:
+                excluded = "context_window"
+            elif max_cost is not None and cost > max_cost:
+                excluded = "max_cost"
+            elif remaining is not None and cost > remaining:
+                excluded = "over_budget"
+        candidates.append(Candidate(alias, p.name, p.region, m.model, cost, excluded, p.self_hosted, replicas))
 
     downgraded = False
     allowed = [c for c in candidates if c.excluded is None]
@@ -326,4 +389,4 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
         allowed.sort(key=lambda c: ttft.get(c.model, 0.0))
     ordered = allowed + [c for c in candidates if c.excluded is not None]
     return Decision(task, source, confidence, language, route_name, rule_index, ordered, prompt_tokens,
-                    out_tokens, tenant_name, tuple(residencies), classified, downgraded)
+                    out_tokens, tenant_name, tuple(residencies), classified, downgraded, scores)

@@ -9,6 +9,10 @@
         ├── NotFound                404: unknown model alias or route
         ├── PayloadTooLarge         413: body over the configured limit (proxy)
         ├── BudgetExceeded          429: the tenant's budget cannot pay for any candidate
+        ├── BudgetUnavailable       503: the budget store cannot be reached (policy: fail_closed)
+        ├── RateLimited             429: a requests, tokens or in-flight limit is reached; carries
+        │                           retry-after and OpenAI's x-ratelimit-* headers
+        ├── RateLimitUnavailable    503: the rate-limit store cannot be reached (policy: fail_closed)
         ├── NoCandidate             every candidate was excluded: 503 when one may recover (circuit
         │                           open, saturated), 403 when residency forbids them all, else 400
         └── UpstreamFailed          502/503/504: every candidate that was tried failed
@@ -27,6 +31,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BudgetExceeded",
+    "BudgetUnavailable",
     "InvalidRequest",
     "NoCandidate",
     "NotFound",
@@ -34,10 +39,13 @@ __all__ = [
     "PermissionDenied",
     "PolicyError",
     "PolicyIssue",
+    "RateLimitUnavailable",
+    "RateLimited",
     "RequestError",
     "RouterError",
     "UpstreamFailed",
     "redact",
+    "redact_cut",
 ]
 
 _SECRETISH = re.compile(
@@ -56,10 +64,23 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     >>> redact("Incorrect API key provided: sk-proj-abc123XYZ", ["sk-proj-abc123XYZ"])
     'Incorrect API key provided: [redacted]'
     """
+    # key shapes first: masking an exact secret first could cut a longer key-shaped token that
+    # contains it ("sk-ds" inside "sk-ds-other") and leave the rest of it unmatched
+    text = _SECRETISH.sub("[redacted]", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
-    return _SECRETISH.sub("[redacted]", text)
+    return text
+
+
+def redact_cut(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
+    """`text` redacted, *then* cut to `limit` characters: a key that straddles the cut can never
+    leak in part, because it is masked while it is still whole.
+
+    >>> redact_cut("Incorrect API key provided: sk-proj-abc123XYZ", 40)
+    'Incorrect API key provided: [redacted]'
+    """
+    return redact(text, secrets)[:limit]
 
 
 class RouterError(Exception):
@@ -91,11 +112,13 @@ class PolicyError(RouterError):
 
 
 class RequestError(RouterError):
-    """A request that cannot be served, shaped to become an OpenAI error object."""
+    """A request that cannot be served, shaped to become an OpenAI error object. `router` is the
+    failed request's `RouterInfo` (task, route, attempts) when the engine got as far as opening it."""
 
     status = 400
     type = "invalid_request_error"
     code: str | None = None
+    router: Any = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  status: int | None = None):
@@ -143,6 +166,36 @@ class BudgetExceeded(RequestError):
     status = 429
     type = "insufficient_quota"
     code = "budget_exceeded"
+
+
+class BudgetUnavailable(RequestError):
+    """The budget store (e.g. Redis) did not answer in time and the policy fails closed."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "budget_unavailable"
+
+
+class RateLimited(RequestError):
+    """A rate limit is reached. `kind`: requests, tokens or concurrent; `headers`: what the response
+    carries (``retry-after``, ``x-ratelimit-*``, ``x-should-retry``), so SDKs wait and retry."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str] | None = None, tenant: str = ""):
+        super().__init__(message)
+        self.kind, self.tenant = kind, tenant
+        self.type = "tokens" if kind == "tokens" else "requests"   # what OpenAI's API reports
+        self.headers = headers or {}
+
+
+class RateLimitUnavailable(RequestError):
+    """The rate-limit store (e.g. Redis) did not answer in time and the policy fails closed."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "rate_limit_unavailable"
 
 
 class NoCandidate(RequestError):

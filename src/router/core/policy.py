@@ -11,6 +11,7 @@ validates them. Everything that routes (`decide`, the engine, the monitors) read
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 from collections.abc import Mapping
@@ -19,19 +20,27 @@ from typing import Any
 
 __all__ = [
     "PROVIDER_KINDS",
+    "Balance",
     "Budget",
     "ClassifierSettings",
+    "ClientModel",
     "MeteringSettings",
     "Condition",
     "HealthSettings",
+    "HedgeSettings",
     "Model",
     "Policy",
     "Price",
+    "PriceWindow",
     "Provider",
     "ProbeSettings",
+    "RateLimit",
+    "RateLimits",
     "ReferenceModel",
+    "ResumeSettings",
     "Retry",
     "Route",
+    "RouteCache",
     "Rule",
     "SaturationSettings",
     "Secret",
@@ -42,8 +51,11 @@ __all__ = [
 
 PROVIDER_KINDS = ("vllm", "openai", "deepseek", "mistral", "litellm")
 STRATEGIES = ("ordered", "cheapest", "fastest")
+BALANCE_STRATEGIES = ("least_loaded", "round_robin")   # picking a replica of a model
+AFFINITIES = ("prefix", "session", "none")
 TASK_LABELS = ("coding", "reasoning", "general")
-CONDITION_KEYS = ("task", "residency", "language", "tenant", "tools")
+CONDITION_KEYS = ("task", "residency", "language", "tenant", "tools", "api")
+APIS = ("chat", "messages", "responses")   # the API a request came in on: a rule's `api` condition
 
 
 class Secret:
@@ -156,23 +168,101 @@ class Provider:
 
 @dataclass(frozen=True, slots=True)
 class Price:
+    """USD per million tokens. Token kinds without their own price are billed at the input (cache
+    read, cache write) or output (reasoning) price; `router.core.pricing` bills a usage."""
+
     input_per_mtok: float
     output_per_mtok: float
-    source: str = "policy"   # "policy" or "catalogue:<key>"
+    source: str = "policy"   # "policy" or "catalogue:<key> (litellm <version>)"
+    cached_input_per_mtok: float | None = None   # input read from the provider's prompt cache
+    cache_write_per_mtok: float | None = None    # input written to it (Anthropic charges it)
+    reasoning_per_mtok: float | None = None      # reasoning tokens, where billed apart from output
+    windows: tuple[PriceWindow, ...] = ()        # time-of-day prices (UTC), e.g. an off-peak discount
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
 @dataclass(frozen=True, slots=True)
+class PriceWindow:
+    """A time-of-day price: from `start` to `end` (minutes after midnight UTC; may wrap past midnight)."""
+
+    start: int
+    end: int
+    price: Price     # the whole price in the window (keys it does not set are the base price's)
+
+    def contains(self, minute: int) -> bool:
+        if self.start <= self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+    @property
+    def label(self) -> str:
+        return f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     alias: str
-    provider: str
+    provider: str                             # the provider; with replicas, the first replica
     model: str
     price: Price
     context_window: int | None = None
     capabilities: frozenset[str] = frozenset()
     params: Mapping[str, Any] = field(default_factory=dict)
+    replicas: tuple[str, ...] = ()            # several deployments of this model (docs/routing.md); () : one
+    balance: Balance = field(default_factory=lambda: Balance())   # how the engine picks among replicas
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Every provider serving this model: its replicas, or its one provider."""
+        return self.replicas or (self.provider,)
+
+    def key(self, provider: str) -> str:
+        """The deployment key of this model on `provider`: the alias itself for a model with one
+        provider, ``alias@provider`` for a replica (health, load and `LiveState` sets use it).
+
+        >>> Model("qwen", "a", "q", Price(0, 0), replicas=("a", "b")).key("b")
+        'qwen@b'
+        """
+        return f"{self.alias}@{provider}" if self.replicas else self.alias
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """How the engine picks a replica of a model (docs/routing.md, "Replicas").
+
+    `strategy`: ``least_loaded`` (the less loaded of two random healthy replicas) or ``round_robin``;
+    `affinity`: ``prefix`` (a session key, else the `user` field, else a hash of the conversation's
+    stable prefix), ``session`` (a session key or `user` only) or ``none``; `load_cap`: a replica
+    keeps its affinity keys while its load is at most `load_cap` x the mean (bounded-load hashing).
+    """
+
+    strategy: str = "least_loaded"
+    affinity: str = "prefix"
+    load_cap: float = 1.25
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """A route's request hedging (streams): after `delay_s` (or the candidate's measured TTFT
+    `percentile`, never below `min_delay_s`) without a first chunk, the same request goes to the next
+    allowed candidate; the first to stream wins. At most `max_share` of the route's requests hedge,
+    and at most `max_usd_per_day` is spent on losing attempts (per process)."""
+
+    delay_s: float | None = None
+    percentile: float | None = None
+    min_delay_s: float = 0.25
+    max_share: float = 0.05
+    max_usd_per_day: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeSettings:
+    """A route's recovery after the first byte: a stream cut mid-way continues on the next allowed
+    candidate that can prefill, up to `attempts` times per request."""
+
+    attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +272,20 @@ class Route:
     strategy: str = "ordered"
     max_cost_usd: float | None = None
     expected_output_tokens: int | None = None
+    cache: RouteCache | None = None           # exact-match response cache (docs/metering.md)
+    hedge: HedgeSettings | None = None        # request hedging (docs/routing.md)
+    resume: ResumeSettings | None = None      # recovery after the first byte (docs/routing.md)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCache:
+    """A route's response cache: entries live `ttl_s`, bounded by `max_entries` and/or `max_bytes`;
+    requests sampled above `max_temperature` (absent: 1, the APIs' default) are not cached."""
+
+    ttl_s: float
+    max_entries: int | None = None
+    max_bytes: int | None = None
+    max_temperature: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +320,40 @@ class Tenant:
     budget: Budget | None = None
     allow_hints: bool = True
     routes: tuple[str, ...] | None = None   # routes and aliases this tenant may name; None: all
+    rate_limits: RateLimits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Limits on one scope: a tenant, one of its keys, or its traffic on one route or model."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None    # input + output
+    concurrent: int | None = None           # requests in flight
+
+    @property
+    def limited(self) -> bool:
+        return not (self.requests_per_minute is None and self.tokens_per_minute is None and self.concurrent is None)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """A tenant's rate limits: its own, each of its keys', and per route or model alias."""
+
+    tenant: RateLimit = RateLimit()
+    per_key: RateLimit | None = None
+    routes: Mapping[str, RateLimit] = field(default_factory=dict)
+    cache_hits: bool = True        # a response-cache hit counts as a request (with no tokens)
 
 
 @dataclass(frozen=True, slots=True)
 class ClassifierSettings:
     min_confidence: float = 0.0
     fallback_task: str = "general"
+    fallback_route: str | None = None     # uncertain requests go straight here (rules skipped)
+    model: str | None = None              # the task model's file (resolved); None: the shipped model
+    tasks: tuple[str, ...] = TASK_LABELS  # the tasks the model can return
+    classifier: Any = field(default=None, compare=False, repr=False)  # the loaded model, when `model`
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +368,24 @@ class ReferenceModel:
 class MeteringSettings:
     tenant_label: bool = False      # add a `tenant` label to request and cost metrics
     ledger: str | None = None       # ledger URL or SQLite path
+    spool: str | None = None        # durable ledger mode: a local write-ahead spool directory
+    budget_unavailable: str = "fail_closed"   # fail_closed (503) | fail_open, when the budget store is down
+    budget_timeout_s: float = 1.0   # longest wait for the budget store (also bounded by the request's deadline)
+    rate_limit_unavailable: str = "fail_open"   # fail_open | fail_closed (503), when the rate-limit store is down
+    rate_limit_timeout_s: float = 0.5   # longest wait for the rate-limit store (also bounded by the deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientModel:
+    """A model name a client sends (exact, or a glob like ``claude-*``) and what it means here:
+    ``auto``, a route or a model alias."""
+
+    pattern: str
+    target: str
+    glob: bool = False
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern) if self.glob else name == self.pattern
 
 
 @dataclass(frozen=True)
@@ -254,16 +404,35 @@ class Policy:
     digest: str = ""
     reference_model: ReferenceModel | None = None
     metering: MeteringSettings = MeteringSettings()
+    client_models: tuple[ClientModel, ...] = ()   # exact names first, then globs in file order
 
     @functools.cached_property
     def alias_tasks(self) -> Mapping[str, str]:
         """Model alias -> task, for aliases that are targets of exactly one task-named route."""
         seen: dict[str, set[str]] = {}
         for route in self.routes.values():
-            if route.name in TASK_LABELS:
+            if route.name in self.classifier.tasks:
                 for alias in route.targets:
                     seen.setdefault(alias, set()).add(route.name)
         return {alias: next(iter(tasks)) for alias, tasks in seen.items() if len(tasks) == 1}
+
+    def client_model(self, name: str) -> str | None:
+        """What a client's model name maps to (``auto``, a route or an alias), or None when no
+        `client_models` entry matches. Exact entries win over globs; globs match in file order.
+
+        >>> Policy("p", {}, {}, {}, (), {}, {}, client_models=(ClientModel("claude-*", "coding", True),)
+        ...        ).client_model("claude-sonnet-4-5")
+        'coding'
+        """
+        for entry in self.client_models:
+            if entry.matches(name):
+                return entry.target
+        return None
+
+    @functools.cached_property
+    def deployments(self) -> Mapping[str, tuple[str, str]]:
+        """Every deployment, by its key (`Model.key`): ``{key: (alias, provider)}``."""
+        return {m.key(p): (alias, p) for alias, m in self.models.items() for p in m.providers}
 
     @functools.cached_property
     def uses_language(self) -> bool:

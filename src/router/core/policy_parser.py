@@ -24,23 +24,34 @@ import yaml
 
 from router.core.errors import PolicyError, PolicyIssue
 from router.core.policy import (
+    AFFINITIES,
+    APIS,
+    BALANCE_STRATEGIES,
     CONDITION_KEYS,
     PROVIDER_KINDS,
     STRATEGIES,
     TASK_LABELS,
+    Balance,
     Budget,
     ClassifierSettings,
+    ClientModel,
     Condition,
     HealthSettings,
+    HedgeSettings,
     MeteringSettings,
     Model,
     Policy,
     Price,
+    PriceWindow,
     ProbeSettings,
     Provider,
+    RateLimit,
+    RateLimits,
     ReferenceModel,
+    ResumeSettings,
     Retry,
     Route,
+    RouteCache,
     Rule,
     SaturationSettings,
     Secret,
@@ -65,6 +76,9 @@ def load_policy(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except OSError as e:
         raise PolicyError([PolicyIssue(path, "", f"cannot read the policy: {e.strerror}",
                                        "check the path, or set ROUTER_POLICY")]) from None
+    except UnicodeDecodeError as e:  # a reload must reject this like any other invalid file, not crash
+        raise PolicyError([PolicyIssue(path, "", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                                       "save the policy as UTF-8")]) from None
     return parse_policy(text, source=path, env=env)
 
 
@@ -208,7 +222,7 @@ class _Parser:
     def parse(self, raw: Any) -> Policy | None:
         top = self.mapping("", raw, ("version", "providers", "models", "routes", "rules", "residency",
                                      "tenants", "retry", "timeouts", "classifier", "defaults",
-                                     "reference_model", "metering"),
+                                     "reference_model", "metering", "client_models"),
                            ("providers", "models", "routes"))
         if top is None:
             return None
@@ -219,10 +233,10 @@ class _Parser:
         models = self.each("models", top.get("models"), lambda p, n, v: self.model(p, n, v, providers))
         routes = self.each("routes", top.get("routes"), lambda p, n, v: self.route(p, n, v, models))
         tenants = self.each("tenants", top.get("tenants"), lambda p, n, v: self.tenant(p, n, v, residency, routes, models))
-        rules = self.rules(top.get("rules"), routes, residency, tenants)
+        classifier = self.classifier_settings(top.get("classifier"), routes)
+        rules = self.rules(top.get("rules"), routes, residency, tenants, classifier.tasks)
         retry = self.retry(top.get("retry"))
         timeouts = self.timeouts("timeouts", top.get("timeouts"))
-        classifier = self.classifier_settings(top.get("classifier"))
         expected = 256
         defaults = self.mapping("defaults", top.get("defaults", {}), ("expected_output_tokens",))
         if defaults and "expected_output_tokens" in defaults:
@@ -231,8 +245,42 @@ class _Parser:
         self.check_residency(providers, models, routes, rules, residency, tenants)
         reference = self.reference_model(top.get("reference_model"), models) if "reference_model" in top else None
         metering = self.metering_settings(top.get("metering"))
+        client_models = self.client_models(top.get("client_models"), routes, models)
         return Policy(self.source, providers, models, routes, tuple(rules), residency, tenants, retry,
-                      timeouts, classifier, int(expected), reference_model=reference, metering=metering)
+                      timeouts, classifier, int(expected), reference_model=reference, metering=metering,
+                      client_models=client_models)
+
+    def client_models(self, raw: Any, routes: Mapping[str, Route], models: Mapping[str, Model]
+                      ) -> tuple[ClientModel, ...]:
+        """`client_models: {name-or-glob: auto | route | alias}`: exact names first, then globs in order."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, dict):
+            self.err("client_models", f"expected a mapping of client model names to targets, got {_kind(raw)}",
+                     "write it as `claude-*: coding`")
+            return ()
+        exact: list[ClientModel] = []
+        globs: list[ClientModel] = []
+        targets = ("auto", *routes, *models)
+        for name, target in raw.items():
+            path = _fmt("client_models", name)
+            pattern = str(name)
+            if not pattern:
+                self.err(path, "an empty client model name")
+                continue
+            if pattern == "auto" or pattern in routes or pattern in models:
+                self.err(path, f"'{pattern}' is already auto, a route or a model alias, which win over client_models",
+                         "remove this entry")
+                continue
+            value = self.string(path, target)
+            if value is None:
+                continue
+            if value not in targets:
+                self.dangling(path, "route or model alias", value, targets)
+                continue
+            glob = any(c in pattern for c in "*?[")
+            (globs if glob else exact).append(ClientModel(pattern, value, glob))
+        return (*exact, *globs)
 
     def provider(self, path: str, name: str, raw: Any) -> Provider | None:
         m = self.mapping(path, raw, ("kind", "base_url", "api_key", "region", "metrics_url", "max_concurrency",
@@ -343,15 +391,19 @@ class _Parser:
         return SaturationSettings(**{k: (val if val is not None else getattr(d, k)) for k, val in v.items()})
 
     def model(self, path: str, alias: str, raw: Any, providers: Mapping[str, Provider]) -> Model | None:
-        m = self.mapping(path, raw, ("provider", "model", "price", "context_window", "capabilities", "params"),
-                         ("provider", "model"))
+        m = self.mapping(path, raw, ("provider", "replicas", "balance", "model", "price", "context_window",
+                                     "capabilities", "params"), ("model",))
         if m is None:
             return None
-        pname = self.string(_fmt(path, "provider"), m.get("provider", ""))
+        replicas = self.replicas(path, m, providers)
+        if replicas is None:
+            return None
+        pname = replicas[0] if replicas else self.string(_fmt(path, "provider"), m.get("provider", ""))
         upstream = self.string(_fmt(path, "model"), m.get("model", ""))
         provider = providers.get(pname or "")
         if pname and "provider" in m and provider is None:
             self.dangling(_fmt(path, "provider"), "provider", pname, providers)
+        balance = self.balance(_fmt(path, "balance"), m["balance"], replicas) if m.get("balance") is not None else None
         ctx = None
         if m.get("context_window") is not None:
             ctx = self.number(_fmt(path, "context_window"), m["context_window"], integer=True, positive=True)
@@ -362,27 +414,118 @@ class _Parser:
             params = {}
         price = None
         if "price" in m:
-            pm = self.mapping(_fmt(path, "price"), m["price"], ("input_per_mtok", "output_per_mtok"),
-                              ("input_per_mtok", "output_per_mtok"))
-            if pm is not None and "input_per_mtok" in pm and "output_per_mtok" in pm:
-                inp = self.number(_fmt(_fmt(path, "price"), "input_per_mtok"), pm["input_per_mtok"])
-                out = self.number(_fmt(_fmt(path, "price"), "output_per_mtok"), pm["output_per_mtok"])
-                if inp is not None and out is not None:
-                    price = Price(inp, out)
+            price = self.price(_fmt(path, "price"), m["price"])
         elif provider is not None and upstream:
             entry = catalogue_lookup(provider.kind, upstream)
             if entry is None:
                 self.err(_fmt(path, "price"), f"no price for '{upstream}' in the policy or in litellm's catalogue",
                          "add `price: {input_per_mtok: X, output_per_mtok: Y}` (USD per million tokens)")
             else:
-                price = Price(entry.input_per_mtok, entry.output_per_mtok, f"catalogue:{entry.key}")
+                price = Price(entry.input_per_mtok, entry.output_per_mtok, entry.source, entry.cached_input_per_mtok,
+                              entry.cache_write_per_mtok, entry.reasoning_per_mtok)
                 ctx = ctx or entry.context_window
         if provider is None or not upstream or price is None:
             return None
-        return Model(alias, provider.name, upstream, price, int(ctx) if ctx else None, caps, params)
+        return Model(alias, provider.name, upstream, price, int(ctx) if ctx else None, caps, params, replicas,
+                     balance or Balance())
+
+    # -- replicas, hedging and resuming (docs/routing.md)
+
+    def replicas(self, path: str, m: Mapping[str, Any], providers: Mapping[str, Provider]) -> tuple[str, ...] | None:
+        """`replicas: [provider, ...]` (several deployments of one model), or () with `provider:`;
+        None when neither is usable (the problem is reported)."""
+        if "replicas" not in m:
+            if "provider" not in m:
+                self.err(_fmt(path, "provider"), "missing required key 'provider'",
+                         "add `provider:` (or `replicas: [a, b]` for a model served by several deployments)")
+                return None
+            return ()
+        rp = _fmt(path, "replicas")
+        if "provider" in m:
+            self.err(rp, "a model has either `provider` or `replicas`, not both",
+                     "list every deployment under `replicas:` and remove `provider:`")
+            return None
+        names = self.str_list(rp, m["replicas"])
+        if not names:
+            self.err(rp, "no replica listed", "list the providers serving this model: `replicas: [gpu-a, gpu-b]`")
+            return None
+        ok = True
+        for i, name in enumerate(names):
+            if name not in providers:
+                self.dangling(_fmt(rp, i), "provider", name, providers)
+                ok = False
+            elif name in names[:i]:
+                self.err(_fmt(rp, i), f"'{name}' is listed twice", "list each replica once")
+                ok = False
+        if not ok:
+            return None
+        kinds = {providers[n].kind for n in names}
+        if len(kinds) > 1:
+            self.err(rp, f"replicas of one model must be of one kind, got {', '.join(sorted(kinds))}",
+                     "serve the model with one kind of server, or make it two models")
+            return None
+        return tuple(names)
+
+    def balance(self, path: str, raw: Any, replicas: tuple[str, ...]) -> Balance | None:
+        m = self.mapping(path, raw, ("strategy", "affinity", "load_cap"))
+        if m is None:
+            return None
+        if not replicas:
+            self.err(path, "`balance` picks among replicas, and this model has one provider",
+                     "list its deployments under `replicas:`, or remove `balance`")
+        d = Balance()
+        strategy = self.choice(_fmt(path, "strategy"), m["strategy"], BALANCE_STRATEGIES) if "strategy" in m else None
+        affinity = self.choice(_fmt(path, "affinity"), m["affinity"], AFFINITIES) if "affinity" in m else None
+        cap = None
+        if m.get("load_cap") is not None:
+            cap = self.number(_fmt(path, "load_cap"), m["load_cap"], minimum=1.0)
+        return Balance(strategy or d.strategy, affinity or d.affinity, cap if cap is not None else d.load_cap)
+
+    def hedge(self, path: str, raw: Any) -> HedgeSettings | None:
+        """`hedge: {delay_s: 0.5 | p90 | p95 | p99, min_delay_s, max_share, max_usd_per_day}`."""
+        m = self.mapping(path, raw, ("delay_s", "min_delay_s", "max_share", "max_usd_per_day"), ("delay_s",))
+        if m is None or "delay_s" not in m:
+            return None
+        d = HedgeSettings()
+        delay, percentile = None, None
+        raw_delay = m["delay_s"]
+        if isinstance(raw_delay, str) and re.fullmatch(r"p(\d{2})", raw_delay.strip()):
+            percentile = int(raw_delay.strip()[1:]) / 100
+            if not 0.5 <= percentile < 1:
+                self.err(_fmt(path, "delay_s"), f"'{raw_delay}' is not a useful percentile", "use p90, p95 or p99")
+                return None
+        else:
+            delay = self.number(_fmt(path, "delay_s"), raw_delay, positive=True)
+            if delay is None:
+                return None
+        floor = (self.number(_fmt(path, "min_delay_s"), m["min_delay_s"], positive=True)
+                 if m.get("min_delay_s") is not None else d.min_delay_s)
+        share = self.number(_fmt(path, "max_share"), m["max_share"]) if m.get("max_share") is not None else d.max_share
+        if share is not None and share > 1:
+            self.err(_fmt(path, "max_share"), f"a share of requests is between 0 and 1, got {share:g}",
+                     "write 0.05 for 5%")
+        usd = (self.number(_fmt(path, "max_usd_per_day"), m["max_usd_per_day"])
+               if m.get("max_usd_per_day") is not None else None)
+        if floor is None or share is None:
+            return None
+        return HedgeSettings(delay, percentile, floor, share, usd)
+
+    def resume(self, path: str, raw: Any) -> ResumeSettings | None:
+        """`resume: {attempts: 1}` (or `resume: true`)."""
+        if raw is True:
+            return ResumeSettings()
+        if raw is False:
+            return None
+        m = self.mapping(path, raw, ("attempts",))
+        if m is None:
+            return None
+        attempts = (self.number(_fmt(path, "attempts"), m["attempts"], integer=True, positive=True)
+                    if m.get("attempts") is not None else 1)
+        return ResumeSettings(int(attempts)) if attempts else None
 
     def route(self, path: str, name: str, raw: Any, models: Mapping[str, Model]) -> Route | None:
-        m = self.mapping(path, raw, ("targets", "strategy", "max_cost_usd", "expected_output_tokens"), ("targets",))
+        m = self.mapping(path, raw, ("targets", "strategy", "max_cost_usd", "expected_output_tokens", "cache",
+                                     "hedge", "resume"), ("targets",))
         if m is None:
             return None
         targets = self.str_list(_fmt(path, "targets"), m.get("targets", []))
@@ -399,12 +542,16 @@ class _Parser:
         if m.get("expected_output_tokens") is not None:
             eot = self.number(_fmt(path, "expected_output_tokens"), m["expected_output_tokens"],
                               integer=True, positive=True)
+        cache = self.route_cache(_fmt(path, "cache"), m["cache"]) if m.get("cache") is not None else None
+        hedge = self.hedge(_fmt(path, "hedge"), m["hedge"]) if m.get("hedge") is not None else None
+        resume = self.resume(_fmt(path, "resume"), m["resume"]) if m.get("resume") is not None else None
         return Route(name, tuple(t for t in targets if t in models), strategy, max_cost,
-                     int(eot) if eot else None)
+                     int(eot) if eot else None, cache, hedge, resume)
 
     def tenant(self, path: str, name: str, raw: Any, residency: Mapping[str, Any], routes: Mapping[str, Route],
                models: Mapping[str, Model]) -> Tenant | None:
-        m = self.mapping(path, raw if raw is not None else {}, ("keys", "residency", "budget", "allow_hints", "routes"))
+        m = self.mapping(path, raw if raw is not None else {}, ("keys", "residency", "budget", "allow_hints", "routes",
+                                                                "rate_limits"))
         if m is None:
             return None
         keys = self.str_list(_fmt(path, "keys"), m.get("keys", []))
@@ -446,10 +593,13 @@ class _Parser:
             for i, r in enumerate(allowed):
                 if r not in routes and r not in models:
                     self.dangling(_fmt(_fmt(path, "routes"), i), "route", r, routes)
-        return Tenant(name, tuple(keys), res, budget, hints is not False, allowed)
+        limits = None
+        if m.get("rate_limits") is not None:
+            limits = self.rate_limits(_fmt(path, "rate_limits"), m["rate_limits"], routes, models, bool(keys))
+        return Tenant(name, tuple(keys), res, budget, hints is not False, allowed, limits)
 
     def rules(self, raw: Any, routes: Mapping[str, Route], residency: Mapping[str, Any],
-              tenants: Mapping[str, Tenant]) -> list[Rule]:
+              tenants: Mapping[str, Tenant], tasks: tuple[str, ...] = TASK_LABELS) -> list[Rule]:
         if raw is None:
             raw = []
         if not isinstance(raw, list):
@@ -483,7 +633,8 @@ class _Parser:
                         continue
                 else:
                     values = [str(v) for v in values]
-                    known = {"task": TASK_LABELS, "residency": tuple(residency), "tenant": tuple(tenants)}.get(key)
+                    known = {"task": tasks, "residency": tuple(residency), "tenant": tuple(tenants),
+                             "api": APIS}.get(key)
                     for v in values:
                         if known is not None and v not in known:
                             self.dangling(cp, key, v, known)
@@ -520,15 +671,49 @@ class _Parser:
         return Timeouts(*(self.number(_fmt(path, k), m[k], positive=True) or getattr(d, k)
                           if m.get(k) is not None else getattr(d, k) for k in keys))
 
-    def classifier_settings(self, raw: Any) -> ClassifierSettings:
-        m = self.mapping("classifier", raw or {}, ("min_confidence", "fallback_task"))
+    def classifier_settings(self, raw: Any, routes: Mapping[str, Route]) -> ClassifierSettings:
+        m = self.mapping("classifier", raw or {}, ("min_confidence", "fallback_task", "fallback_route", "model"))
         if not m:
             return ClassifierSettings()
         conf = self.number("classifier.min_confidence", m.get("min_confidence", 0.0))
         if conf is not None and conf > 1:
             self.err("classifier.min_confidence", "must be between 0 and 1")
-        task = self.choice("classifier.fallback_task", m.get("fallback_task", "general"), TASK_LABELS)
-        return ClassifierSettings(conf or 0.0, task or "general")
+        model_path, model, tasks = None, None, TASK_LABELS
+        if m.get("model") is not None:
+            model_path, model = self.task_model(m["model"])
+            if model is not None:
+                tasks = model.classes
+        fallback = m.get("fallback_task", "general" if "general" in tasks else None)
+        if fallback is None:
+            if conf:
+                self.err("classifier.fallback_task", "the model has no `general` task to fall back to",
+                         f"set fallback_task to one of: {', '.join(tasks)}")
+            fallback = tasks[0]
+        task = self.choice("classifier.fallback_task", fallback, tasks)
+        route = None
+        if m.get("fallback_route") is not None:
+            route = self.string("classifier.fallback_route", m["fallback_route"])
+            if route and route not in routes:
+                self.dangling("classifier.fallback_route", "route", route, routes)
+        return ClassifierSettings(conf or 0.0, task or tasks[0], route or None, model_path, tasks, model)
+
+    def task_model(self, raw: Any) -> tuple[str | None, Any]:
+        """(resolved path, loaded model) of `classifier.model`: a path relative to the policy file."""
+        from router.classify.classifier import load_model
+
+        name = self.string("classifier.model", raw)
+        if not name:
+            return None, None
+        base = os.path.dirname(os.path.abspath(self.source)) if os.path.exists(self.source) else os.getcwd()
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(name)))
+        try:
+            return path, load_model(path)
+        except FileNotFoundError:
+            self.err("classifier.model", f"no model file at {path}",
+                     "train one with `router train --data labelled.jsonl --out FILE` (paths are relative to the policy)")
+        except (OSError, ValueError) as e:
+            self.err("classifier.model", f"cannot load the task model: {e}")
+        return path, None
 
     def reference_model(self, raw: Any, models: Mapping[str, Model]) -> ReferenceModel | None:
         if isinstance(raw, str):
@@ -541,33 +726,136 @@ class _Parser:
         if m is None:
             return None
         name = self.string("reference_model.name", m.get("name", "")) if "name" in m else None
-        price = None
-        if "price" in m:
-            pm = self.mapping("reference_model.price", m["price"], ("input_per_mtok", "output_per_mtok"),
-                              ("input_per_mtok", "output_per_mtok"))
-            if pm is not None and "input_per_mtok" in pm and "output_per_mtok" in pm:
-                inp = self.number("reference_model.price.input_per_mtok", pm["input_per_mtok"])
-                out = self.number("reference_model.price.output_per_mtok", pm["output_per_mtok"])
-                if inp is not None and out is not None:
-                    price = Price(inp, out)
+        price = self.price("reference_model.price", m["price"]) if "price" in m else None
         if not name or price is None:
             return None
         return ReferenceModel(name, price)
 
     def metering_settings(self, raw: Any) -> MeteringSettings:
-        m = self.mapping("metering", raw or {}, ("tenant_label", "ledger"))
+        m = self.mapping("metering", raw or {}, ("tenant_label", "ledger", "spool", "budget_unavailable",
+                                                 "budget_timeout_s", "rate_limit_unavailable", "rate_limit_timeout_s"))
         if not m:
             return MeteringSettings()
+        d = MeteringSettings()
         label = self.boolean("metering.tenant_label", m["tenant_label"]) if "tenant_label" in m else False
         ledger = self.string("metering.ledger", m["ledger"]) if m.get("ledger") is not None else None
-        return MeteringSettings(bool(label), ledger or None)
+        spool = self.string("metering.spool", m["spool"]) if m.get("spool") is not None else None
+        unavailable = (self.choice("metering.budget_unavailable", m["budget_unavailable"], ("fail_closed", "fail_open"))
+                       if m.get("budget_unavailable") is not None else None) or d.budget_unavailable
+        timeout = (self.number("metering.budget_timeout_s", m["budget_timeout_s"], positive=True)
+                   if m.get("budget_timeout_s") is not None else None) or d.budget_timeout_s
+        rl_unavailable = (self.choice("metering.rate_limit_unavailable", m["rate_limit_unavailable"],
+                                      ("fail_open", "fail_closed"))
+                          if m.get("rate_limit_unavailable") is not None else None) or d.rate_limit_unavailable
+        rl_timeout = (self.number("metering.rate_limit_timeout_s", m["rate_limit_timeout_s"], positive=True)
+                      if m.get("rate_limit_timeout_s") is not None else None) or d.rate_limit_timeout_s
+        return MeteringSettings(bool(label), ledger or None, spool or None, unavailable, float(timeout),
+                                rl_unavailable, float(rl_timeout))
+
+    # -- prices, rate limits and the response cache (docs/metering.md)
+
+    def price(self, path: str, raw: Any) -> Price | None:
+        """``{input_per_mtok, output_per_mtok, cached_input_per_mtok?, cache_write_per_mtok?,
+        reasoning_per_mtok?, windows?}``: USD per million tokens."""
+        pm = self.mapping(path, raw, (*_PRICE_KEYS, "windows"), ("input_per_mtok", "output_per_mtok"))
+        if pm is None:
+            return None
+        rates = {k: self.number(_fmt(path, k), pm[k]) for k in _PRICE_KEYS if pm.get(k) is not None}
+        if rates.get("input_per_mtok") is None or rates.get("output_per_mtok") is None:
+            return None
+        base = Price(**{k: v for k, v in rates.items() if v is not None})
+        if pm.get("windows") is None:
+            return base
+        return dataclasses.replace(base, windows=self.price_windows(_fmt(path, "windows"), pm["windows"], base))
+
+    def price_windows(self, path: str, raw: Any, base: Price) -> tuple[PriceWindow, ...]:
+        """``[{from: "16:30", to: "00:30", input_per_mtok: ..., ...}]``: UTC, first match wins."""
+        if not isinstance(raw, list):
+            self.err(path, f"expected a list of time windows, got {_kind(raw)}",
+                     'write it as [{from: "16:30", to: "00:30", input_per_mtok: 0.14, output_per_mtok: 0.21}]')
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            wp = _fmt(path, i)
+            wm = self.mapping(wp, item, ("from", "to", *_PRICE_KEYS), ("from", "to"))
+            if wm is None or "from" not in wm or "to" not in wm:
+                continue
+            start, end = self.clock_time(_fmt(wp, "from"), wm["from"]), self.clock_time(_fmt(wp, "to"), wm["to"])
+            overrides = {k: self.number(_fmt(wp, k), wm[k]) for k in _PRICE_KEYS if wm.get(k) is not None}
+            if not overrides:
+                self.err(wp, "a window with no price changes nothing", "set the prices that apply in it")
+            if start is None or end is None or any(v is None for v in overrides.values()):
+                continue
+            if start == end:
+                self.err(wp, "an empty window: `from` equals `to`")
+                continue
+            out.append(PriceWindow(start, end, dataclasses.replace(base, **overrides)))
+        return tuple(out)
+
+    def clock_time(self, path: str, raw: Any) -> int | None:
+        """``HH:MM`` (UTC) -> minutes after midnight; ``24:00`` is midnight at the end of the day."""
+        text = self.string(path, raw)
+        m = re.fullmatch(r"([01]?\d|2[0-4]):([0-5]\d)", text or "")
+        if m is None or (m.group(1) == "24" and m.group(2) != "00"):
+            self.err(path, f"expected a UTC time HH:MM, got {raw!r}", 'write it as "16:30"')
+            return None
+        return (int(m.group(1)) * 60 + int(m.group(2))) % 1440
+
+    def route_cache(self, path: str, raw: Any) -> RouteCache | None:
+        m = self.mapping(path, raw, ("ttl_s", "max_entries", "max_bytes", "max_temperature"), ("ttl_s",))
+        if m is None or "ttl_s" not in m:
+            return None
+        ttl = self.number(_fmt(path, "ttl_s"), m["ttl_s"], positive=True)
+        entries = (self.number(_fmt(path, "max_entries"), m["max_entries"], integer=True, positive=True)
+                   if m.get("max_entries") is not None else None)
+        size = (self.number(_fmt(path, "max_bytes"), m["max_bytes"], integer=True, positive=True)
+                if m.get("max_bytes") is not None else None)
+        if m.get("max_entries") is None and m.get("max_bytes") is None:
+            self.err(path, "an unbounded cache could fill the memory of every process",
+                     "set `max_entries:` and/or `max_bytes:`")
+        temperature = (self.number(_fmt(path, "max_temperature"), m["max_temperature"])
+                       if m.get("max_temperature") is not None else 0.0)
+        if ttl is None or temperature is None:
+            return None
+        return RouteCache(ttl, int(entries) if entries else None, int(size) if size else None, temperature)
+
+    def rate_limit(self, path: str, m: Mapping[str, Any]) -> RateLimit:
+        values = {k: self.number(_fmt(path, k), m[k], integer=True, positive=True)
+                  for k in _RATE_KEYS if m.get(k) is not None}
+        return RateLimit(**{k: int(v) for k, v in values.items() if v is not None})
+
+    def rate_limits(self, path: str, raw: Any, routes: Mapping[str, Route], models: Mapping[str, Model],
+                    has_keys: bool) -> RateLimits | None:
+        """A tenant's ``rate_limits``: its own limits, ``per_key``, ``routes`` (route or model alias), ``cache_hits``."""
+        m = self.mapping(path, raw, (*_RATE_KEYS, "per_key", "routes", "cache_hits"))
+        if m is None:
+            return None
+        own = self.rate_limit(path, m)
+        per_key = None
+        if m.get("per_key") is not None:
+            kp = _fmt(path, "per_key")
+            km = self.mapping(kp, m["per_key"], _RATE_KEYS)
+            per_key = self.rate_limit(kp, km) if km is not None else None
+            if not has_keys:
+                self.err(kp, "per-key limits apply to the tenant's API keys, and it has none", "add `keys:`")
+        per_route: dict[str, RateLimit] = {}
+        for name, (rp, raw_rl) in self.each(_fmt(path, "routes"), m.get("routes"), lambda p, n, v: (p, v)).items():
+            if name not in routes and name not in models:
+                self.dangling(rp, "route or model", name, (*routes, *models))
+            rm = self.mapping(rp, raw_rl, _RATE_KEYS)
+            if rm is not None:
+                per_route[name] = self.rate_limit(rp, rm)
+        hits = self.boolean(_fmt(path, "cache_hits"), m["cache_hits"]) if "cache_hits" in m else True
+        if not own.limited and not (per_key and per_key.limited) and not any(r.limited for r in per_route.values()):
+            self.err(path, "no limit is set", f"set one of {', '.join(_RATE_KEYS)}")
+        return RateLimits(own, per_key, per_route, hits is not False)
 
     def check_residency(self, providers: Mapping[str, Provider], models: Mapping[str, Model],
                         routes: Mapping[str, Route], rules: list[Rule], residency: Mapping[str, frozenset[str]],
                         tenants: Mapping[str, Tenant]) -> None:
         def serves(route: Route, res: str) -> bool:
             regions = residency[res]
-            return any(providers[models[t].provider].region in regions for t in route.targets)
+            return any(providers[p].region in regions for t in route.targets for p in models[t].providers)
 
         for res, regions in residency.items():
             if not any(p.region in regions for p in providers.values()):
@@ -598,6 +886,11 @@ class _Parser:
         else:
             fix = f"define it first (no {what} is defined)"
         self.err(path, f"unknown {what} '{name}'", fix)
+
+
+_PRICE_KEYS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok",
+               "reasoning_per_mtok")
+_RATE_KEYS = ("requests_per_minute", "tokens_per_minute", "concurrent")
 
 
 def _kind(value: Any) -> str:

@@ -3,10 +3,13 @@
 litellm ships ``model_prices_and_context_window_backup.json`` inside its package. Importing
 litellm takes seconds, so this module finds the file through the import system's metadata
 (no import) and parses it once, on the first lookup, only when a policy leaves a price out.
+Besides input and output, an entry carries the cache-read, cache-write and reasoning prices when
+the catalogue has them, and its source names litellm's version, so a bill can be reproduced.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["CatalogueEntry", "catalogue_lookup", "catalogue_path"]
+__all__ = ["CatalogueEntry", "catalogue_lookup", "catalogue_path", "catalogue_version"]
 
 # How a provider kind is spelled as a key prefix in the catalogue.
 _PREFIX = {"openai": "", "deepseek": "deepseek/", "mistral": "mistral/", "litellm": "", "vllm": None}
@@ -27,6 +30,28 @@ class CatalogueEntry:
     input_per_mtok: float
     output_per_mtok: float
     context_window: int | None
+    cached_input_per_mtok: float | None = None   # cache_read_input_token_cost
+    cache_write_per_mtok: float | None = None    # cache_creation_input_token_cost (a zero reads as absent)
+    reasoning_per_mtok: float | None = None      # output_cost_per_reasoning_token
+
+    @property
+    def source(self) -> str:
+        """Where this price came from, reproducibly: ``catalogue:<key> (litellm <version>)``."""
+        return f"catalogue:{self.key} (litellm {catalogue_version()})"
+
+
+@cache
+def catalogue_version() -> str:
+    """The installed litellm's version (whose bundled catalogue prices come from), read from its
+    package metadata without importing it; ``unknown`` when it cannot be read."""
+    try:
+        return importlib.metadata.version("litellm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _per_mtok(value: Any) -> float | None:
+    return round(value * 1e6, 9) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def catalogue_path() -> str | None:
@@ -71,5 +96,8 @@ def catalogue_lookup(kind: str, model: str) -> CatalogueEntry | None:
         if not isinstance(inp, (int, float)) or not isinstance(out, (int, float)):
             continue
         ctx = entry.get("max_input_tokens") or entry.get("max_tokens")
-        return CatalogueEntry(key, round(inp * 1e6, 9), round(out * 1e6, 9), int(ctx) if ctx else None)
+        write = _per_mtok(entry.get("cache_creation_input_token_cost"))
+        return CatalogueEntry(key, round(inp * 1e6, 9), round(out * 1e6, 9), int(ctx) if ctx else None,
+                              _per_mtok(entry.get("cache_read_input_token_cost")), write or None,
+                              _per_mtok(entry.get("output_cost_per_reasoning_token")))
     return None

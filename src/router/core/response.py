@@ -84,7 +84,7 @@ class Attempt:
 class RouterInfo:
     """What `router` decided and did for one request."""
 
-    request_id: str
+    request_id: str                     # router's own, unguessable: the ledger's key
     task: str
     task_source: str
     confidence: float
@@ -108,6 +108,20 @@ class RouterInfo:
     error: str | None = None
     created: float = 0.0                # wall-clock time the request arrived (Unix seconds)
     reference_cost_usd: float | None = None  # the same tokens at the policy's reference_model price
+    client_request_id: str | None = None     # the caller's own id (X-Request-Id), kept for correlation only
+    api: str = "chat"                   # the API it came in on: chat | messages | responses
+    cached_tokens: int = 0              # prompt tokens the provider read from its prompt cache
+    cache_write_tokens: int = 0         # prompt tokens it wrote to it
+    price_source: str | None = None     # where cost_usd's price came from: policy, or catalogue with its version
+    response_cache: str | None = None   # router's response cache: hit | miss (None: not cacheable)
+    cache_saved_usd: float = 0.0        # a hit: what the upstream call it replaced cost
+    # fleets (docs/routing.md): how the replica was picked (affinity | spill | least_loaded | round_robin | only;
+    # None: one provider); the hedge (won | lost | failed | capped) and what its losing attempt cost (part of
+    # cost_usd); how many times a stream cut mid-way was continued on another deployment
+    pick: str | None = None
+    hedge: str | None = None
+    hedge_cost_usd: float = 0.0
+    resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

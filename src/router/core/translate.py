@@ -46,10 +46,15 @@ class UpstreamCall:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one request, normalised across providers: `prompt_tokens` includes the cached and
+    cache-write tokens, `completion_tokens` the reasoning tokens (as OpenAI counts them)."""
+
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int = 0
     estimated: bool = False
+    cached_tokens: int = 0          # prompt tokens read from the provider's prompt cache
+    cache_write_tokens: int = 0     # prompt tokens written to it (Anthropic bills these above input)
 
     @property
     def total_tokens(self) -> int:
@@ -109,17 +114,78 @@ def _chat_quirks(kind: str, model: Model, payload: dict[str, Any], stream: bool)
     return dropped
 
 
+_CACHE_FIELDS = frozenset({"prompt_cache_hit_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"})
+
+
+def _count(value: Any) -> int | None:
+    """A token count as metered: an integer clamped at 0 (an upstream's negative count costs nothing)."""
+    if type(value) is not int:
+        return None
+    return value if value > 0 else 0
+
+
 def read_usage(data: Mapping[str, Any] | None) -> Usage | None:
-    """Usage from a completion or a final stream chunk, or None when the upstream gave none."""
+    """Usage from a completion or a final stream chunk, or None when the upstream gave none.
+
+    Counts are clamped at zero, so usage and cost are never negative whatever an upstream sends.
+    Cached prompt tokens are read from each provider's fields: OpenAI's and vLLM's
+    ``prompt_tokens_details.cached_tokens``, DeepSeek's ``prompt_cache_hit_tokens`` (with
+    ``prompt_cache_miss_tokens``), Anthropic's ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens`` (as litellm passes them on, or in Anthropic's own shape, whose
+    ``input_tokens`` leaves them out); reasoning tokens from ``completion_tokens_details``.
+
+    >>> read_usage({"usage": {"prompt_tokens": 12, "completion_tokens": -1000000}})
+    Usage(prompt_tokens=12, completion_tokens=0, reasoning_tokens=0, estimated=False, cached_tokens=0, cache_write_tokens=0)
+    >>> read_usage({"usage": {"prompt_tokens": 30, "completion_tokens": 5, "prompt_cache_hit_tokens": 20,
+    ...                       "prompt_cache_miss_tokens": 10}}).cached_tokens
+    20
+    """
     if not data:
         return None
     usage = data.get("usage")
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict and not isinstance(usage, Mapping):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return _other_usage(usage)
     details = usage.get("completion_tokens_details")
-    reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
-    return Usage(prompt, completion, reasoning if isinstance(reasoning, int) else 0)
+    reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, Mapping) else None
+    details = usage.get("prompt_tokens_details")
+    if details is None and not _CACHE_FIELDS.intersection(usage):   # nothing cached: the common case, kept cheap
+        return Usage(prompt, completion, reasoning or 0)
+    cached = written = None
+    if isinstance(details, Mapping):   # OpenAI, vLLM (--enable-prompt-tokens-details), litellm, OpenRouter
+        cached = _count(details.get("cached_tokens"))
+        written = _count(details.get("cache_creation_tokens")) or _count(details.get("cache_write_tokens"))
+    if cached is None:
+        cached = _count(usage.get("prompt_cache_hit_tokens"))      # DeepSeek
+    if cached is None:
+        cached = _count(usage.get("cache_read_input_tokens"))      # Anthropic's, passed on by litellm
+    if written is None:
+        written = _count(usage.get("cache_creation_input_tokens"))
+    if not cached and not written:
+        return Usage(prompt, completion, reasoning or 0)
+    cached = min(cached or 0, prompt)
+    return Usage(prompt, completion, reasoning or 0, False, cached, min(written or 0, prompt - cached))
+
+
+def _other_usage(usage: Mapping[str, Any]) -> Usage | None:
+    """Usage without ``prompt_tokens``/``completion_tokens``: DeepSeek's hit and miss counts alone,
+    the Responses API's shape, or Anthropic's (whose ``input_tokens`` excludes cache reads and writes)."""
+    completion = _count(usage.get("completion_tokens"))
+    hit, miss = _count(usage.get("prompt_cache_hit_tokens")), _count(usage.get("prompt_cache_miss_tokens"))
+    if completion is not None and hit is not None and miss is not None:
+        return Usage(hit + miss, completion, 0, False, hit)
+    inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    if inp is None or out is None:
+        return None
+    details = usage.get("input_tokens_details")
+    if isinstance(details, Mapping):   # OpenAI Responses' shape: input_tokens includes the cached ones
+        cached = min(_count(details.get("cached_tokens")) or 0, inp)
+        out_details = usage.get("output_tokens_details")
+        reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, Mapping) else None
+        return Usage(inp, out, reasoning or 0, False, cached)
+    read = _count(usage.get("cache_read_input_tokens")) or 0
+    written = _count(usage.get("cache_creation_input_tokens")) or 0
+    return Usage(inp + read + written, out, 0, False, read, written)

@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
 import os
+import re
 import struct
 import threading
 import time
@@ -85,10 +88,16 @@ class ModelConfig:
     headers at once, the first chunk after ``ttft_s`` and then ``tokens_per_s`` chunks a second
     (0 means unpaced). ``reasoning`` adds ``reasoning_tokens`` words of ``reasoning_content``.
     ``call_tools`` makes the model call a tool whenever the request offers tools.
+    ``prefill_tokens_per_s`` > 0 adds the prompt's uncached tokens / that rate to the time to first
+    token (and to ``latency_s``): with the server's prefix cache on, a cached prefix answers sooner.
+    ``cached_tokens`` of each prompt (at most all of it) are reported as read from the prompt
+    cache, in ``usage_style`` ``openai`` (``prompt_tokens_details.cached_tokens``, as vLLM too) or
+    ``deepseek`` (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``, sent even when 0).
 
     Example::
 
         ModelConfig("deepseek-r1", reasoning=True, ttft_s=0.2, tokens_per_s=50)
+        ModelConfig("deepseek-chat", cached_tokens=20, usage_style="deepseek")
     """
 
     name: str
@@ -100,14 +109,19 @@ class ModelConfig:
     tokens_per_s: float = 0.0
     call_tools: bool = False
     embedding_dim: int = 8
+    prefill_tokens_per_s: float = 0.0   # > 0: uncached prompt tokens add to the time to first token
+    cached_tokens: int = 0
+    usage_style: str = "openai"
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("ModelConfig.name: must not be empty")
-        for knob in ("reply_tokens", "reasoning_tokens", "embedding_dim"):
+        if self.usage_style not in ("openai", "deepseek"):
+            raise ValueError(f"models.{self.name}.usage_style: must be openai or deepseek")
+        for knob in ("reply_tokens", "reasoning_tokens", "embedding_dim", "cached_tokens"):
             if getattr(self, knob) < 0:
                 raise ValueError(f"models.{self.name}.{knob}: must be >= 0")
-        for knob in ("latency_s", "ttft_s", "tokens_per_s"):
+        for knob in ("latency_s", "ttft_s", "tokens_per_s", "prefill_tokens_per_s"):
             if getattr(self, knob) < 0:
                 raise ValueError(f"models.{self.name}.{knob}: must be >= 0")
 
@@ -123,6 +137,9 @@ class SimulatorConfig:
     (else 404 ``model_not_found``). ``capacity`` > 0 caps concurrently running requests; the rest
     queue (and show as ``vllm:num_requests_waiting``). ``strict_fields`` rejects any other
     top-level chat field with 422; ``require_api_key`` demands ``Authorization: Bearer <key>``.
+    ``prefix_cache_blocks`` > 0 turns on a vLLM-like prefix cache (an LRU of that many blocks of
+    ``block_tokens`` tokens): usage reports ``prompt_tokens_details.cached_tokens``, ``/metrics``
+    ``vllm:prefix_cache_queries_total`` and ``vllm:prefix_cache_hits_total`` (tokens).
     """
 
     models: tuple[ModelConfig, ...] = (ModelConfig("sim-model"),)
@@ -133,6 +150,8 @@ class SimulatorConfig:
     max_logged_requests: int = 1000
     host: str = "127.0.0.1"
     port: int = 0
+    prefix_cache_blocks: int = 0     # > 0: a prefix cache of this many blocks (LRU), like vLLM's
+    block_tokens: int = 16
 
     def __post_init__(self) -> None:
         models = tuple(m if isinstance(m, ModelConfig) else ModelConfig(str(m)) for m in self.models)
@@ -150,6 +169,8 @@ class SimulatorConfig:
             raise ValueError("capacity: must be >= 0 (0 means unbounded)")
         if self.max_logged_requests < 0:
             raise ValueError("max_logged_requests: must be >= 0")
+        if self.prefix_cache_blocks < 0 or self.block_tokens < 1:
+            raise ValueError("prefix_cache_blocks: must be >= 0; block_tokens: must be >= 1")
 
 
 _SIM_KNOBS = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
@@ -280,6 +301,46 @@ def _embedding_input_tokens(item: Any) -> int:
     return len(item)  # already a token array
 
 
+def _text_of(content: Any) -> str:
+    """A message's text: its string content, or the text of its parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _tool_sequence_problem(messages: list[Any]) -> str | None:
+    """What OpenAI's API rejects about tool turns (400): a ``tool`` message that answers no
+    ``tool_calls`` id of the assistant turn before it, or a tool call left unanswered."""
+    open_ids: set[str] = set()
+    for m in messages:
+        role = m.get("role")
+        if role == "tool":
+            if m.get("tool_call_id") not in open_ids:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceding "
+                        "message with 'tool_calls'.")
+            open_ids.discard(m["tool_call_id"])
+            continue
+        if open_ids:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                    f"each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                    f"{', '.join(sorted(open_ids))}")
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if isinstance(calls, list):
+            open_ids = {c.get("id") for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
+    return None
+
+
+def _cache_usage(usage: dict[str, Any], cached: int, style: str) -> None:
+    """Add prompt-cache hits to `usage` in `style`'s fields (DeepSeek's always; OpenAI's when any)."""
+    if style == "deepseek":
+        usage["prompt_cache_hit_tokens"] = cached
+        usage["prompt_cache_miss_tokens"] = usage["prompt_tokens"] - cached
+    elif cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+
+
 def _words(vocabulary: tuple[str, ...], n: int) -> list[str]:
     return [vocabulary[i % len(vocabulary)] for i in range(n)]
 
@@ -289,11 +350,88 @@ class _Text:
 
     __slots__ = ("n", "text", "deltas")
 
-    def __init__(self, vocabulary: tuple[str, ...], n: int, key: str) -> None:
-        words = _words(vocabulary, n)
-        self.n = n
-        self.text = " ".join(words)
-        self.deltas = tuple(orjson.dumps({key: w if i == 0 else " " + w}) for i, w in enumerate(words))
+    def __init__(self, vocabulary: tuple[str, ...], n: int, key: str, pieces: Sequence[str] | None = None) -> None:
+        if pieces is None:
+            words = _words(vocabulary, n)
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        self.n = len(pieces)
+        self.text = "".join(pieces)
+        self.deltas = tuple(orjson.dumps({key: p}) for p in pieces)
+
+
+def _continuation(full: str, partial: str, limit: int | None) -> tuple[list[str], bool]:
+    """The rest of the reply `full` after the assistant's `partial` text (vLLM's continue_final_message,
+    DeepSeek's and Mistral's prefix completion), one piece per token, at most `limit` pieces; the whole
+    reply when `partial` is not a prefix of it. Returns (pieces, truncated)."""
+    rest = full[len(partial):] if full.startswith(partial) else (" " if partial else "") + full
+    pieces = re.findall(r"\s*\S+", rest)
+    if limit is not None and len(pieces) > limit:
+        return pieces[:limit], True
+    return pieces, False
+
+
+def _prefill_request(body: Mapping[str, Any], messages: list[Any]) -> str | None:
+    """The partial assistant text to continue, when the request asks for a continuation, else None.
+    Raises `_Invalid` as vLLM does for an inconsistent request."""
+    last = messages[-1]
+    if body.get("continue_final_message") is True:
+        if body.get("add_generation_prompt", True) is not False:
+            raise _Invalid(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        if last.get("role") != "assistant":
+            raise _Invalid(400, "continue_final_message requires the final message to be from the assistant",
+                           param="messages")
+        return _text_of(last.get("content"))
+    if last.get("role") == "assistant" and last.get("prefix") is True:
+        return _text_of(last.get("content"))
+    return None
+
+
+class _PrefixCache:
+    """A vLLM-like automatic prefix cache: an LRU of full blocks of ``block_tokens`` tokens (4
+    characters a token), each keyed by the hash of everything before it and itself."""
+
+    __slots__ = ("block_chars", "blocks", "capacity", "hits", "queries")
+
+    def __init__(self, capacity: int, block_tokens: int) -> None:
+        self.capacity = capacity
+        self.block_chars = 4 * block_tokens
+        self.blocks: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.queries = 0    # prompt tokens looked up
+        self.hits = 0       # of them, found cached
+
+    def _chain(self, text: str) -> list[bytes]:
+        out, prev, size = [], b"", self.block_chars
+        for start in range(0, len(text) - size + 1, size):
+            prev = hashlib.blake2b(prev + text[start:start + size].encode(), digest_size=8).digest()
+            out.append(prev)
+        return out
+
+    def lookup(self, prompt: str, prompt_tokens: int, answer: str) -> int:
+        """Cached tokens of `prompt` (its leading blocks found); then caches prompt + answer."""
+        chain = self._chain(prompt)
+        hit = 0
+        for h in chain:
+            if h not in self.blocks:
+                break
+            hit += 1
+        cached = min(prompt_tokens, hit * self.block_chars // 4)
+        self.queries += prompt_tokens
+        self.hits += cached
+        for h in self._chain(prompt + answer):
+            self.blocks[h] = None
+            self.blocks.move_to_end(h)
+        while len(self.blocks) > self.capacity:
+            self.blocks.popitem(last=False)
+        return cached
+
+
+def _conversation_text(body: Mapping[str, Any], messages: list[Any]) -> str:
+    """What a chat template would render, as text: the tools, then each message with its role."""
+    tools = body.get("tools")
+    parts = [orjson.dumps(tools).decode()] if tools else []
+    for m in messages:
+        parts.append(f"<|{m.get('role')}|>{_text_of(m.get('content'))}\n")
+    return "".join(parts)
 
 
 def _example_value(schema: Any) -> Any:
@@ -438,11 +576,16 @@ def _error_response(
 
 def _abandon(request: web.BaseRequest) -> None:
     """Close the connection (flushing what was written) and end the handler without a response."""
+    request[_ABANDONED] = True   # the simulator hung up, not the client
     transport = request.transport
     if transport is not None:
         transport.close()
     # aiohttp treats a cancelled handler as "client went away": no response, nothing logged.
     raise asyncio.CancelledError
+
+
+# marks a request the simulator itself hung up on (aiohttp >= 3.13 wants a typed key for request storage)
+_ABANDONED: Any = web.RequestKey("router-sim-abandoned", bool) if hasattr(web, "RequestKey") else "router-sim-abandoned"
 
 
 async def _json_body(request: web.BaseRequest, payload: bytes, fault: Fault | None) -> web.StreamResponse:
@@ -519,6 +662,9 @@ class Simulator:
         self._all_down = False
         self._load: dict[str | None, dict[str, float]] = {}
 
+        self.prefix_cache = (_PrefixCache(config.prefix_cache_blocks, config.block_tokens)
+                             if config.prefix_cache_blocks else None)
+        self.disconnects = 0   # chat requests whose client hung up before the answer was complete
         self._id_prefix = os.urandom(3).hex()
         self._seq = itertools.count(1)
         self._semaphore: asyncio.Semaphore | None = None
@@ -529,6 +675,7 @@ class Simulator:
             self._routes["POST", prefix + "/chat/completions"] = self._chat
             self._routes["POST", prefix + "/embeddings"] = self._embeddings
             self._routes["GET", prefix + "/models"] = self._models
+        self._routes["POST", "/beta/chat/completions"] = self._chat   # DeepSeek's beta base URL (prefix completion)
         self._routes["GET", "/health"] = self._health
         self._routes["GET", "/metrics"] = self._metrics
 
@@ -788,6 +935,9 @@ class Simulator:
                 or not all(isinstance(m, dict) for m in messages)
             ):
                 raise _Invalid(400, "messages: must be a non-empty array of objects", param="messages")
+            problem = _tool_sequence_problem(messages)
+            if problem is not None:
+                raise _Invalid(400, problem, param="messages")
             limit = body.get("max_tokens")
             if limit is None:
                 limit = body.get("max_completion_tokens")
@@ -797,24 +947,29 @@ class Simulator:
         except _Invalid as exc:
             return exc.response()
 
-        semaphore = self._semaphore
-        if semaphore is None:
+        try:
+            semaphore = self._semaphore
+            if semaphore is None:
+                state.running += 1
+                try:
+                    return await self._complete(request, body, now, state, terminal, messages, limit)
+                finally:
+                    state.running -= 1
+            state.waiting += 1
+            try:
+                await semaphore.acquire()
+            finally:
+                state.waiting -= 1
             state.running += 1
             try:
                 return await self._complete(request, body, now, state, terminal, messages, limit)
             finally:
                 state.running -= 1
-        state.waiting += 1
-        try:
-            await semaphore.acquire()
-        finally:
-            state.waiting -= 1
-        state.running += 1
-        try:
-            return await self._complete(request, body, now, state, terminal, messages, limit)
-        finally:
-            state.running -= 1
-            semaphore.release()
+                semaphore.release()
+        except asyncio.CancelledError:
+            if not request.get(_ABANDONED):
+                self.disconnects += 1
+            raise
 
     async def _complete(
         self,
@@ -832,8 +987,9 @@ class Simulator:
         completion_id = f"chatcmpl-{self._id_prefix}{seq:08x}"
         created = int(now)
         prompt_tokens = count_prompt_tokens(messages)
-        tool_call = self._tool_call(body, messages, cfg, seq) if "tools" in body else None
-        reasoning = state.reasoning() if cfg.reasoning else None
+        partial = _prefill_request(body, messages)
+        tool_call = self._tool_call(body, messages, cfg, seq) if "tools" in body and partial is None else None
+        reasoning = state.reasoning() if cfg.reasoning and partial is None else None
         reasoning_tokens = reasoning.n if reasoning is not None else 0
         if tool_call is not None:
             reply = None
@@ -841,6 +997,11 @@ class Simulator:
                 -(len(tool_call["function"]["name"]) + len(tool_call["function"]["arguments"])) // 4
             )
             finish_reason = "tool_calls"
+        elif partial is not None:  # continue the assistant's partial answer where it stops
+            pieces, truncated = _continuation(state.reply(cfg.reply_tokens).text, partial, limit)
+            reply = _Text(_REPLY_WORDS, 0, "content", pieces)
+            answer_tokens = reply.n
+            finish_reason = "length" if truncated else "stop"
         else:
             n = cfg.reply_tokens if limit is None or limit >= cfg.reply_tokens else limit
             reply = state.reply(n)
@@ -854,6 +1015,17 @@ class Simulator:
         }
         if reasoning is not None:
             usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        prefill_s = 0.0
+        cache = self.prefix_cache
+        if cache is not None or cfg.prefill_tokens_per_s:
+            cached = 0
+            if cache is not None:
+                answer = f"<|assistant|>{reply.text if reply is not None else ''}\n"
+                cached = cache.lookup(_conversation_text(body, messages), prompt_tokens, answer)
+                usage["prompt_tokens_details"] = {"cached_tokens": cached}
+            if cfg.prefill_tokens_per_s:
+                prefill_s = (prompt_tokens - cached) / cfg.prefill_tokens_per_s
+        _cache_usage(usage, min(cfg.cached_tokens, prompt_tokens), cfg.usage_style)
         state.prompt_tokens += prompt_tokens
         state.generation_tokens += completion_tokens
 
@@ -871,6 +1043,7 @@ class Simulator:
                 tool_call,
                 finish_reason,
                 usage,
+                prefill_s,
             )
 
         message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply else None}
@@ -890,8 +1063,8 @@ class Simulator:
                 "usage": usage,
             }
         )
-        if cfg.latency_s:
-            await asyncio.sleep(cfg.latency_s)
+        if cfg.latency_s or prefill_s:
+            await asyncio.sleep(cfg.latency_s + prefill_s)
         return await _json_body(request, payload, terminal)
 
     def _tool_call(
@@ -911,6 +1084,7 @@ class Simulator:
         if not functions:
             return None
         name: str | None = None
+        requested, given = "", None
         if isinstance(choice, dict):
             fn = choice.get("function")
             name = fn.get("name") if isinstance(fn, dict) else None
@@ -920,17 +1094,28 @@ class Simulator:
             last = messages[-1] if isinstance(messages[-1], dict) else {}
             if last.get("role") == "tool":
                 return None  # answer the tool result instead of looping forever
-            content = last.get("content")
-            if isinstance(content, str) and "CALL_TOOL" in content:
+            content = _text_of(last.get("content"))
+            if "CALL_TOOL" in content:
                 rest = content.split("CALL_TOOL", 1)[1]
-                requested = rest[1:].split(None, 1)[0] if rest.startswith(":") and len(rest) > 1 else ""
+                requested, given = "", None
+                if rest.startswith(":"):
+                    head = rest[1:].split(None, 1)
+                    requested = head[0] if head else ""
+                    if len(head) > 1 and head[1].startswith("{"):
+                        for text in (head[1], head[1].replace('\\"', '"')):  # some clients quote the prompt
+                            with contextlib.suppress(ValueError):
+                                given = json.JSONDecoder().raw_decode(text)[0]
+                                break
                 name = requested if requested in functions else next(iter(functions))
             elif cfg.call_tools:
                 name = next(iter(functions))
         if name is None:
             return None
-        parameters = functions[name].get("parameters") if name in functions else None
-        arguments = orjson.dumps(_example_arguments(parameters)).decode()
+        if isinstance(given, dict) and name == requested:
+            arguments = orjson.dumps(given).decode()
+        else:
+            parameters = functions[name].get("parameters") if name in functions else None
+            arguments = orjson.dumps(_example_arguments(parameters)).decode()
         return {
             "id": f"call_{self._id_prefix}{seq:08x}",
             "type": "function",
@@ -951,8 +1136,10 @@ class Simulator:
         tool_call: dict[str, Any] | None,
         finish_reason: str,
         usage: dict[str, Any],
+        prefill_s: float = 0.0,
     ) -> web.StreamResponse:
         cfg = state.config
+        ttft = cfg.ttft_s + prefill_s
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         head = (
@@ -1010,15 +1197,15 @@ class Simulator:
             events.append(_DONE)
 
         headers = {"Content-Type": _SSE, "Cache-Control": "no-cache"}
-        if not (cfg.ttft_s or cfg.tokens_per_s or terminal is not None):
+        if not (ttft or cfg.tokens_per_s or terminal is not None):
             return web.Response(body=b"".join(events), headers=headers)  # fast path: one write
 
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         loop = asyncio.get_running_loop()
         try:
-            if cfg.ttft_s:
-                await asyncio.sleep(cfg.ttft_s)
+            if ttft:
+                await asyncio.sleep(ttft)
             if cfg.tokens_per_s:
                 # Role chunk and first token go together; later chunks keep the average rate.
                 start = loop.time()
@@ -1125,6 +1312,15 @@ class Simulator:
             lines.append(f"# HELP {metric} {help_text}")
             lines.append(f"# TYPE {metric} {kind}")
             lines.extend(rows[metric])
+        cache = self.prefix_cache
+        if cache is not None:  # one cache per server: labelled with the first model
+            label = '{model_name="' + _prom_label(self._default_model.name) + '"}'
+            for metric, value, help_text in (
+                ("vllm:prefix_cache_queries_total", cache.queries, "Prompt tokens looked up in the prefix cache."),
+                ("vllm:prefix_cache_hits_total", cache.hits, "Prompt tokens found in the prefix cache."),
+            ):
+                lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter",
+                          f"{metric}{label} {float(value)!r}"]
         return "\n".join(lines) + "\n"
 
 

@@ -21,8 +21,11 @@ from router.core.policy import Policy
 from router.core.policy_parser import load_policy
 from router.core.response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
 from router.engine import sync
+from router.engine.admission import Admission
 from router.engine.engine import ChunkStream, Engine
-from router.metering.budget import BudgetBackend
+from router.metering.budget import BudgetBackend, BudgetMetrics, open_budget
+from router.metering.ratelimit import RateLimiter
+from router.metering.response_cache import ResponseCache
 from router.monitor.monitor import Monitor
 from router.transport.base import Transport
 from router.transport.chooser import ProviderTransport
@@ -127,23 +130,31 @@ class Router:
     """Routes requests by a policy. Thread-safe; share one per process.
 
     `policy` is a path, a loaded `Policy`, or None for `ROUTER_POLICY` / the bundled default.
+    `rate_limiter` and `response_cache` default to the backends `$ROUTER_RATE_LIMITS` and
+    `$ROUTER_RESPONSE_CACHE` name (``memory``, or ``redis://...``), built when a policy first uses them.
     """
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None = None, *,
                  transport: Transport | None = None, meters: Sequence[Meter] | None = None,
                  budget: BudgetBackend | None = None,
-                 monitor: Monitor | bool = True):
+                 monitor: Monitor | bool = True, rate_limiter: RateLimiter | None = None,
+                 response_cache: ResponseCache | None = None):
         if not isinstance(policy, Policy):
             policy = load_policy(policy if policy is not None else default_policy_path())
         if meters is None:
             meters = default_meters(policy)
-        if budget is None and any(t.budget is not None for t in policy.tenants.values()):
-            from router.metering.budget import (
-                open_budget,  # a budget in the policy is enforced, whoever routes
-            )
+        metrics = next((m for m in meters if isinstance(m, BudgetMetrics)), None)
 
-            budget = open_budget(os.environ.get("ROUTER_BUDGETS"))
-        self.engine = Engine(policy, transport or ProviderTransport(), meters, budget=budget)
+        def budgets() -> BudgetBackend:
+            # a budget in the policy is enforced, whoever routes; built when a (re)loaded policy first has one
+            return open_budget(os.environ.get("ROUTER_BUDGETS"), metrics=metrics)
+
+        factory = budgets if budget is None else None
+        if budget is None and any(t.budget is not None for t in policy.tenants.values()):
+            budget = budgets()
+        self.engine = Engine(policy, transport or ProviderTransport(), meters, budget=budget,
+                             budget_factory=factory,
+                             admission=Admission(limiter=rate_limiter, cache=response_cache))
         # health + load: circuit breakers, in-flight counts, vLLM scrapes, probes (False: none)
         self.engine.monitor = Monitor(policy) if monitor is True else (monitor or None)
 
@@ -161,20 +172,25 @@ class Router:
     # -- async
     async def acomplete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
                         task: str | None = None, residency: str | None = None, tenant: str | None = None,
-                        request_id: str | None = None, **params: Any) -> ChatCompletion | Stream:
-        """Route and send a chat completion. `stream=True` returns an async iterator of chunks."""
+                        request_id: str | None = None, session: str | None = None,
+                        **params: Any) -> ChatCompletion | Stream:
+        """Route and send a chat completion. `stream=True` returns an async iterator of chunks.
+
+        `request_id` is your own id for the request, kept in the ledger as `client_request_id`;
+        router's own (the ledger's key, `resp.router.request_id`) is always generated. `session`
+        names the conversation, to keep it on one replica of a model (docs/routing.md)."""
         body = _body(messages, model, params)
         if stream:
             return Stream(self.engine.stream(body, task=task, residency=residency, tenant=tenant,
-                                             request_id=request_id))
+                                             client_request_id=request_id, session=session))
         return await self.engine.complete(body, task=task, residency=residency, tenant=tenant,
-                                          request_id=request_id)
+                                          client_request_id=request_id, session=session)
 
     async def aembed(self, input: str | Sequence[Any], *, model: str, residency: str | None = None,
                      tenant: str | None = None, request_id: str | None = None, **params: Any) -> Embeddings:
         """Embeddings from the model alias `model` (no classification; residency and budgets apply)."""
         body = {**params, "model": model, "input": input if isinstance(input, str) else list(input)}
-        return await self.engine.embed(body, residency=residency, tenant=tenant, request_id=request_id)
+        return await self.engine.embed(body, residency=residency, tenant=tenant, client_request_id=request_id)
 
     # -- sync
     def embed(self, input: str | Sequence[Any], *, model: str, residency: str | None = None,
@@ -185,14 +201,16 @@ class Router:
 
     def complete(self, messages: Sequence[Any] | None = None, *, model: str = "auto", stream: bool = False,
                  task: str | None = None, residency: str | None = None, tenant: str | None = None,
-                 request_id: str | None = None, **params: Any) -> ChatCompletion | SyncStream:
+                 request_id: str | None = None, session: str | None = None,
+                 **params: Any) -> ChatCompletion | SyncStream:
         """`acomplete`, blocking. `stream=True` returns an iterator of chunks."""
         body = _body(messages, model, params)
         if stream:
-            inner = self.engine.stream(body, task=task, residency=residency, tenant=tenant, request_id=request_id)
+            inner = self.engine.stream(body, task=task, residency=residency, tenant=tenant,
+                                       client_request_id=request_id, session=session)
             return SyncStream(inner)
         return sync.run(self.engine.complete(body, task=task, residency=residency, tenant=tenant,
-                                             request_id=request_id))
+                                             client_request_id=request_id, session=session))
 
     def explain(self, messages: Sequence[Any] | None = None, *, model: str = "auto", task: str | None = None,
                 residency: str | None = None, tenant: str | None = None, **params: Any) -> Decision:
@@ -207,6 +225,7 @@ class Router:
             await meter.aclose()
         if self.engine.budget is not None:
             await self.engine.budget.aclose()
+        await self.engine.admission.aclose()
         if self.engine.monitor is not None:
             await self.engine.monitor.aclose()
 

@@ -41,3 +41,11 @@ class MonitorHooks(Protocol):
     def states(self) -> dict[tuple[str, str], int]:
         """``{(provider, alias): 0 healthy | 1 degraded | 2 down}``."""
         ...
+
+    def replica_load(self, key: str) -> float | None:
+        """Outstanding work on deployment `key` (a `Model.key`), or None when it is out; for picking replicas."""
+        ...
+
+    def ttft_quantile(self, key: str, q: float) -> float | None:
+        """A measured time-to-first-token quantile of `key`, or None; for hedge delays."""
+        ...

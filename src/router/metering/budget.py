@@ -15,6 +15,15 @@ Two backends behind one interface:
   limit known" and the atomic reserve alone decides. So the cache can only change *where* an
   exhausted budget is noticed (decide or reserve), never how much is spent.
 
+A store that does not answer (Redis down, blackholed or slow) is bounded: every call has a timeout
+inside the request's deadline, a failure is counted (`BudgetMetrics.budget_error`, the metric
+``router_budget_errors_total``) and logged once per outage, and the policy's
+``metering.budget_unavailable`` decides: ``fail_closed`` (the default) refuses the tenant's requests
+with a 503 `BudgetUnavailable`, ``fail_open`` serves them unreserved and records their spend when
+the store answers again. A reservation whose call was cancelled or timed out after the script may
+have run is released in the background; a settle is retried for a few seconds and, if the store
+never answers, counted and logged as lost (its hold expires after `reservation_ttl_s`).
+
 >>> budget = InProcessBudget()                                # doctest: +SKIP
 >>> Router(policy, budget=budget)                              # doctest: +SKIP
 """
@@ -29,19 +38,31 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from router.core.errors import BudgetExceeded
+from router.core.errors import BudgetExceeded, BudgetUnavailable, redact
 
 if TYPE_CHECKING:
     from router.core.decision import Candidate, Decision
     from router.core.policy import Budget, Policy
 
-__all__ = ["BudgetBackend", "InProcessBudget", "RedisBudget", "Reservation", "Scope", "open_budget"]
+__all__ = ["BudgetBackend", "BudgetMetrics", "BudgetStoreError", "InProcessBudget", "RedisBudget", "Reservation",
+           "Scope", "open_budget"]
 
 log = logging.getLogger("router.metering.budget")
+
+T = TypeVar("T")
+
+
+class BudgetStoreError(Exception):
+    """The budget store did not answer (error or timeout). `may_have_run`: the call reached the
+    store, so a reservation it made may exist and must be released."""
+
+    def __init__(self, message: str, *, may_have_run: bool = False):
+        super().__init__(message)
+        self.may_have_run = may_have_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +104,15 @@ def scopes_for(tenant: str, budget: Budget, route: str | None, now: float) -> tu
     return tuple(out)
 
 
+@runtime_checkable
 class BudgetMetrics(Protocol):
     """What a budget backend reports (`PrometheusMeter` implements it)."""
 
     def budget_remaining(self, tenant: str, usd: float) -> None: ...
+
+    def budget_error(self, op: str) -> None:
+        """A store call failed (`op`: reserve, settle, refresh), or a settle was given up (settle_lost)."""
+        ...
 
 
 class BudgetBackend(abc.ABC):
@@ -96,9 +122,20 @@ class BudgetBackend(abc.ABC):
     `PrometheusMeter` implements it.
     """
 
-    def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
+    #: whether calls leave the process (and so need a timeout); an in-process store answers at once
+    remote = False
+
+    def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time,
+                 retry_s: float = 1.0):
         self.metrics = metrics
         self.wall = wall
+        self.retry_s = retry_s            # after failures in a row, fail fast for this long before asking again
+        self.errors = 0                   # failed store calls
+        self._consecutive = 0
+        self.lost_settles = 0             # settles given up: spend not recorded
+        self._down_until = 0.0
+        self._down_since: float | None = None
+        self._last_error = ""
 
     # -- what the engine calls
     def remaining(self, policy: Policy, tenant: str) -> float | None:
@@ -111,9 +148,14 @@ class BudgetBackend(abc.ABC):
             return None
         return self._remaining(tenant, scopes)
 
-    async def reserve(self, policy: Policy, decision: Decision, candidates: list[Candidate]
-                      ) -> tuple[Reservation | None, list[Candidate]]:
-        """Reserve the largest estimate among `candidates`; on an exhausted budget reject or downgrade."""
+    async def reserve(self, policy: Policy, decision: Decision, candidates: list[Candidate], *,
+                      timeout_s: float | None = None) -> tuple[Reservation | None, list[Candidate]]:
+        """Reserve the largest estimate among `candidates`; on an exhausted budget reject or downgrade.
+
+        `timeout_s` bounds each store call. A store that fails or does not answer in time follows the
+        policy's ``metering.budget_unavailable``: raise `BudgetUnavailable` (fail_closed), or return
+        an empty reservation so the request runs and its spend is settled later (fail_open).
+        """
         ten = policy.tenants.get(decision.tenant or "")
         if ten is None or ten.budget is None or not candidates:
             return None, candidates
@@ -122,21 +164,101 @@ class BudgetBackend(abc.ABC):
             return None, candidates
         rid = os.urandom(8).hex()
         amount = max(c.estimated_cost_usd for c in candidates)
-        ok, left = await self._reserve(ten.name, scopes, amount, rid, force=False)
-        if ok:
-            return Reservation(rid, ten.name, scopes, amount), candidates
-        if ten.budget.on_exhausted != "downgrade":
-            raise BudgetExceeded(f"tenant '{ten.name}' has no budget left for this request "
-                                 f"(estimated ${amount:.6f}, ${max(left, 0.0):.6f} left)")
-        cheapest = min(candidates, key=lambda c: c.estimated_cost_usd)
-        # downgrade: the cheapest allowed candidate runs even when it does not fit (as decide() does)
-        ok, _ = await self._reserve(ten.name, scopes, cheapest.estimated_cost_usd, rid,
-                                    force=cheapest.estimated_cost_usd > left)
-        return Reservation(rid, ten.name, scopes, cheapest.estimated_cost_usd), [cheapest]
+        try:
+            ok, left = await self._guarded("reserve", self._reserve(ten.name, scopes, amount, rid, force=False),
+                                           timeout_s, tenant=ten.name, scopes=scopes, rid=rid)
+            if ok:
+                return Reservation(rid, ten.name, scopes, amount), candidates
+            if ten.budget.on_exhausted != "downgrade":
+                raise BudgetExceeded(f"tenant '{ten.name}' has no budget left for this request "
+                                     f"(estimated ${amount:.6f}, ${max(left, 0.0):.6f} left)")
+            cheapest = min(candidates, key=lambda c: c.estimated_cost_usd)
+            # downgrade: the cheapest allowed candidate runs even when it does not fit (as decide() does)
+            await self._guarded("reserve", self._reserve(ten.name, scopes, cheapest.estimated_cost_usd, rid,
+                                                         force=cheapest.estimated_cost_usd > left),
+                                timeout_s, tenant=ten.name, scopes=scopes, rid=rid)
+            return Reservation(rid, ten.name, scopes, cheapest.estimated_cost_usd), [cheapest]
+        except BudgetStoreError as e:
+            if policy.metering.budget_unavailable == "fail_open":
+                return Reservation(rid, ten.name, scopes, 0.0), candidates  # settled (spend only) at the end
+            raise BudgetUnavailable(f"the budget store did not answer ({e}); requests of tenants with a budget "
+                                    "are refused until it does (policy: metering.budget_unavailable: "
+                                    "fail_closed)") from None
+
+    async def _guarded(self, op: str, call: Awaitable[T], timeout_s: float | None, *, tenant: str = "",
+                       scopes: Sequence[Scope] = (), rid: str | None = None) -> T:
+        """Run one store call with a timeout; failures become `BudgetStoreError`, counted and logged.
+
+        With `rid`, a call cut short after it reached the store (timeout, error, or the caller's
+        cancellation) releases that reservation in the background: its script may have run."""
+        if time.monotonic() < self._down_until:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise BudgetStoreError(f"store unreachable: {self._last_error}")
+        try:
+            if timeout_s is not None and self.remote:
+                async with asyncio.timeout(max(timeout_s, 0.0)):
+                    result = await call
+            else:
+                result = await call
+        except asyncio.CancelledError:
+            if rid is not None:
+                self._release_id(tenant, scopes, rid)
+            raise
+        except TimeoutError:
+            why = f"no answer within {timeout_s:.3g} s"
+        except Exception as e:
+            why = redact(f"{type(e).__name__}: {e}")[:300]
+        else:
+            self._consecutive = 0
+            if self._down_since is not None:
+                log.warning("budget store answers again (after %.1f s)", time.monotonic() - self._down_since)
+                self._down_since = None
+            return result
+        self._failed(op, why)
+        if rid is not None:
+            self._release_id(tenant, scopes, rid)
+        raise BudgetStoreError(why, may_have_run=True)
+
+    def _failed(self, op: str, why: str) -> None:
+        self.errors += 1
+        self._consecutive += 1
+        self._last_error = why
+        now = time.monotonic()
+        if self._consecutive >= 2:  # one slow answer on a busy loop is not an outage; two in a row are
+            self._down_until = now + self.retry_s
+        if self._down_since is None:
+            self._down_since = now
+            log.error("budget store failed during %s: %s (fail fast for %g s at a time until it answers; "
+                      "metering.budget_unavailable decides whether requests are refused or served)",
+                      op, why, self.retry_s)
+        self._count(op)
+
+    def _count(self, op: str) -> None:
+        if self.metrics is not None:
+            try:
+                self.metrics.budget_error(op)
+            except Exception:  # metrics must not break budgets
+                log.exception("budget metrics failed")
+
+    def _lost(self, reservation: Reservation, actual_usd: float, why: str) -> None:
+        self.lost_settles += 1
+        log.error("budget settle lost for tenant %s (reservation %s): $%.8f of spend not recorded (%s); "
+                  "its hold of $%.8f expires on its own", reservation.tenant, reservation.id, actual_usd, why,
+                  reservation.amount_usd)
+        self._count("settle_lost")
 
     @abc.abstractmethod
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Replace the reservation with the actual cost. Never blocks; never raises."""
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop the reservation's hold without recording spend (when settling itself failed)."""
+        self._release_id(reservation.tenant, reservation.scopes, reservation.id)
+
+    @abc.abstractmethod
+    def _release_id(self, tenant: str, scopes: Sequence[Scope], rid: str) -> None:
+        """Drop reservation `rid` if it exists; never raises, never blocks."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Wait for pending settlements."""
@@ -163,7 +285,7 @@ class InProcessBudget(BudgetBackend):
 
     def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
         super().__init__(metrics=metrics, wall=wall)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
         self._holds: dict[str, float] = {}   # reservation id -> amount (same in each of its scopes)
@@ -201,9 +323,22 @@ class InProcessBudget(BudgetBackend):
             tenant_left = self._tenant_left(reservation.scopes)
         self._report(reservation.tenant, tenant_left)
 
+    def _release_id(self, tenant: str, scopes: Sequence[Scope], rid: str) -> None:
+        with self._lock:
+            held = self._holds.pop(rid, None)
+            if held is None:
+                return
+            for s in scopes:
+                self._reserved[s.key] = self._reserved.get(s.key, 0.0) - held
+
     def spent(self, key: str) -> float:
         with self._lock:
             return self._spent.get(key, 0.0)
+
+    def reserved(self) -> float:
+        """USD held by reservations not yet settled, over every scope (for tests and tools)."""
+        with self._lock:
+            return sum(self._holds.values())
 
 
 # ----------------------------------------------------------------------------- Redis
@@ -284,6 +419,14 @@ return tostring(worst)
 """
 
 
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _float(value: Any) -> float | None:
     if isinstance(value, bytes):
         value = value.decode()
@@ -301,12 +444,22 @@ class RedisBudget(BudgetBackend):
     >>> budget = RedisBudget("redis://127.0.0.1:6379/0")       # doctest: +SKIP
     """
 
+    remote = True
+
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "router:budget",
                  refresh_s: float = 1.0, reservation_ttl_s: float = 900.0, key_ttl_s: int = 40 * 86400,
-                 metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
-        super().__init__(metrics=metrics, wall=wall)
+                 metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time,
+                 connect_timeout_s: float = 1.0, op_timeout_s: float = 1.0, retry_s: float = 1.0,
+                 settle_attempts: int = 6, background_timeout_s: float = 5.0, close_timeout_s: float = 5.0):
+        super().__init__(metrics=metrics, wall=wall, retry_s=retry_s)
         self.url, self.prefix = url, prefix
         self.refresh_s, self.reservation_ttl_s, self.key_ttl_s = refresh_s, reservation_ttl_s, key_ttl_s
+        # socket timeouts: a blackholed Redis fails a call in op_timeout_s, not the client's default 5 s
+        self.connect_timeout_s, self.op_timeout_s = connect_timeout_s, op_timeout_s
+        # settles, releases and refreshes run off the request path: each call (a new connection's
+        # handshake included) may take this long; the request path is bounded by budget_timeout_s
+        self.background_timeout_s = background_timeout_s
+        self.settle_attempts, self.close_timeout_s = settle_attempts, close_timeout_s
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._cache: dict[str, tuple[float, float]] = {}   # tenant -> (remaining, monotonic time)
         self._refreshing: set[str] = set()
@@ -318,7 +471,13 @@ class RedisBudget(BudgetBackend):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = aioredis.Redis.from_url(self.url)
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # no hidden retries inside the client: the caller's timeout and retry policy are the only ones
+            client = aioredis.Redis.from_url(self.url, socket_timeout=self.op_timeout_s,
+                                             socket_connect_timeout=self.connect_timeout_s,
+                                             retry=Retry(NoBackoff(), 0))
             self._clients[loop] = client
         return client
 
@@ -359,11 +518,12 @@ class RedisBudget(BudgetBackend):
 
     async def _refresh(self, tenant: str, scopes: tuple[Scope, ...]) -> None:
         try:
-            value = await self._client().eval(_LUA_REMAINING, len(scopes), *self._keys(scopes, tenant),
-                                              self.wall(), *(s.limit_usd for s in scopes))
+            value = await self._guarded("refresh", self._client().eval(
+                _LUA_REMAINING, len(scopes), *self._keys(scopes, tenant), self.wall(),
+                *(s.limit_usd for s in scopes)), self.background_timeout_s)
             self._remember(tenant, _float(value))
-        except Exception as e:
-            log.warning("budget refresh for tenant %s failed: %s", tenant, e)
+        except BudgetStoreError:
+            pass  # counted and logged by _guarded; the atomic reserve still decides
         finally:
             self._refreshing.discard(tenant)
 
@@ -380,28 +540,58 @@ class RedisBudget(BudgetBackend):
         return bool(int(ok)), float(_float(left) or 0.0)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        try:
-            self._spawn(self._settle(reservation, actual_usd))
-        except RuntimeError:  # no running loop: the reservation expires on its own
-            log.warning("budget settle of %s skipped: no event loop", reservation.id)
+        if not _loop_running():  # no loop to send it from: the reservation expires on its own
+            self._lost(reservation, actual_usd, "no event loop to send it from")
+            return
+        self._spawn(self._settle(reservation, actual_usd))
 
-    async def _settle(self, reservation: Reservation, actual_usd: float) -> None:
+    def _release_id(self, tenant: str, scopes: Sequence[Scope], rid: str) -> None:
+        # settling with 0 drops the hold if the reservation exists and adds nothing to spent otherwise
+        if _loop_running():
+            self._spawn(self._settle(Reservation(rid, tenant, tuple(scopes), 0.0), 0.0, release=True))
+
+    async def _settle(self, reservation: Reservation, actual_usd: float, *, release: bool = False) -> None:
+        """Send one settle, retried with backoff (about 6 s over `settle_attempts` tries) while the store
+        fails; then count and log it as lost. A release that fails is only logged: its hold expires."""
         scopes = self._ordered(reservation.scopes)
         ntenant = sum(1 for s in scopes if s.tenant_wide)
-        for attempt in range(3):
-            try:
-                value = await self._client().eval(
-                    _LUA_SETTLE, len(scopes), *self._keys(scopes, reservation.tenant), reservation.id,
-                    repr(actual_usd), self.key_ttl_s, ntenant, *(repr(s.limit_usd) for s in scopes))
-                self._remember(reservation.tenant, _float(value))
-                return
-            except Exception as e:
-                log.warning("budget settle of %s failed (try %d): %s", reservation.id, attempt + 1, e)
-                await asyncio.sleep(0.1 * 2 ** attempt)
+        delay = 0.1
+        why = "not sent"
+        try:
+            for attempt in range(self.settle_attempts):
+                try:
+                    value = await self._guarded("settle", self._client().eval(
+                        _LUA_SETTLE, len(scopes), *self._keys(scopes, reservation.tenant), reservation.id,
+                        repr(actual_usd), self.key_ttl_s, ntenant, *(repr(s.limit_usd) for s in scopes)),
+                        self.background_timeout_s)
+                    self._remember(reservation.tenant, _float(value))
+                    why = ""
+                    return
+                except BudgetStoreError as e:
+                    why = str(e)
+                if attempt + 1 < self.settle_attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        except asyncio.CancelledError:
+            why = "cancelled at shutdown"
+            raise
+        finally:
+            if why:
+                if release:
+                    log.warning("budget release of reservation %s failed (%s); its hold expires on its own",
+                                reservation.id, why)
+                else:
+                    self._lost(reservation, actual_usd, why)
 
     async def aclose(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait up to `close_timeout_s` for pending settles; the ones still failing then are lost (logged, counted)."""
+        tasks = [t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.close_timeout_s)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
             client = self._clients.pop(loop, None)

@@ -39,6 +39,9 @@ __all__ = ["BUCKETS", "PrometheusMeter"]
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 NONE = "none"   # the label value for "not set" (e.g. the provider of a request no provider served)
+# router_tokens_total{kind}: cached and cache_write are the parts of prompt read from and written to
+# the provider's prompt cache (already counted in prompt); reasoning is part of completion
+_TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached", "cache_write")
 _BOUNDS = (*BUCKETS, float("inf"))
 
 
@@ -61,7 +64,7 @@ def _v(value: str | None) -> str:
 
 
 class PrometheusMeter(Meter):
-    """Request, token, cost, attempt, budget and ledger metrics for one process (or, in multiprocess
+    """Request, token, cost, attempt, budget, rate-limit, response-cache and ledger metrics for one process (or, in multiprocess
     mode, all of them).
 
     `registry`: where to register (a fresh `CollectorRegistry` when None, so several meters can
@@ -132,10 +135,50 @@ class PrometheusMeter(Meter):
                                      registry=reg)
         self.ledger_dropped_records = Counter("router_ledger_dropped_records_total",
                                               "Records dropped because the ledger buffer was full.", registry=reg)
+        self.budget_errors = Counter("router_budget_errors_total",
+                                     "Budget store calls that failed or timed out (op: reserve, settle, refresh), "
+                                     "and settles given up (op: settle_lost).", ("op",), registry=reg)
+        self.rate_limited_requests = Counter("router_rate_limited_total",
+                                             "Requests refused by a rate limit (kind: requests, tokens, concurrent).",
+                                             ("tenant", "kind"), registry=reg)
+        self.rate_limit_errors = Counter("router_rate_limit_errors_total",
+                                         "Rate-limit store calls that failed or timed out (op: admit, settle).",
+                                         ("op",), registry=reg)
+        self.cache_hits = Counter("router_cache_hits_total", "Requests answered from the response cache.",
+                                  ("route", *t), registry=reg)
+        self.cache_misses = Counter("router_cache_misses_total",
+                                    "Cacheable requests the response cache could not answer.", ("route", *t),
+                                    registry=reg)
+        self.cache_savings = Counter("router_cache_savings_usd_total",
+                                     "What the upstream calls that cache hits replaced cost, in USD.", ("route", *t),
+                                     registry=reg)
+        self.cache_errors = Counter("router_cache_errors_total",
+                                    "Response cache store calls that failed or timed out (op: get, put).", ("op",),
+                                    registry=reg)
+        self.api_requests = Counter("router_api_requests_total",
+                                    "Requests finished, by the API they came in on (chat, messages, responses).",
+                                    ("api", "status"), registry=reg)
+        # fleets (docs/routing.md): replica picks, hedges, streams resumed after a cut
+        self.replica_picks = Counter("router_replica_picks_total",
+                                     "Attempts that committed to a replica of a model, by how it was picked "
+                                     "(affinity, spill, least_loaded, round_robin, only).",
+                                     ("model", "provider", "how"), registry=reg)
+        self.hedges = Counter("router_hedges_total",
+                              "Hedged requests by result: won (the hedge streamed first), lost (the first attempt "
+                              "did), failed (neither), capped (a cap refused the hedge).", ("route", "result"),
+                              registry=reg)
+        self.hedge_cost = Counter("router_hedge_cost_usd_total",
+                                  "What losing hedge attempts cost, in USD (also in router_cost_usd_total).",
+                                  ("route",), registry=reg)
+        self.resumes = Counter("router_stream_resumes_total",
+                               "Streams cut after their first chunk and continued on another deployment.",
+                               ("route",), registry=reg)
         self.ledger_pending_records.set(0)
         self._cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._api_cache: dict[tuple[str, str], Any] = {}
         self._attempt_cache: dict[tuple[str, str, str], Any] = {}
         self._inflight_cache: dict[str, Any] = {}
+        self._cache_children: dict[tuple[Any, ...], tuple[Any, Any]] = {}   # response cache series
         # lock_free: running totals per child, copied into the children by flush()
         self._counter_totals: dict[Any, list[float]] = {}
         self._histogram_totals: dict[Any, list[float]] = {}
@@ -183,7 +226,7 @@ class PrometheusMeter(Meter):
             self.requests.labels(route, task or NONE, p, m, status, *t),
             self.duration.labels(route, p),
             self.classifier.labels(task, task_source or NONE) if task else None,
-            tuple(self.tokens.labels(p, m, kind) for kind in ("prompt", "completion", "reasoning"))
+            tuple(self.tokens.labels(p, m, kind) for kind in _TOKEN_KINDS)
             if has_provider else None,
             self.cost.labels(route, p, m, *t) if has_provider else None,
             [None, None, None],  # ttft, reference cost, savings: created on first use
@@ -212,6 +255,11 @@ class PrometheusMeter(Meter):
             totals = self._children(key)
         requests, duration, classifier, tokens, cost, lazy = totals
         requests[0] += 1
+        by_api = self._api_cache.get((info.api, info.status))
+        if by_api is None:
+            by_api = self._api_cache[info.api, info.status] = self._counter(
+                self.api_requests.labels(info.api, info.status))
+        by_api[0] += 1
         v = info.latency_s
         duration[0] += v
         duration[bisect_left(_BOUNDS, v) + 1] += 1
@@ -226,10 +274,15 @@ class PrometheusMeter(Meter):
             classifier[0] += 1
         if tokens is not None:
             for total, n in zip(tokens, (info.prompt_tokens, info.completion_tokens, info.reasoning_tokens),
-                                strict=True):
+                                strict=False):
                 if n < 0:
                     raise ValueError("Counters can only be incremented by non-negative amounts.")
                 total[0] += n
+            if info.cached_tokens or info.cache_write_tokens:   # parts of prompt; 0 unless the provider cached
+                if info.cached_tokens < 0 or info.cache_write_tokens < 0:
+                    raise ValueError("Counters can only be incremented by non-negative amounts.")
+                tokens[3][0] += info.cached_tokens
+                tokens[4][0] += info.cache_write_tokens
             if info.cost_usd < 0:
                 raise ValueError("Counters can only be incremented by non-negative amounts.")
             cost[0] += info.cost_usd
@@ -243,6 +296,10 @@ class PrometheusMeter(Meter):
                 raise ValueError("Counters can only be incremented by non-negative amounts.")
             lazy[1][0] += ref
             lazy[2][0] += max(0.0, ref - info.cost_usd)
+        if info.response_cache is not None:
+            self._record_cache(info, route)
+        if info.pick is not None or info.hedge is not None or info.resumed:
+            self._record_fleet(info, route)
         prev = None
         attempts = self._attempt_cache
         for a in info.attempts:
@@ -265,6 +322,10 @@ class PrometheusMeter(Meter):
             children = self._children(key)
         requests, duration, classifier, tokens, cost, lazy = children
         requests.inc()
+        by_api = self._api_cache.get((info.api, info.status))
+        if by_api is None:
+            by_api = self._api_cache[info.api, info.status] = self.api_requests.labels(info.api, info.status)
+        by_api.inc()
         duration.observe(info.latency_s)
         if info.ttft_s is not None:
             ttft = lazy[0]
@@ -277,6 +338,9 @@ class PrometheusMeter(Meter):
             tokens[0].inc(info.prompt_tokens)
             tokens[1].inc(info.completion_tokens)
             tokens[2].inc(info.reasoning_tokens)
+            if info.cached_tokens or info.cache_write_tokens:
+                tokens[3].inc(info.cached_tokens)
+                tokens[4].inc(info.cache_write_tokens)
             cost.inc(info.cost_usd)
         if info.reference_cost_usd is not None:
             if lazy[1] is None:
@@ -284,6 +348,10 @@ class PrometheusMeter(Meter):
                 lazy[1], lazy[2] = self.reference_cost.labels(route, *t), self.savings.labels(route, *t)
             lazy[1].inc(info.reference_cost_usd)
             lazy[2].inc(max(0.0, info.reference_cost_usd - info.cost_usd))
+        if info.response_cache is not None:
+            self._record_cache(info, route)
+        if info.pick is not None or info.hedge is not None or info.resumed:
+            self._record_fleet(info, route)
         prev = None
         attempts = self._attempt_cache
         for a in info.attempts:
@@ -297,6 +365,48 @@ class PrometheusMeter(Meter):
             if prev is not None and (prev.provider, prev.model) != (a.provider, a.model):
                 self.fallbacks.labels(route, prev.outcome).inc()
             prev = a
+
+    def _record_cache(self, info: RouterInfo, route: str) -> None:
+        """A cacheable request: its hit or miss, and what a hit saved."""
+        t = (info.tenant or NONE,) if self.tenant_label else ()
+        hit = info.response_cache == "hit"
+        key = (route, *t, hit)
+        children = self._cache_children.get(key)
+        if children is None:
+            if len(self._cache_children) > 10_000:
+                self._cache_children.clear()
+            counter = (self.cache_hits if hit else self.cache_misses).labels(route, *t)
+            saved = self.cache_savings.labels(route, *t) if hit else None
+            if self.lock_free:
+                counter = self._counter(counter)
+                saved = self._counter(saved) if saved is not None else None
+            children = self._cache_children[key] = (counter, saved)
+        counter, saved = children
+        if self.lock_free:
+            counter[0] += 1
+            if saved is not None:
+                saved[0] += info.cache_saved_usd
+        else:
+            counter.inc()
+            if saved is not None:
+                saved.inc(info.cache_saved_usd)
+
+    def _record_fleet(self, info: RouterInfo, route: str) -> None:
+        """A request that used a replicated model, a hedge or a resumed stream (docs/routing.md)."""
+        adds: list[tuple[Any, float]] = []
+        if info.pick is not None:
+            adds.append((self.replica_picks.labels(_v(info.model), _v(info.provider), info.pick), 1.0))
+        if info.hedge is not None:
+            adds.append((self.hedges.labels(route, info.hedge), 1.0))
+            if info.hedge_cost_usd > 0:
+                adds.append((self.hedge_cost.labels(route), info.hedge_cost_usd))
+        if info.resumed:
+            adds.append((self.resumes.labels(route), float(info.resumed)))
+        for child, n in adds:
+            if self.lock_free:
+                self._counter(child)[0] += n
+            else:
+                child.inc(n)
 
     # -- engine hooks
     tracks_inflight = True
@@ -322,6 +432,19 @@ class PrometheusMeter(Meter):
     # -- budget and ledger hooks
     def budget_remaining(self, tenant: str, usd: float) -> None:
         self.budget.labels(tenant).set(usd)
+
+    def budget_error(self, op: str) -> None:
+        self.budget_errors.labels(op).inc()
+
+    # -- rate-limit and response-cache hooks
+    def rate_limited(self, tenant: str, kind: str) -> None:
+        self.rate_limited_requests.labels(tenant or NONE, kind).inc()
+
+    def rate_limit_error(self, op: str) -> None:
+        self.rate_limit_errors.labels(op).inc()
+
+    def cache_error(self, op: str) -> None:
+        self.cache_errors.labels(op).inc()
 
     def ledger_pending(self, n: int) -> None:
         self.ledger_pending_records.set(n)

@@ -1,6 +1,7 @@
 """Deployment health: circuit breakers, in-flight counts and TTFT estimates, as plain state.
 
-A *deployment* is one model alias of the policy, served by one provider. This module is sans-IO:
+A *deployment* is one model alias of the policy on one provider, keyed by `Model.key`: the alias
+itself, or ``alias@provider`` for each replica of a model served by several. This module is sans-IO:
 outcomes and the time come in as arguments (the clock is injected), so the state machine is
 tested without sockets or sleeps. The active probes that feed `set_probe` live in
 `router.monitor.probes`.
@@ -8,7 +9,7 @@ tested without sockets or sleeps. The active probes that feed `set_probe` live i
 The breaker of one deployment::
 
     closed --(failure_threshold failures in a row, or failure_rate over >= min_requests in window_s)--> open
-    open --(open_s elapsed)--> half_open
+    open --(open_s elapsed, or an active probe of its provider started after it opened succeeds)--> half_open
     half_open --(half_open_probes successes)--> closed
     half_open --(any failure)--> open            (for another open_s)
 
@@ -44,6 +45,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 HEALTHY, DEGRADED, DOWN = 0, 1, 2          # router_provider_state values
 
 _FAILURES = frozenset({"connect_error", "timeout", "protocol_error", "malformed"})
+_TTFT_WINDOW = 256        # first-token latencies kept per deployment, for `ttft_quantile`
+_TTFT_MIN_SAMPLES = 20    # fewer than this: no percentile yet
 
 
 def is_failure(outcome: str) -> bool | None:
@@ -153,6 +156,8 @@ class HealthTracker:
         self.probe_down: set[str] = set()               # providers whose active probe failed
         self._ttft: dict[str, float] = {}
         self.ttft: Mapping[str, float] = MappingProxyType(self._ttft)
+        self._recent: dict[str, deque[float]] = {}          # key -> the last TTFTs, for percentiles
+        self._quantiles: dict[str, tuple[float, float]] = {}  # key -> (q, value), until the next TTFT
         self._open: frozenset[str] = frozenset()
         self._full: frozenset[str] = frozenset()
         self._dirty = True
@@ -160,23 +165,29 @@ class HealthTracker:
         self.use(policy)
 
     def use(self, policy: Policy) -> None:
-        """Follow a (re)loaded policy: keep the breakers of deployments whose settings did not change."""
+        """Follow a (re)loaded policy: keep the breakers of deployments whose settings did not change.
+
+        Deployments are keyed by `Model.key`: the alias for a model with one provider, ``alias@provider``
+        for each replica of a model served by several."""
         self.policy = policy
-        self.provider_of = {a: m.provider for a, m in policy.models.items()}
-        self.aliases_of: dict[str, tuple[str, ...]] = {}
-        for alias, m in policy.models.items():
-            self.aliases_of[m.provider] = (*self.aliases_of.get(m.provider, ()), alias)
+        deployments = policy.deployments
+        self.provider_of = {key: provider for key, (_, provider) in deployments.items()}
+        self.alias_of = {key: alias for key, (alias, _) in deployments.items()}
+        self.key_of = {(alias, provider): key for key, (alias, provider) in deployments.items()}
+        self.aliases_of: dict[str, tuple[str, ...]] = {}   # provider -> its deployment keys
+        for key, provider in self.provider_of.items():
+            self.aliases_of[provider] = (*self.aliases_of.get(provider, ()), key)
         old = self.breakers
         self.breakers = {}
-        for alias, m in policy.models.items():
-            settings = policy.providers[m.provider].health
-            b = old.get(alias)
-            self.breakers[alias] = b if b is not None and b.settings == settings else CircuitBreaker(settings)
+        for key, provider in self.provider_of.items():
+            settings = policy.providers[provider].health
+            b = old.get(key)
+            self.breakers[key] = b if b is not None and b.settings == settings else CircuitBreaker(settings)
         self._dirty = True
 
     # -- passive: what requests tell us
     def begin(self, alias: str) -> None:
-        """A request is being sent to `alias`."""
+        """A request is being sent to deployment `alias` (a `Model.key`)."""
         n = self.inflight.get(alias, 0) + 1
         self.inflight[alias] = n
         provider = self.provider_of.get(alias)
@@ -212,23 +223,60 @@ class HealthTracker:
             return
         if b.record(failed, self.clock()):
             self._dirty = True
-        if not failed and latency_s is not None:
-            prev = self._ttft.get(alias)
-            self._ttft[alias] = latency_s if prev is None else prev + self.alpha * (latency_s - prev)
+        if not failed:
+            self._observe_ttft(alias, latency_s)
+
+    def _observe_ttft(self, key: str, latency_s: float | None) -> None:
+        if latency_s is None:
+            return
+        prev = self._ttft.get(key)
+        self._ttft[key] = latency_s if prev is None else prev + self.alpha * (latency_s - prev)
+        window = self._recent.get(key)
+        if window is None:
+            window = self._recent[key] = deque(maxlen=_TTFT_WINDOW)
+        window.append(latency_s)
+        self._quantiles.pop(key, None)
+
+    def ttft_quantile(self, key: str, q: float) -> float | None:
+        """The `q` quantile (0.95: p95) of the last 256 first-token latencies of a deployment or model
+        alias; None until 20 have been measured. Cached until the next measurement."""
+        cached = self._quantiles.get(key)
+        if cached is not None and cached[0] == q:
+            return cached[1]
+        window = self._recent.get(key)
+        if window is None or len(window) < _TTFT_MIN_SAMPLES:
+            return None
+        ordered = sorted(window)
+        value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        self._quantiles[key] = (q, value)
+        return value
 
     def record_attempts(self, attempts: Iterable[Any]) -> None:
         """Every attempt of a finished request (`RouterInfo.attempts`)."""
+        key_of = self.key_of
         for a in attempts:
-            self.record(a.model, a.outcome, a.latency_s)
+            key = key_of.get((a.model, a.provider), a.model)
+            self.record(key, a.outcome, a.latency_s)
+            if key != a.model and a.outcome == "ok":  # a replica: the model's own estimate too
+                self._observe_ttft(a.model, a.latency_s)
 
     # -- active: what probes tell us
-    def set_probe(self, provider: str, ok: bool) -> None:
+    def set_probe(self, provider: str, ok: bool, started: float | None = None) -> None:
+        """A probe of `provider` passed or failed. A pass of a probe sent at `started` (the tracker's
+        clock) also half-opens the provider's circuits opened before it, so the next request tests
+        the deployment at once instead of waiting out `open_s`: recovery follows the probes."""
         if ok and provider in self.probe_down:
             self.probe_down.discard(provider)
             self._dirty = True
         elif not ok and provider not in self.probe_down:
             self.probe_down.add(provider)
             self._dirty = True
+        if ok and started is not None:
+            for alias in self.aliases_of.get(provider, ()):
+                b = self.breakers.get(alias)
+                if b is not None and b.state == OPEN and started >= b.opened_at:
+                    b.state, b._successes = HALF_OPEN, 0
+                    self._dirty = True
 
     # -- snapshots
     def circuit_open(self) -> frozenset[str]:
@@ -273,12 +321,13 @@ class HealthTracker:
         """``{(provider, alias): 0 healthy | 1 degraded (half-open) | 2 down (open or probe failed)}``."""
         self._refresh()
         out = {}
-        for alias, b in self.breakers.items():
-            provider = self.provider_of[alias]
+        alias_of = self.alias_of
+        for key, b in self.breakers.items():
+            provider = self.provider_of[key]
             if b.state == OPEN or provider in self.probe_down:
-                out[provider, alias] = DOWN
+                out[provider, alias_of[key]] = DOWN
             elif b.state == HALF_OPEN:
-                out[provider, alias] = DEGRADED
+                out[provider, alias_of[key]] = DEGRADED
             else:
-                out[provider, alias] = HEALTHY
+                out[provider, alias_of[key]] = HEALTHY
         return out

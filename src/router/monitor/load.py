@@ -113,7 +113,11 @@ class LoadMonitor:
 
     def __init__(self, policy: Policy, *, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self.samples: dict[str, tuple[float, LoadSample]] = {}  # alias -> (when, sample)
+        self.samples: dict[str, tuple[float, LoadSample]] = {}  # deployment key -> (when, sample)
+        # this process's requests in flight to a deployment when its sample was taken (the sample counts
+        # them too), read from `local` when set (the Monitor sets it to the health tracker's counts)
+        self.local: Callable[[str], int] | None = None
+        self.local_at_scrape: dict[str, int] = {}
         self.last_scrape: dict[str, float] = {}                 # provider -> time of the last good scrape
         self.errors: dict[str, str] = {}                        # provider -> why the last scrape failed
         self.scrapes: dict[str, int] = {}                       # provider -> successful scrapes so far
@@ -124,19 +128,20 @@ class LoadMonitor:
         self.use(policy)
 
     def use(self, policy: Policy) -> None:
+        """Follow a (re)loaded policy. Deployments are keyed by `Model.key` (``alias@provider`` for replicas)."""
         self.policy = policy
         self.watched = {n: p for n, p in policy.providers.items() if p.saturation is not None and p.metrics_url}
         old = self._gates
         self._gates = {}
-        self.served: dict[str, dict[str, list[str]]] = {}  # provider -> served model name -> aliases
-        for alias, m in policy.models.items():
-            p = self.watched.get(m.provider)
+        self.served: dict[str, dict[str, list[str]]] = {}  # provider -> served model name -> deployment keys
+        for key, (alias, provider) in policy.deployments.items():
+            p = self.watched.get(provider)
             if p is None:
                 continue
             assert p.saturation is not None
-            g = old.get(alias)
-            self._gates[alias] = g if g is not None and g.settings == p.saturation else SaturationGate(p.saturation)
-            self.served.setdefault(p.name, {}).setdefault(m.model, []).append(alias)
+            g = old.get(key)
+            self._gates[key] = g if g is not None and g.settings == p.saturation else SaturationGate(p.saturation)
+            self.served.setdefault(p.name, {}).setdefault(policy.models[alias].model, []).append(key)
         self._dirty = True
 
     def observe(self, provider: str, samples: Mapping[str, LoadSample]) -> None:
@@ -153,6 +158,8 @@ class LoadMonitor:
                 continue
             for alias in aliases:
                 self.samples[alias] = (now, sample)
+                if self.local is not None:  # this process's own requests, counted in the sample
+                    self.local_at_scrape[alias] = self.local(alias)
                 gate = self._gates[alias]
                 before = gate.saturated
                 if gate.update(sample) != before:
@@ -170,7 +177,7 @@ class LoadMonitor:
         entry = self.samples.get(alias)
         if entry is None:
             return None
-        p = self.watched[self.policy.models[alias].provider]
+        p = self.watched[self.policy.deployments[alias][1]]
         assert p.saturation is not None
         now = self.clock() if now is None else now
         return entry[1] if now - entry[0] <= p.saturation.stale_after_s else None

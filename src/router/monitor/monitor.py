@@ -43,6 +43,8 @@ class Monitor:
                  client: httpx.AsyncClient | None = None, background: bool = True):
         self.health = HealthTracker(policy, clock=clock)
         self.load = LoadMonitor(policy, clock=clock)
+        inflight = self.health.inflight
+        self.load.local = lambda key: inflight.get(key, 0)
         self.prober = Prober(self.health, client)
         self.scraper = Scraper(self.load, client)
         self.policy = policy
@@ -79,6 +81,7 @@ class Monitor:
                          state.saturated | mine.saturated, {**mine.ttft, **state.ttft} if state.ttft else mine.ttft)
 
     def begin(self, request: object, alias: str) -> None:
+        """An attempt of `request` starts on deployment `alias` (a `Model.key`)."""
         self.end(request)
         self._active[request] = alias
         self.health.begin(alias)
@@ -92,6 +95,32 @@ class Monitor:
     def record(self, attempts: Any) -> None:
         self.health.record_attempts(attempts)
 
+    def replica_load(self, key: str) -> float | None:
+        """The outstanding work on deployment `key` now, or None when it is out (open circuit, failed
+        probe, saturated, at `max_concurrency`). Work is this process's requests in flight, plus the
+        other clients' requests waiting and running in vLLM's last fresh scrape (the scrape minus
+        what was ours when it was taken), plus its KV-cache usage (0..1, a tie-break).
+
+        >>> Monitor(policy, background=False).replica_load("qwen@gpu-a")    # doctest: +SKIP
+        0.0
+        """
+        h = self.health
+        if key in h.circuit_open() or key in h.over_capacity():
+            return None
+        load = self.load
+        if key in load.saturated():
+            return None
+        mine = h.inflight.get(key, 0)
+        sample = load.fresh(key) if key in load.samples else None
+        if sample is None:
+            return float(mine)
+        others = max(0.0, sample.waiting + sample.running - load.local_at_scrape.get(key, 0))
+        return mine + others + (sample.kv_cache or 0.0)
+
+    def ttft_quantile(self, key: str, q: float) -> float | None:
+        """The measured `q` quantile of time to first token of deployment or model `key` (None: too few)."""
+        return self.health.ttft_quantile(key, q)
+
     def states(self) -> dict[tuple[str, str], int]:
         """``{(provider, alias): 0 healthy | 1 degraded | 2 down}`` for router_provider_state.
 
@@ -99,8 +128,9 @@ class Monitor:
         """
         out = self.health.states()
         saturated = self.load.saturated() | self.health.over_capacity()
+        key_of = self.health.key_of
         for key, v in out.items():
-            if v == 0 and key[1] in saturated:
+            if v == 0 and key_of.get((key[1], key[0]), key[1]) in saturated:
                 out[key] = 1
         return out
 

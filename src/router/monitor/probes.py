@@ -93,6 +93,7 @@ class Prober(_HttpxUser):
         headers = dict(provider.headers)
         if provider.api_key is not None:
             headers["Authorization"] = f"Bearer {provider.api_key.reveal()}"
+        started = self.tracker.clock()
         try:
             resp = await self.client.get(url, headers=headers, timeout=provider.health.probe.timeout_s)
             ok = 200 <= resp.status_code < 300
@@ -101,7 +102,7 @@ class Prober(_HttpxUser):
         except Exception as e:  # e.g. an invalid URL: still a failed probe, never a dead loop
             self._unexpected(f"probe of {provider.name}", e)
             ok = False
-        self.tracker.set_probe(provider.name, ok)
+        self.tracker.set_probe(provider.name, ok, started)
         return ok
 
     async def run(self, provider: Provider, sleep: Callable[[float], Any] = asyncio.sleep) -> None:

@@ -51,6 +51,9 @@ class ServeOptions:
     grace_s: float = 30.0
     max_body_mb: float = 10.0
     keepalive_s: float = 10.0
+    idle_timeout_s: float = 20.0  # close a connection with no complete request head for this long
+    body_timeout_s: float = 10.0  # 408 for a request body that stops arriving for this long
+    access_log: bool | None = None   # one line per request on stderr; None: $ROUTER_ACCESS_LOG, else off
     ledger: str | None = None    # SQLite path or postgresql:// URL; "none" disables; None: policy, else default
     budgets: str | None = None   # "memory" or redis://...; None: $ROUTER_BUDGETS, else memory
 
@@ -64,6 +67,25 @@ def ledger_target(opts: ServeOptions, policy: Policy) -> str | None:
     return None if target == "none" else target
 
 
+def access_log_enabled(opts: ServeOptions) -> bool:
+    """--access-log, else $ROUTER_ACCESS_LOG (1, true, yes, on), else off."""
+    if opts.access_log is not None:
+        return opts.access_log
+    return os.environ.get("ROUTER_ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _log_access_to_stderr() -> None:
+    import logging
+
+    logger = logging.getLogger("router.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _say(message: str) -> None:
     print(f"router[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
@@ -74,13 +96,40 @@ def policy_problems(path: str, err: PolicyError) -> str:
     return "\n".join([f"{path}: {n} problem{'s' if n != 1 else ''}", *(f"  {i}" for i in err.issues)])
 
 
-def _load(path: str, why: str) -> Policy | None:
+def _load(path: str, why: str, opts: ServeOptions | None = None) -> Policy | None:
+    """The policy at `path`, or None after printing why it was rejected. Never raises: a reload
+    (SIGHUP, --watch) must survive whatever the file holds."""
     try:
-        return load_policy(path)
+        policy = load_policy(path)
     except PolicyError as e:
         print(policy_problems(path, e), file=sys.stderr, flush=True)
         _say(f"{why}: the policy was rejected")
         return None
+    except Exception as e:  # a bug in a parser must not take the server down with it
+        print(f"{path}: cannot load the policy: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        _say(f"{why}: the policy was rejected")
+        return None
+    refusal = _budget_refusal(opts, policy) if opts is not None else None
+    if refusal is not None:
+        print(f"{path}: {refusal}", file=sys.stderr, flush=True)
+        _say(f"{why}: the policy was rejected")
+        return None
+    return policy
+
+
+def _budgets_url(opts: ServeOptions) -> str | None:
+    """--budgets, else $ROUTER_BUDGETS (None: in-process)."""
+    return opts.budgets or os.environ.get("ROUTER_BUDGETS") or None
+
+
+def _budget_refusal(opts: ServeOptions, policy: Policy) -> str | None:
+    """Why `policy` cannot be served by these options: tenant budgets in per-worker memory."""
+    if opts.workers > 1 and (_budgets_url(opts) or "memory") == "memory" and any(
+            t.budget is not None for t in policy.tenants.values()):
+        # Each worker would keep its own budget: a tenant could spend `workers` times its limit.
+        return (f"sets tenant budgets, and with --workers {opts.workers} in-process budgets are per worker "
+                "(fix: --budgets redis://host:6379/0, or --workers 1)")
+    return None
 
 
 class _FileWatch:
@@ -162,6 +211,9 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:
+        uvloop = None
+    # outside the `except`: else every traceback the server logs carries the ImportError as context
+    if uvloop is None:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -182,13 +234,19 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
         meters.append(LedgerMeter(open_ledger(target), metrics=prom))
     budget = None
     if any(t.budget is not None for t in policy.tenants.values()):
-        budget = open_budget(opts.budgets or os.environ.get("ROUTER_BUDGETS"), metrics=prom)
+        budget = open_budget(_budgets_url(opts), metrics=prom)
     router = Router(policy, meters=meters, budget=budget)  # same construction as the library's
     engine = router.engine
+    if budget is None:  # budgets a reload adds: the same backend --budgets names, reporting to /metrics
+        engine.budget_factory = lambda: open_budget(_budgets_url(opts), metrics=prom)
     monitor = engine.monitor
     if monitor is not None:
         monitor.start()  # probes and vLLM scrapes run from start-up, not from the first request
-    options = ProxyOptions(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), keepalive_s=opts.keepalive_s)
+    access = access_log_enabled(opts)
+    if access:
+        _log_access_to_stderr()
+    options = ProxyOptions(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), keepalive_s=opts.keepalive_s,
+                           access_log=access, idle_timeout_s=opts.idle_timeout_s, body_timeout_s=opts.body_timeout_s)
     proxy = Proxy(engine, options, metrics=render)
     runner = web.ServerRunner(proxy.server(), handle_signals=False, shutdown_timeout=opts.grace_s)
     await runner.setup()
@@ -206,15 +264,18 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
     reloading: set[asyncio.Task[None]] = set()
 
     async def reload(why: str) -> None:
-        new = await asyncio.to_thread(_load, opts.policy, why)
-        if new is not None:
-            engine.policy = new
-            if monitor is not None:
-                monitor.use(new)
-                monitor.start()
-            _say(f"{why}: reloaded {opts.policy} (digest {new.digest})")
-        else:
-            _say(f"{why}: still serving digest {engine.policy.digest}")
+        try:
+            new = await asyncio.to_thread(_load, opts.policy, why, opts)
+            if new is not None:
+                engine.policy = new
+                if monitor is not None:
+                    monitor.use(new)
+                    monitor.start()
+                _say(f"{why}: reloaded {opts.policy} (digest {new.digest})")
+                return
+        except Exception as e:  # reported here, never as "Task exception was never retrieved"
+            _say(f"{why}: reload failed: {type(e).__name__}: {e}")
+        _say(f"{why}: still serving digest {engine.policy.digest}")
 
     def on_hup() -> None:
         task = loop.create_task(reload("SIGHUP"))
@@ -264,11 +325,9 @@ def _supervise(opts: ServeOptions) -> int:
     policy = _load(opts.policy, "start")
     if policy is None:
         return 1
-    budgets = opts.budgets or os.environ.get("ROUTER_BUDGETS") or "memory"
-    if budgets == "memory" and any(t.budget is not None for t in policy.tenants.values()):
-        # Each worker would keep its own budget: a tenant could spend `workers` times its limit.
-        _say(f"refusing to start: {opts.policy} sets tenant budgets, and with --workers {opts.workers} "
-             "in-process budgets are per worker (fix: --budgets redis://host:6379/0, or --workers 1)")
+    refusal = _budget_refusal(opts, policy)
+    if refusal is not None:
+        _say(f"refusing to start: {opts.policy} {refusal}")
         return 1
     own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -308,7 +367,7 @@ def _supervise(opts: ServeOptions) -> int:
 
     def reload(why: str) -> None:
         nonlocal policy
-        new = _load(opts.policy, why)
+        new = _load(opts.policy, why, opts)
         if new is None:
             _say(f"{why}: workers keep serving digest {policy.digest}")
             return

@@ -53,26 +53,43 @@ def parse_tokens(text: str) -> float:
 
 def summarize(ledger: Any, *, by: str | None = None, since: float | None = None,
               until: float | None = None) -> list[dict[str, Any]]:
-    """One dict per group: requests, errors, error_rate, tokens, cost_usd, reference_cost_usd, savings_usd."""
+    """One dict per group: requests, errors, error_rate, tokens (cached_tokens: the prompt tokens read from
+    providers' prompt caches), cost_usd, reference_cost_usd, savings_usd, and the response cache's
+    cache_hits and cache_saved_usd (what the upstream calls the hits replaced cost)."""
     rows = []
     for r in ledger.summary(by=by, since=since, until=until):
         rows.append({by or "all": _label(r.key), "requests": r.requests,
                      "errors": r.errors, "error_rate": round(r.error_rate, 4),
-                     "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                     "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens,
+                     "completion_tokens": r.completion_tokens,
                      "reasoning_tokens": r.reasoning_tokens, "cost_usd": round(r.cost_usd, 6),
-                     "reference_cost_usd": round(r.reference_cost_usd, 6), "savings_usd": round(r.savings_usd, 6)})
+                     "reference_cost_usd": round(r.reference_cost_usd, 6), "savings_usd": round(r.savings_usd, 6),
+                     "cache_hits": r.cache_hits, "cache_saved_usd": round(r.cache_saved_usd, 6)})
     rows.sort(key=lambda d: -d["cost_usd"])
     return rows
 
 
-def compare(models: Sequence[tuple[str, Any]], tokens: float, input_share: float) -> list[dict[str, Any]]:
-    """What `tokens` tokens (a share `input_share` of them prompt) cost on each (name, Price)."""
+def compare(models: Sequence[tuple[str, Any]], tokens: float, input_share: float,
+            cache_hit_rate: float = 0.0) -> list[dict[str, Any]]:
+    """What `tokens` tokens (a share `input_share` of them prompt) cost on each (name, Price), with a
+    share `cache_hit_rate` of the prompt tokens read from the provider's prompt cache."""
+    from router.core.pricing import usage_cost
+    from router.core.translate import Usage
+
     inp, out = tokens * input_share, tokens * (1 - input_share)
+    cached = inp * cache_hit_rate
     rows = []
     for name, price in models:
-        cost = price.cost(inp, out)
-        rows.append({"model": name, "input_per_mtok": price.input_per_mtok, "output_per_mtok": price.output_per_mtok,
-                     "input_tokens": int(inp), "output_tokens": int(out), "cost_usd": round(cost, 2)})
+        cost = usage_cost(price, Usage(int(inp), int(out), cached_tokens=int(cached)))
+        row: dict[str, Any] = {"model": name, "input_per_mtok": price.input_per_mtok}
+        if cache_hit_rate:
+            row["cached_input_per_mtok"] = (price.cached_input_per_mtok if price.cached_input_per_mtok is not None
+                                            else price.input_per_mtok)
+        row.update({"output_per_mtok": price.output_per_mtok, "input_tokens": int(inp)})
+        if cache_hit_rate:
+            row["cached_tokens"] = int(cached)
+        row.update({"output_tokens": int(out), "cost_usd": round(cost, 2)})
+        rows.append(row)
     cheapest = min((r["cost_usd"] for r in rows), default=0.0)
     for r in rows:
         r["vs_cheapest"] = f"{r['cost_usd'] / cheapest:.1f}x" if cheapest else "-"
@@ -149,15 +166,17 @@ def plot(ledger: Any, path: str, *, by: str, since: float | None, until: float |
 
 
 def _compare_models(spec: str, policy_path: str | None) -> list[tuple[str, Any]]:
-    """``alias,name=IN/OUT,...``: aliases from the policy, or explicit USD per million input/output tokens."""
+    """``alias,name=IN/OUT[/CACHED],...``: aliases from the policy, or explicit USD per million input and
+    output tokens (and, optionally, cached input tokens)."""
     from router.core.policy import Price
 
     out: list[tuple[str, Any]] = []
     policy = None
     for item in (s.strip() for s in spec.split(",") if s.strip()):
-        m = re.fullmatch(r"(.+?)=(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", item)
+        m = re.fullmatch(r"(.+?)=(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)(?:/(\d+(?:\.\d+)?))?", item)
         if m:
-            out.append((m.group(1), Price(float(m.group(2)), float(m.group(3)))))
+            cached = float(m.group(4)) if m.group(4) is not None else None
+            out.append((m.group(1), Price(float(m.group(2)), float(m.group(3)), cached_input_per_mtok=cached)))
             continue
         if policy is None:
             from router.core.policy_parser import load_policy
@@ -169,8 +188,8 @@ def _compare_models(spec: str, policy_path: str | None) -> list[tuple[str, Any]]
         elif policy.reference_model is not None and item == policy.reference_model.name:
             out.append((item, policy.reference_model.price))
         else:
-            raise ValueError(f"unknown model '{item}': use an alias from the policy or NAME=IN/OUT "
-                             f"(USD per million tokens), e.g. claude-sonnet=3/15")
+            raise ValueError(f"unknown model '{item}': use an alias from the policy or NAME=IN/OUT[/CACHED] "
+                             f"(USD per million tokens), e.g. claude-sonnet=3/15/0.3")
     return out
 
 
@@ -180,13 +199,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="policy file, for --compare aliases and the default ledger")
     p.add_argument("--since", help="start: 2025-06-01, 2025-06-01T12:00, or a duration ago (7d, 24h)")
     p.add_argument("--until", help="end (exclusive), same forms as --since")
-    p.add_argument("--by", choices=("tenant", "route", "provider", "model", "task"), default=None)
+    p.add_argument("--by", choices=("tenant", "route", "provider", "model", "task", "api"), default=None)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--plot", metavar="FILE.png", help="draw spend and savings per day by --by (needs matplotlib)")
     p.add_argument("--compare", metavar="MODELS", help="price table instead of the ledger: aliases or NAME=IN/OUT")
     p.add_argument("--tokens", default="100M", help="tokens per period for --compare (default 100M)")
     p.add_argument("--input-share", type=float, default=0.75, dest="input_share",
                    help="share of the tokens that are prompt tokens, for --compare (default 0.75)")
+    p.add_argument("--cache-hit-rate", type=float, default=0.0, dest="cache_hit_rate",
+                   help="share of the prompt tokens read from the provider's prompt cache, billed at its cached-input "
+                        "price, for --compare (default 0)")
 
 
 def _ledger_target(args: argparse.Namespace) -> str:
@@ -208,7 +230,10 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             if not 0 <= args.input_share <= 1:
                 raise ValueError("--input-share must be between 0 and 1")
-            rows = compare(_compare_models(args.compare, args.policy), parse_tokens(args.tokens), args.input_share)
+            if not 0 <= args.cache_hit_rate <= 1:
+                raise ValueError("--cache-hit-rate must be between 0 and 1")
+            rows = compare(_compare_models(args.compare, args.policy), parse_tokens(args.tokens), args.input_share,
+                           args.cache_hit_rate)
             print(render(rows, args.format))
             return 0
         from router.metering.ledger import open_ledger

@@ -17,6 +17,7 @@ Pure apart from reading the spec and drawing the optional plot (matplotlib, impo
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import random
@@ -29,7 +30,9 @@ import yaml
 
 from router.core.decision import LiveState, decide
 from router.core.errors import RouterError
-from router.core.policy import Policy, SaturationSettings
+from router.core.policy import HedgeSettings, Policy, SaturationSettings
+from router.core.pricing import usage_cost
+from router.core.translate import Usage
 from router.monitor.load import LoadSample, SaturationGate
 
 __all__ = ["Deployment", "SimResult", "TrafficSpec", "format_table", "load_spec", "plot", "simulate"]
@@ -53,6 +56,12 @@ class Deployment:
     decode_tokens_per_s: float = 50.0
     failure_rate: float = 0.0
     max_utilisation: float = 0.9      # share of throughput usable before requests queue for too long
+    # fleets (docs/simulate.md, "Planning a fleet"): copies of a self-hosted deployment (throughput and
+    # GPU cost x replicas), the share of prompt tokens its replicas find in their prefix caches (less
+    # prefill work and a shorter time to first token), and the log-normal spread of its time to first token
+    replicas: int = 1
+    prefix_hit_rate: float = 0.0
+    ttft_sigma: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,7 @@ class TrafficSpec:
     samples_per_step: int = 8
     seed: int = 1
     weekend_factor: float = 1.0
+    prompt_cache_hit_rate: float = 0.0        # share of input tokens read from the providers' prompt caches
 
     @property
     def tokens_per_request(self) -> float:
@@ -115,7 +125,8 @@ def _strict(raw: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
 
 def parse_spec(raw: Any, *, base: str = ".", source: str = "<spec>") -> TrafficSpec:
     top = _strict(raw, "", ("name", "tokens_per_month", "daily_curve", "tasks", "input_tokens", "output_tokens",
-                            "deployments", "policies", "step_s", "samples_per_step", "seed", "weekend_factor"))
+                            "deployments", "policies", "step_s", "samples_per_step", "seed", "weekend_factor",
+                            "prompt_cache_hit_rate"))
     curve = top.get("daily_curve") or [1.0] * 24
     if not isinstance(curve, list) or len(curve) != 24 or not all(isinstance(x, (int, float)) and x >= 0 for x in curve):
         raise SpecError("daily_curve: expected 24 non-negative hourly weights")
@@ -135,17 +146,29 @@ def parse_spec(raw: Any, *, base: str = ".", source: str = "<spec>") -> TrafficS
     for name, d in _strict(top.get("deployments") or {}, "deployments", tuple(top.get("deployments") or ())).items():
         p = f"deployments.{name}"
         d = _strict(d, p, ("input_tokens_per_s", "output_tokens_per_s", "ttft_s", "decode_tokens_per_s",
-                           "failure_rate", "max_utilisation"))
+                           "failure_rate", "max_utilisation", "replicas", "prefix_hit_rate", "ttft_sigma"))
+        replicas = _num(d, "replicas", p, 1)
+        if replicas != int(replicas):
+            raise SpecError(f"{p}.replicas: a whole number, got {replicas:g}")
         deps[str(name)] = Deployment(
             _num(d, "input_tokens_per_s", p, 0.0) or None, _num(d, "output_tokens_per_s", p, 0.0) or None,
             _num(d, "ttft_s", p, 0.5), _num(d, "decode_tokens_per_s", p, 50.0),
-            _num(d, "failure_rate", p, 0.0, positive=False), _num(d, "max_utilisation", p, 0.9))
+            _num(d, "failure_rate", p, 0.0, positive=False), _num(d, "max_utilisation", p, 0.9), int(replicas),
+            _rate(_num(d, "prefix_hit_rate", p, 0.0, positive=False), f"{p}.prefix_hit_rate"),
+            _num(d, "ttft_sigma", p, 0.0, positive=False))
     policies = tuple(os.path.join(base, str(x)) for x in (top.get("policies") or ()))
     return TrafficSpec(str(top.get("name") or os.path.basename(source)), _num(top, "tokens_per_month", ""),
                        tuple(x / mean for x in curve), {k: float(v) / total for k, v in tasks.items()},
                        lengths("input_tokens"), lengths("output_tokens"), deps, policies,
                        _num(top, "step_s", "", 300.0), int(_num(top, "samples_per_step", "", 8)),
-                       int(top.get("seed", 1)), _num(top, "weekend_factor", "", 1.0))
+                       int(top.get("seed", 1)), _num(top, "weekend_factor", "", 1.0),
+                       _rate(_num(top, "prompt_cache_hit_rate", "", 0.0, positive=False), "prompt_cache_hit_rate"))
+
+
+def _rate(value: float, path: str) -> float:
+    if not 0 <= value <= 1:
+        raise SpecError(f"{path}: a share between 0 and 1, got {value:g}")
+    return value
 
 
 @dataclass
@@ -155,11 +178,17 @@ class SimResult:
     requests: float = 0.0
     tokens: float = 0.0
     token_cost_usd: float = 0.0            # marginal: per-token prices of what was served
+    cached_tokens: float = 0.0             # input tokens read from the providers' prompt caches
     fixed_cost_usd: float = 0.0            # GPUs, for the simulated period
     self_hosted_tokens: float = 0.0
     spilled: float = 0.0
     failed: float = 0.0
+    overflow: float = 0.0                  # of the failed, those that found every candidate full or saturated
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (seconds, weight)
+    ttfts: list[tuple[float, float]] = field(default_factory=list)      # (time to first token, weight)
+    hedged: float = 0.0                    # requests that hedged (docs/routing.md, "Hedging")
+    hedges_won: float = 0.0                # of them, served by the hedge
+    hedge_cost_usd: float = 0.0            # the losing attempts' prompts (also in token_cost_usd)
     by_provider: dict[str, float] = field(default_factory=dict)         # tokens
     hourly: dict[str, list[float]] = field(default_factory=dict)        # provider -> tokens per hour
     samples: int = 0
@@ -174,10 +203,12 @@ class SimResult:
     def monthly_cost_usd(self) -> float:
         return (self.token_cost_usd + self.fixed_cost_usd) * self.scale
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
+    def percentile(self, q: float, of: str = "latencies") -> float:
+        """The weighted `q` quantile of the latencies (or of ``of="ttfts"``)."""
+        values = getattr(self, of)
+        if not values:
             return math.nan
-        items = sorted(self.latencies)
+        items = sorted(values)
         total = sum(w for _, w in items)
         acc = 0.0
         for value, w in items:
@@ -187,28 +218,38 @@ class SimResult:
         return items[-1][0]
 
 
-def _self_hosted_fixed(policy: Policy, days: float) -> float:
-    return sum((p.gpu_hour_usd or 0.0) * p.gpus * 24 * days for p in policy.providers.values()
-               if p.self_hosted and p.gpu_hour_usd)
+def _self_hosted_fixed(policy: Policy, days: float, deployments: Mapping[str, Deployment] | None = None) -> float:
+    deployments = deployments or {}
+    return sum((p.gpu_hour_usd or 0.0) * p.gpus * deployments.get(p.name, Deployment()).replicas * 24 * days
+               for p in policy.providers.values() if p.self_hosted and p.gpu_hour_usd)
 
 
-def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str | None = None) -> SimResult:
-    """Simulate `days` of `spec`'s traffic routed by `policy`."""
+def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str | None = None,
+             cache_hit_rate: float | None = None) -> SimResult:
+    """Simulate `days` of `spec`'s traffic routed by `policy`. `cache_hit_rate` (default: the spec's
+    ``prompt_cache_hit_rate``): the share of input tokens the providers serve from their prompt
+    caches, billed at each model's cached-input price. Prices follow their time-of-day windows
+    (simulated time starts at midnight UTC)."""
     started = time.perf_counter()
+    hit_rate = spec.prompt_cache_hit_rate if cache_hit_rate is None else _rate(cache_hit_rate, "cache_hit_rate")
     rng = random.Random(spec.seed)
+    # failures, TTFT spread and hedges draw from their own stream, so the traffic itself (tasks and
+    # lengths) is the same whatever the deployments do: runs that differ only in capacity compare
+    noise = random.Random(spec.seed + 1)
     res = SimResult(name or policy.source, days)
-    res.fixed_cost_usd = _self_hosted_fixed(policy, days)
+    res.fixed_cost_usd = _self_hosted_fixed(policy, days, spec.deployments)
     steps = int(days * 86400 / spec.step_s)
     week = (5 + 2 * spec.weekend_factor) / 7          # so that the month still carries tokens_per_month
     requests_per_s = spec.tokens_per_month / (30 * 86400) / spec.tokens_per_request / week
     tasks, shares = list(spec.tasks), list(spec.tasks.values())
-    gates: dict[str, SaturationGate] = {}
-    for alias, m in policy.models.items():
-        p = policy.providers[m.provider]
+    gates: dict[str, SaturationGate] = {}    # by deployment key (Model.key: a replica is its own)
+    for key, (_, pname) in policy.deployments.items():
+        p = policy.providers[pname]
         if p.saturation is not None:
-            gates[alias] = SaturationGate(p.saturation)
+            gates[key] = SaturationGate(p.saturation)
         elif p.self_hosted and spec.deployments.get(p.name, Deployment()).output_tokens_per_s:
-            gates[alias] = SaturationGate(SaturationSettings(max_kv_cache=0.95, recover_kv_cache=0.85))
+            gates[key] = SaturationGate(SaturationSettings(max_kv_cache=0.95, recover_kv_cache=0.85))
+    hedging = _Hedging(policy, spec, noise)
     saturated: frozenset[str] = frozenset()
     body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": "simulated request"}]}
     first_choice: dict[str, str] = {}
@@ -233,57 +274,162 @@ def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str |
             res.samples += 1
             try:
                 d = decide(policy, body, task=task, state=state)
-            except RouterError:
+            except RouterError as e:
                 res.failed += w
                 res.requests += w
+                if getattr(e, "status", None) == 503:   # every candidate saturated: over capacity
+                    res.overflow += w
                 continue
             preferred = first_choice.get(d.route)
             if preferred is None:
                 preferred = first_choice[d.route] = decide(policy, body, task=task).candidates[0].model
             served = None
+            full = not d.allowed          # every candidate excluded: by this simulation, only as saturated
             for c in d.allowed:
-                dep = spec.deployments.get(c.provider, Deployment())
-                if dep.output_tokens_per_s:
-                    work = tout / dep.output_tokens_per_s + tin / (dep.input_tokens_per_s or math.inf)
-                    if used.get(c.provider, 0.0) + work * w > dep.max_utilisation * spec.step_s:
-                        continue            # full this step: the real engine sees it as saturated / at max_concurrency
-                    used[c.provider] = used.get(c.provider, 0.0) + work * w
-                if dep.failure_rate and rng.random() < dep.failure_rate:
-                    continue                # failed attempt: fail over like the engine does
-                served = (c, dep)
-                break
+                # a replicated model: its usable replicas, the least busy first (the engine's least-loaded pick)
+                names = ([n for n, why in c.replicas if why is None] if c.replicas else [c.provider])
+                names.sort(key=lambda n: used.get(n, 0.0))
+                for pname in names:
+                    dep = spec.deployments.get(pname, Deployment())
+                    if dep.output_tokens_per_s:
+                        if used.get(pname, 0.0) + _work(dep, tin, tout) * w > _capacity(dep, spec.step_s):
+                            full = True
+                            continue        # full this step: the real engine sees it as saturated / at max_concurrency
+                        used[pname] = used.get(pname, 0.0) + _work(dep, tin, tout) * w
+                    if dep.failure_rate and noise.random() < dep.failure_rate:
+                        continue            # failed attempt: fail over like the engine does
+                    served = (c, dep, pname)
+                    break
+                if served is not None:
+                    break
             res.requests += w
             if served is None:
                 res.failed += w
+                if full:
+                    res.overflow += w
                 continue
-            c, dep = served
+            c, dep, pname = served
+            ttft = _ttft(dep, tin, used.get(pname, 0.0) / (dep.replicas * spec.step_s), noise)
+            route = policy.routes.get(d.route)
+            if route is not None and route.hedge is not None:
+                ttft, switched = hedging.run(res, route.name, route.hedge, d, c, pname, dep, ttft, tin, used, w, t)
+                if switched is not None:
+                    c, dep, pname = switched
             model = policy.models[c.model]
             res.tokens += (tin + tout) * w
-            res.token_cost_usd += model.price.cost(tin, tout) * w
+            cached = round(tin * hit_rate)
+            res.cached_tokens += cached * w
+            res.token_cost_usd += usage_cost(model.price, Usage(tin, tout, cached_tokens=cached), t) * w
             if c.self_hosted:
                 res.self_hosted_tokens += (tin + tout) * w
             if c.model != preferred:
                 res.spilled += w
-            res.by_provider[c.provider] = res.by_provider.get(c.provider, 0.0) + (tin + tout) * w
-            series = res.hourly.setdefault(c.provider, [0.0] * hours)
+            res.by_provider[pname] = res.by_provider.get(pname, 0.0) + (tin + tout) * w
+            series = res.hourly.setdefault(pname, [0.0] * hours)
             series[min(hours - 1, int(hour))] += (tin + tout) * w
-            util = 0.0
-            if dep.output_tokens_per_s:
-                util = used.get(c.provider, 0.0) / spec.step_s
-            queueing = 1.0 / max(0.05, 1.0 - min(util, 0.95)) if util else 1.0
-            res.latencies.append((dep.ttft_s * queueing + tout / dep.decode_tokens_per_s, w))
+            res.ttfts.append((ttft, w))
+            res.latencies.append((ttft + tout / dep.decode_tokens_per_s, w))
         # End of step: what a vLLM /metrics scrape would show, through the real hysteresis gate.
         new = set()
-        for alias, gate in gates.items():
-            provider = policy.models[alias].provider
+        for key, gate in gates.items():
+            provider = policy.deployments[key][1]
             dep = spec.deployments.get(provider, Deployment())
-            util = used.get(provider, 0.0) / (dep.max_utilisation * spec.step_s)
+            util = used.get(provider, 0.0) / _capacity(dep, spec.step_s)
             if gate.update(LoadSample(kv_cache=min(1.0, util))):
-                new.add(alias)
+                new.add(key)
         saturated = frozenset(new)
     res.per_sample = res.requests / res.samples if res.samples else 0.0
     res.elapsed_s = time.perf_counter() - started
     return res
+
+
+def _work(dep: Deployment, tin: int, tout: int) -> float:
+    """GPU-seconds of one request on `dep`: decode, plus the prefill of the prompt its prefix cache misses."""
+    assert dep.output_tokens_per_s
+    return tout / dep.output_tokens_per_s + tin * (1 - dep.prefix_hit_rate) / (dep.input_tokens_per_s or math.inf)
+
+
+def _capacity(dep: Deployment, step_s: float) -> float:
+    """GPU-seconds a (replicated) deployment may be busy in one step."""
+    return dep.max_utilisation * step_s * dep.replicas
+
+
+def _ttft(dep: Deployment, tin: int, util: float, rng: random.Random) -> float:
+    """Time to first token: the deployment's base (log-normal with `ttft_sigma`), plus on a self-hosted
+    deployment the prefill of the uncached prompt, stretched by 1 / (1 - utilisation) for queueing."""
+    base = dep.ttft_s
+    if dep.ttft_sigma:
+        base *= rng.lognormvariate(-dep.ttft_sigma ** 2 / 2, dep.ttft_sigma)
+    if not dep.output_tokens_per_s:
+        return base
+    prefill = tin * (1 - dep.prefix_hit_rate) / (dep.input_tokens_per_s or math.inf)
+    return (base + prefill) / max(0.05, 1.0 - min(util, 0.95)) if util else base + prefill
+
+
+class _Hedging:
+    """A route's `hedge` in the simulation: a request whose first token would come after the delay
+    (fixed, or the percentile of the deployment's recent simulated TTFTs) also goes to the next allowed
+    target, within the share cap; the first token wins, the loser's prompt is paid for."""
+
+    def __init__(self, policy: Policy, spec: TrafficSpec, rng: random.Random):
+        self.policy, self.spec, self.rng = policy, spec, rng
+        self.credit: dict[str, float] = {}
+        self.recent: dict[str, collections.deque[float]] = {}
+
+    def delay(self, settings: HedgeSettings, pname: str, ttft: float) -> float:
+        recent = self.recent.setdefault(pname, collections.deque(maxlen=256))
+        recent.append(ttft)
+        if settings.delay_s is not None:
+            return settings.delay_s
+        if len(recent) < 20:
+            return settings.min_delay_s
+        ordered = sorted(recent)
+        return max(settings.min_delay_s, ordered[min(len(ordered) - 1, int((settings.percentile or 0.95) * len(ordered)))])
+
+    def run(self, res: SimResult, route: str, settings: HedgeSettings, d: Any, c: Any, pname: str,
+            dep: Deployment, ttft: float, tin: int, used: dict[str, float], w: float, t: float
+            ) -> tuple[float, tuple[Any, Deployment, str] | None]:
+        delay = self.delay(settings, pname, ttft)
+        if ttft <= delay:
+            return ttft, None
+        credit = min(max(1.0, 10 * settings.max_share), self.credit.get(route, 0.0) + settings.max_share)
+        if credit < 1.0:
+            self.credit[route] = credit
+            return ttft, None
+        alt = self._target(d, c, pname)
+        if alt is None:
+            self.credit[route] = credit
+            return ttft, None
+        self.credit[route] = credit - 1.0
+        alt_c, alt_name = alt
+        alt_dep = self.spec.deployments.get(alt_name, Deployment())
+        if alt_dep.output_tokens_per_s:    # the hedge's prefill is work on its replicas too
+            used[alt_name] = used.get(alt_name, 0.0) + tin * (1 - alt_dep.prefix_hit_rate) / (
+                alt_dep.input_tokens_per_s or math.inf) * w
+        alt_ttft = delay + _ttft(alt_dep, tin, used.get(alt_name, 0.0) / (alt_dep.replicas * self.spec.step_s),
+                                 self.rng)
+        res.hedged += w
+        won = alt_ttft < ttft
+        loser = c if won else alt_c
+        cost = usage_cost(self.policy.models[loser.model].price, Usage(tin, 0), t) * w
+        res.hedge_cost_usd += cost
+        res.token_cost_usd += cost
+        if not won:
+            return ttft, None
+        res.hedges_won += w
+        return alt_ttft, (alt_c, alt_dep, alt_name)
+
+    def _target(self, d: Any, c: Any, pname: str) -> tuple[Any, str] | None:
+        """Another usable replica of the model, else the next allowed candidate (as the engine picks)."""
+        for name, why in c.replicas:
+            if why is None and name != pname:
+                return c, name
+        allowed = d.allowed
+        for other in allowed[allowed.index(c) + 1:]:
+            names = [n for n, why in other.replicas if why is None] if other.replicas else [other.provider]
+            if names:
+                return other, names[0]
+        return None
 
 
 def _money(x: float) -> str:
@@ -296,13 +442,15 @@ def format_table(spec: TrafficSpec, results: Sequence[SimResult]) -> str:
             f"{spec.tokens_per_month / spec.tokens_per_request:,.0f} requests/month "
             f"(mean {spec.input_tokens.mean:.0f} in / {spec.output_tokens.mean:.0f} out), "
             f"peak/average {max(spec.daily_curve):.2f}")
-    cols = ("policy", "monthly", "tokens", "fixed", "self-hosted", "p50 s", "p95 s", "p99 s", "spilled", "failed")
+    cols = ("policy", "monthly", "tokens", "fixed", "self-hosted", "p50 s", "p95 s", "p99 s", "TTFT p90 s",
+            "TTFT p99 s", "spilled", "failed")
     rows = []
     for r in results:
         tot = r.requests or 1.0
         rows.append((os.path.basename(r.policy), _money(r.monthly_cost_usd), _money(r.token_cost_usd * r.scale),
                      _money(r.fixed_cost_usd * r.scale), f"{100 * r.self_hosted_tokens / (r.tokens or 1):.1f}%",
                      f"{r.percentile(0.5):.2f}", f"{r.percentile(0.95):.2f}", f"{r.percentile(0.99):.2f}",
+                     f"{r.percentile(0.9, 'ttfts'):.2f}", f"{r.percentile(0.99, 'ttfts'):.2f}",
                      f"{100 * r.spilled / tot:.1f}%", f"{100 * r.failed / tot:.2f}%"))
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = [head, "", "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cols))]
@@ -314,6 +462,15 @@ def format_table(spec: TrafficSpec, results: Sequence[SimResult]) -> str:
                       f"{spec.samples_per_step} requests per step through decide(); each sample stands for "
                       f"~{r.per_sample:,.1f} requests (scaled up). monthly = (tokens + fixed) x 30 / days. "
                       f"{sum(x.elapsed_s for x in results):.1f}s."]
+        cached = sum(x.cached_tokens for x in results) / max(1.0, sum(x.tokens for x in results))
+        if cached:
+            lines.append(f"prompt cache: {100 * cached:.1f}% of all tokens read from the providers' caches, "
+                         "billed at each model's cached-input price.")
+        for x in results:
+            if x.hedged:
+                lines.append(f"{os.path.basename(x.policy)}: {100 * x.hedged / (x.requests or 1):.2f}% of requests "
+                             f"hedged, {100 * x.hedges_won / x.hedged:.0f}% of those won by the hedge, "
+                             f"{_money(x.hedge_cost_usd * x.scale)}/month on losing attempts.")
     return "\n".join(lines)
 
 
@@ -342,7 +499,7 @@ def plot(results: Sequence[SimResult], path: str, title: str = "") -> None:
 
 
 def run(policies: Sequence[str], traffic: str, days: float = 30, plot_path: str | None = None,
-        out: Any = None) -> int:
+        out: Any = None, cache_hit_rate: float | None = None) -> int:
     """`router simulate`: print the table for each policy (the spec's own list when none is given)."""
     import sys
 
@@ -365,7 +522,11 @@ def run(policies: Sequence[str], traffic: str, days: float = 30, plot_path: str 
         except RouterError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        results.append(simulate(policy, spec, days=days, name=path))
+        try:
+            results.append(simulate(policy, spec, days=days, name=path, cache_hit_rate=cache_hit_rate))
+        except SpecError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print(format_table(spec, results), file=out)
     if plot_path:
         try:

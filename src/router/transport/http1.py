@@ -1,32 +1,48 @@
-"""A lean HTTP/1.1 keep-alive client on raw asyncio protocols: the default hot-path transport.
+"""A lean HTTP/1.1 keep-alive client on raw asyncio protocols: the default for ``http://`` upstreams.
 
 `Http1Transport` implements `Transport.send(call) -> UpstreamResponse` with nothing but asyncio:
 one connection pool per (event loop, scheme, host, port), requests written in one call,
-responses parsed in ``data_received`` (Content-Length, chunked, or read-until-close bodies;
-gzip/deflate decoded), server-sent events decoded as bytes arrive (`router.core.sse`), TLS through
-``loop.create_connection(ssl=...)``. Errors become `UpstreamConnectError` (could not connect),
-`UpstreamTimeout` (connect, total or read timeout) and `UpstreamProtocolError` (the upstream
-closed early or sent something that is not HTTP/1.x) at this boundary.
+responses parsed by `ResponseParser` as bytes arrive (Content-Length, chunked, or read-until-close
+bodies; gzip/deflate decoded), server-sent events decoded as they arrive (`router.core.sse`).
+Errors become `UpstreamConnectError` (could not connect), `UpstreamTimeout` (no free connection
+in time, connect, total or read timeout) and `UpstreamProtocolError` (the upstream closed early or
+sent something that is not HTTP/1.x as h11 reads it) at this boundary.
 
 What it leaves out, on purpose: redirects (never followed on the data path), proxies from the
-environment, cookies, request pipelining, HTTP/2. `AiohttpTransport` (router.transport.aiohttp_client) remains
-available for anything this does not cover:
+environment, cookies, request pipelining, HTTP/2. `AiohttpTransport` (router.transport.aiohttp_client)
+remains available for anything this does not cover:
 ``Router(policy, transport=ProviderTransport(AiohttpTransport()))``.
 
 >>> transport = Http1Transport()                                          # doctest: +SKIP
 >>> resp = await transport.send(call, connect_s=5, read_s=None, total_s=60)  # doctest: +SKIP
 >>> data = await resp.read(); resp.release()                              # doctest: +SKIP
 
-Invariants: a connection is owned by at most one response at a time; it goes back to the pool
-only when its response was read to the end, the upstream did not ask to close, and nothing
-failed; any error, timeout or cancel aborts the connection (which also cancels the upstream's
-work).
+Invariants:
+
+- The parser accepts a response only if h11 (the reference, sans-IO parser) accepts it too, with the
+  same status, fields, body and keep-alive verdict; it is stricter than h11 in three places, each a
+  request-smuggling or resource shape: line ends must be CRLF (h11 also takes a bare LF), a
+  response with both Content-Length and Transfer-Encoding is refused (h11 lets Transfer-Encoding
+  win), and a head over 64 KB is refused however it arrives. tests/test_http1_differential.py
+  checks this against h11 on generated response streams.
+- A connection is owned by at most one response at a time; it goes back to the pool only when its
+  response was read to the end, nothing followed it, the upstream did not ask to close, and
+  nothing failed; any error, timeout or cancel aborts the connection (which also cancels the
+  upstream's work). An idle connection that receives anything, or whose peer closed, is never
+  handed out again: checked with a zero-timeout poll of its socket before each reuse.
+- Backpressure: while more than 256 KB of body is buffered and nobody is reading (`read()` in
+  progress, or `sse_data()` asking for more), the socket is paused, so a slow consumer slows the
+  upstream (TCP flow control) instead of growing memory.
+- Waiting for a free connection (the pool's `limit`) counts against the connect timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import re
+import select
 import ssl as _ssl
 import weakref
 import zlib
@@ -46,11 +62,13 @@ from router.transport.base import (
     UpstreamTimeout,
 )
 
-__all__ = ["Http1Transport"]
+__all__ = ["Http1Transport", "ResponseParser"]
 
-_MAX_HEAD = 64 * 1024           # status line + headers
+_MAX_HEAD = 64 * 1024           # a response head (status line and fields through the blank line); trailers too
 _MAX_CHUNK_LINE = 4096
+_HIGH_WATER = 256 * 1024        # buffered body bytes without a reader: pause the socket
 _DRAIN_S = 5.0                  # how long a released-early response may take to finish before we give up on it
+_MAX_DRAIN = 64 * 1024          # ... and how many bytes it may still send
 _UA = "router"
 
 # body modes
@@ -58,9 +76,21 @@ _NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 # chunked sub-states
 _C_SIZE, _C_DATA, _C_CRLF, _C_TRAILER = 0, 1, 2, 3
 
+# The grammar h11 enforces (its _abnf.py: RFC 7230 with its documented leniencies).
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_FIELD_VCHAR = rb"[^\x00\s]"      # visible or obs-text; no NUL, no whitespace
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: [^\x00\n\r\x0b\x0c]*)?").fullmatch
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR
+                    + rb"+)*)?)[ \t]*").fullmatch
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_CTL = re.compile(rb"[\x00\x0b\x0c]").search   # never in a head: NUL, vertical tab, form feed
+_CTL_OR_FOLD = re.compile(rb"[\x00\x0b\x0c]|\n[ \t]").search   # ... or an obsolete line fold (slow path)
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*").fullmatch
+_DIGITS = re.compile(r"[0-9]{1,20}").fullmatch
+
 
 class _Headers(dict):  # type: ignore[type-arg]
-    """Response headers: lower-cased names, case-insensitive lookups."""
+    """Response headers: lower-cased names, case-insensitive lookups; repeated fields joined by ", "."""
 
     __slots__ = ()
 
@@ -74,121 +104,157 @@ class _Headers(dict):  # type: ignore[type-arg]
         return isinstance(key, str) and dict.__contains__(self, key.lower())
 
 
+def _bad(what: str) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"upstream protocol error: {what}")
+
+
 def _closed_early() -> UpstreamProtocolError:
     return UpstreamProtocolError("upstream closed the connection early")
 
 
-class _Conn(asyncio.Protocol):
-    """One connection and the response being read on it (parser state lives here)."""
+def _unfold(lines: list[bytes]) -> list[bytes]:
+    """Obsolete line folding (a field line starting with SP or HTAB continues the previous one),
+    replaced by one space, as RFC 9112 5.2 asks of a user agent and h11 does."""
+    out: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not out:
+                raise _bad("continuation line at start of fields")
+            out[-1] = out[-1] + b" " + line.lstrip(b" \t")
+        else:
+            out.append(line)
+    return out
 
-    __slots__ = ("_buf", "_c_left", "_c_state", "_counted", "_decoder", "_drain_timer", "_left", "_mode", "_pool",
-                 "_waiter", "body", "closed", "eof", "error", "head_done", "headers", "keep_alive", "loop",
-                 "releasing", "status", "transport")
 
-    def __init__(self, pool: _Pool):
-        self._pool = pool
-        self.loop = pool.loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.error: TransportError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain_timer: asyncio.TimerHandle | None = None
-        self.releasing = False
-        self._counted = True       # in the pool's count of open connections until _gone()
-        self._reset()
+def _fields(lines: list[bytes], into: _Headers) -> None:
+    """Field lines into `into`, each checked as h11's ``header_field`` rule does: a token name, a
+    colon (no space before it), optional whitespace around a value without NUL or other
+    whitespace than SP and HTAB (the caller has checked the whole head for those bytes).
+    The same rule as h11's regular expression, in cheaper steps."""
+    get, put = dict.get, dict.__setitem__
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TCHAR):
+            raise _bad("bad header line")
+        key = name.lower().decode("ascii")
+        val = value.strip(b" \t").decode("latin-1")
+        prev = get(into, key)
+        put(into, key, val if prev is None else prev + ", " + val)
 
-    def _reset(self) -> None:
+
+class ResponseParser:
+    """Sans-IO parser of one HTTP/1.x response at a time (h11's grammar, a little stricter: see the
+    module's docstring). Feed it bytes; it raises `UpstreamProtocolError` on anything malformed.
+
+    >>> p = ResponseParser()
+    >>> p.feed(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nhi")
+    >>> (p.status, p.headers["content-length"], p.take_body(), p.eof, p.keep_alive)
+    (200, '2', b'hi', True, True)
+    >>> ResponseParser().feed(b"HTTP/1.1 200 OK\\r\\nContent-Length: 1_0\\r\\n\\r\\n")
+    Traceback (most recent call last):
+    ...
+    router.transport.base.UpstreamProtocolError: upstream protocol error: bad content-length
+    """
+
+    __slots__ = ("_buf", "_c_left", "_c_state", "_decoder", "_left", "_mode", "_t_bytes", "_t_field", "body", "eof",
+                 "head_done", "headers", "keep_alive", "size", "status")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for the next response on the same connection."""
         self._buf = b""
         self.head_done = False
         self.status = 0
         self.headers: _Headers = _Headers()
-        self.keep_alive = True
+        self.keep_alive = True      # false once anything says the connection must not be reused
         self._mode = _NONE
         self._left = 0
         self._c_state = _C_SIZE
         self._c_left = 0
+        self._t_bytes = 0           # trailer bytes so far
+        self._t_field = False       # a trailer field line was seen (so a folded line may continue it)
         self._decoder: Any = None
         self.body: list[bytes] = []
-        self.eof = False
+        self.size = 0               # bytes in `body`
+        self.eof = False            # the whole message arrived
 
-    # -- asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    @property
+    def mode(self) -> int:
+        return self._mode
 
-    def data_received(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         if self._buf:
             data = self._buf + data
             self._buf = b""
-        try:
+        if not self.head_done:
+            data = self._head(data)
             if not self.head_done:
-                data = self._parse_head(data)
-                if not self.head_done:
-                    self._buf = data
-                    return
-            if data:
-                self._parse_body(data)
-        except TransportError as e:
-            self._fail(e)
-            return
-        if self.eof and self.releasing:
-            self._finish_release()
-            return
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+                self._buf = data
+                return
+        if data:
+            if self.eof:  # bytes past the end of the message: never trust this connection again
+                self.keep_alive = False
+                return
+            self._body(data)
 
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.head_done and self._mode == _CLOSE and not self.eof and self.error is None:
+    def feed_eof(self) -> None:
+        """The peer closed: the end of a read-until-close body, else (if incomplete) an error."""
+        if self.eof:
+            return
+        if self.head_done and self._mode == _CLOSE:
             self.keep_alive = False
-            try:
-                self._end_body()  # a read-until-close body ends here
-            except TransportError as e:
-                self.error = e
-        elif self.error is None and not self.eof:
-            self.error = _closed_early()
-        self._gone()
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+            self._end_body()
+            return
+        raise _closed_early()
 
-    # -- parsing
-    def _parse_head(self, data: bytes) -> bytes:
+    def take_body(self) -> bytes:
+        body = self.body
+        if not body:
+            return b""
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.size = 0
+        return data
+
+    # -- the head
+    def _head(self, data: bytes) -> bytes:
         while True:
             end = data.find(b"\r\n\r\n")
             if end < 0:
                 if len(data) > _MAX_HEAD:
-                    raise UpstreamProtocolError("upstream protocol error: response head too large")
+                    raise _bad("response head too large")
                 return data
-            lines = data[:end].split(b"\r\n")
+            if end + 4 > _MAX_HEAD:
+                raise _bad("response head too large")
+            head = data[:end]
             data = data[end + 4:]
-            first = lines[0]
-            if first[:7] != b"HTTP/1." or len(first) < 12:
-                raise UpstreamProtocolError("upstream protocol error: not an HTTP/1.x response")
-            try:
-                status = int(first[9:12])
-            except ValueError:
-                raise UpstreamProtocolError("upstream protocol error: bad status line") from None
-            if 100 <= status < 200:
+            lines = head.split(b"\r\n")
+            crlf = len(lines) - 1   # any other CR or LF is a bare one
+            if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+                raise _bad("a bare CR or LF in the response head")
+            fields = lines[1:]
+            if _CTL_OR_FOLD(head) is not None:
+                if _CTL(head) is not None:
+                    raise _bad("NUL, vertical tab or form feed in the response head")
+                fields = _unfold(fields)
+            m = _STATUS_LINE(lines[0])
+            if m is None:
+                raise _bad("not an HTTP/1.x response" if lines[0][:5] != b"HTTP/" else "bad status line")
+            status = int(m.group(2))
+            headers = _Headers()
+            _fields(fields, headers)
+            chunked, length = _framing(headers)
+            if status < 200:
+                if status < 100 or status == 101:  # 101: we never asked to switch protocols
+                    raise _bad(f"unexpected status {status}")
                 continue  # 100 Continue, 103 Early Hints: the real answer follows
-            headers = self.headers
-            for line in lines[1:]:
-                name, sep, value = line.partition(b":")
-                if not sep:
-                    raise UpstreamProtocolError("upstream protocol error: bad header line")
-                key = name.strip().lower().decode("latin-1")
-                val = value.strip().decode("latin-1")
-                prev = dict.get(headers, key)
-                dict.__setitem__(headers, key, val if prev is None else prev + ", " + val)
             self.status = status
+            self.headers = headers
             self.head_done = True
-            conn_hdr = dict.get(headers, "connection", "").lower()
-            if first[7:8] == b"0":
-                self.keep_alive = "keep-alive" in conn_hdr
-            elif "close" in conn_hdr:
+            conn = dict.get(headers, "connection")
+            if m.group(1) < b"1.1" or (conn is not None and "close" in _tokens(conn)):
                 self.keep_alive = False
             encoding = dict.get(headers, "content-encoding")
             if encoding:
@@ -198,51 +264,47 @@ class _Conn(asyncio.Protocol):
                 elif encoding == "deflate":
                     self._decoder = zlib.decompressobj()
                 elif encoding != "identity":
-                    raise UpstreamProtocolError(f"upstream protocol error: unsupported content-encoding {encoding}")
-            te = dict.get(headers, "transfer-encoding")
+                    raise _bad(f"unsupported content-encoding {encoding}")
             if status in (204, 304):
                 self._mode = _NONE
                 self.eof = True
-            elif te is not None and "chunked" in te.lower():
+            elif chunked:
                 self._mode = _CHUNKED
-            elif (cl := dict.get(headers, "content-length")) is not None:
-                try:
-                    n = int(cl)
-                    if n < 0:
-                        raise ValueError
-                except ValueError:
-                    raise UpstreamProtocolError("upstream protocol error: bad content-length") from None
-                if n == 0:
+            elif length is not None:
+                if length == 0:
                     self._mode = _NONE
                     self._end_body()
                 else:
-                    self._mode, self._left = _LENGTH, n
+                    self._mode, self._left = _LENGTH, length
             else:
                 self._mode = _CLOSE
                 self.keep_alive = False
             return data
 
+    # -- the body
     def _add(self, data: bytes) -> None:
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)
             except zlib.error:
-                raise UpstreamProtocolError("upstream protocol error: bad compressed body") from None
+                raise _bad("bad compressed body") from None
             if not data:
                 return
         self.body.append(data)
+        self.size += len(data)
 
     def _end_body(self) -> None:
         if self._decoder is not None:
             try:
                 rest = self._decoder.flush()
             except zlib.error:
-                raise UpstreamProtocolError("upstream protocol error: bad compressed body") from None
+                raise _bad("bad compressed body") from None
             if rest:
                 self.body.append(rest)
+                self.size += len(rest)
         self.eof = True
 
-    def _parse_body(self, data: bytes) -> None:
+    def _body(self, data: bytes) -> None:
         mode = self._mode
         if mode == _LENGTH:
             n = len(data)
@@ -257,13 +319,13 @@ class _Conn(asyncio.Protocol):
             self._add(data)
             self._end_body()
         elif mode == _CHUNKED:
-            self._parse_chunked(data)
+            self._chunked(data)
         elif mode == _CLOSE:
             self._add(data)
-        elif data:  # a body where none was announced
+        else:  # a body where none was announced
             self.keep_alive = False
 
-    def _parse_chunked(self, data: bytes) -> None:
+    def _chunked(self, data: bytes) -> None:
         pos, n = 0, len(data)
         while pos < n:
             state = self._c_state
@@ -276,17 +338,20 @@ class _Conn(asyncio.Protocol):
                     self._c_state = _C_CRLF
             elif state == _C_CRLF:
                 if n - pos < 2:
+                    if data[pos:] != b"\r":
+                        raise _bad("bad chunk terminator")
                     self._buf = data[pos:]
                     return
                 if data[pos:pos + 2] != b"\r\n":
-                    raise UpstreamProtocolError("upstream protocol error: bad chunk terminator")
+                    raise _bad("bad chunk terminator")
                 pos += 2
                 self._c_state = _C_SIZE
             else:  # _C_SIZE or _C_TRAILER: line based
                 end = data.find(b"\r\n", pos)
                 if end < 0:
-                    if n - pos > _MAX_CHUNK_LINE:
-                        raise UpstreamProtocolError("upstream protocol error: chunk line too long")
+                    limit = _MAX_CHUNK_LINE if state == _C_SIZE else _MAX_HEAD - self._t_bytes
+                    if n - pos > limit:
+                        raise _bad("chunk line too long" if state == _C_SIZE else "trailers too large")
                     self._buf = data[pos:]
                     return
                 line = data[pos:end]
@@ -297,19 +362,161 @@ class _Conn(asyncio.Protocol):
                         if pos < n:
                             self.keep_alive = False
                         return
+                    self._trailer_line(line)
                     continue
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                    if size < 0:
-                        raise ValueError
-                except ValueError:
-                    raise UpstreamProtocolError("upstream protocol error: bad chunk size") from None
+                m = _CHUNK_SIZE(line)
+                if m is None:
+                    raise _bad("bad chunk size")
+                size = int(m.group(1), 16)
                 if size == 0:
                     self._c_state = _C_TRAILER
                 else:
                     self._c_state, self._c_left = _C_DATA, size
 
+    def _trailer_line(self, line: bytes) -> None:
+        """Trailer fields are checked like header fields, then dropped (nothing here reads them)."""
+        self._t_bytes += len(line) + 2
+        if self._t_bytes > _MAX_HEAD:
+            raise _bad("trailers too large")
+        if line[:1] in (b" ", b"\t"):
+            if not self._t_field:  # no field line yet to continue
+                raise _bad("continuation line at start of fields")
+            line = b"x:" + line  # a continuation is field content: check it as such
+        if _FIELD(line) is None or b"\r" in line or _CTL(line) is not None:
+            raise _bad("bad trailer line")
+        self._t_field = True
+
+
+def _tokens(value: str) -> set[str]:
+    return {t.strip(" \t") for t in value.lower().split(",")}
+
+
+def _framing(headers: _Headers) -> tuple[bool, int | None]:
+    """(chunked, content length) from the framing fields, checked (and normalised) as h11 does, and
+    refused together (RFC 9112 6.3: a response with both "ought to be handled as an error")."""
+    te = dict.get(headers, "transfer-encoding")
+    cl = dict.get(headers, "content-length")
+    length = None
+    if cl is not None and cl.isdigit() and cl.isascii() and len(cl) <= 20:
+        length = int(cl)  # the usual case, in one step
+    elif cl is not None:
+        values = {v.strip(" \t") for v in cl.split(",")}
+        if len(values) != 1:
+            raise _bad("conflicting content-length")
+        value = values.pop()
+        if _DIGITS(value) is None:
+            raise _bad("bad content-length")
+        length = int(value)
+        dict.__setitem__(headers, "content-length", value)  # one value, as h11 keeps it
+    if te is not None:
+        if te.lower() != "chunked":
+            raise _bad("unsupported transfer-encoding")
+        if cl is not None:
+            raise _bad("both content-length and transfer-encoding")
+        dict.__setitem__(headers, "transfer-encoding", "chunked")
+        return True, None
+    return False, length
+
+
+class _Conn(asyncio.Protocol):
+    """One connection, and the response being read on it."""
+
+    __slots__ = ("_drain_timer", "_drained", "_fd", "_paused", "_pool", "_waiter", "closed", "collecting",
+                 "counted", "error", "idle", "loop", "p", "releasing", "transport")
+
+    def __init__(self, pool: _Pool):
+        self._pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._fd = -1               # the socket, for the idle check (plain TCP only)
+        self.closed = False
+        self.error: TransportError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._drained = 0
+        self._paused = False
+        self.releasing = False
+        self.collecting = False     # `read()` wants the whole body: never pause
+        self.idle = False           # in the pool: nothing may arrive
+        self.counted = True         # in the pool's count of open connections until _gone()
+        self.p = ResponseParser()
+
+    def reuse(self) -> None:
+        self.idle = False
+        self.collecting = False
+        self.p.reset()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._pool.ssl is None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                self._fd = sock.fileno()
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:  # nothing was asked (a 408 before closing, stray bytes): drop the connection
+            self.abort()
+            return
+        p = self.p
+        try:
+            p.feed(data)
+        except TransportError as e:
+            self._fail(e)
+            return
+        if self.releasing:
+            self._drained += p.size
+            p.take_body()
+            if p.eof:
+                self._finish_release()
+            elif self._drained > _MAX_DRAIN:
+                self.abort()
+            return
+        if p.size > _HIGH_WATER and not self.collecting and not self._paused and not p.eof:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.error is None and not self.p.eof:
+            try:
+                self.p.feed_eof()
+            except TransportError as e:
+                self.error = e
+        self._gone()
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
     # -- control
+    def usable(self) -> bool:
+        """An idle connection may be reused: open, and nothing (data or the peer's FIN) waiting on it."""
+        t = self.transport
+        if self.closed or t is None or t.is_closing():
+            return False
+        if self._fd >= 0:
+            poller = self._pool.poller
+            poller.register(self._fd, select.POLLIN)
+            try:
+                ready = poller.poll(0)  # readable while idle: the peer closed, or sent something unasked
+            finally:
+                poller.unregister(self._fd)
+            if ready:
+                return False
+        return True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     def _fail(self, err: TransportError) -> None:
         if self.error is None:
             self.error = err
@@ -329,8 +536,8 @@ class _Conn(asyncio.Protocol):
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
-        if self._counted:
-            self._counted = False
+        if self.counted:
+            self.counted = False
             self._pool.lost(self)
 
     async def wait(self, deadline: float | None, read_s: float | None) -> None:
@@ -361,22 +568,22 @@ class _Conn(asyncio.Protocol):
         self._fail(UpstreamTimeout("upstream timed out"))
 
     def take_body(self) -> bytes:
-        body = self.body
-        if not body:
-            return b""
-        data = body[0] if len(body) == 1 else b"".join(body)
-        body.clear()
+        data = self.p.take_body()
+        self.resume()
         return data
 
     def release(self) -> None:
         """Back to the pool once the response is read to its end; else drop the connection."""
-        if self.closed or self.error is not None or not self.keep_alive:
+        p = self.p
+        if self.closed or self.error is not None or not p.keep_alive:
             self.abort()
-        elif self.eof:
+        elif p.eof:
             self._pool.put(self)
-        elif self._mode in (_LENGTH, _CHUNKED):  # the rest (e.g. a chunked terminator) is probably in flight
+        elif p.mode in (_LENGTH, _CHUNKED):  # the rest (e.g. a chunked terminator) is probably in flight
             self.releasing = True
-            self.body.clear()
+            self._drained = p.size
+            p.take_body()
+            self.resume()
             self._drain_timer = self.loop.call_later(_DRAIN_S, self.abort)
         else:
             self.abort()
@@ -386,17 +593,23 @@ class _Conn(asyncio.Protocol):
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
-        if self.keep_alive and self.error is None and not self.closed:
+        if self.p.keep_alive and self.error is None and not self.closed:
             self._pool.put(self)
         else:
             self.abort()
 
 
+def _expire(fut: asyncio.Future[None], waited: float, limit: int) -> None:
+    if not fut.done():
+        fut.set_exception(UpstreamTimeout(
+            f"upstream timed out: no free connection within {waited:g} s (pool limit {limit})"))
+
+
 class _Pool:
     """Connections to one (scheme, host, port) on one event loop: idle ones LIFO, a cap on open ones."""
 
-    __slots__ = ("count", "host", "idle", "keepalive_s", "limit", "loop", "port", "server_hostname", "ssl",
-                 "waiters")
+    __slots__ = ("count", "host", "idle", "keepalive_s", "limit", "loop", "poller", "port", "server_hostname",
+                 "ssl", "waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, ssl: _ssl.SSLContext | None,
                  limit: int, keepalive_s: float):
@@ -406,36 +619,39 @@ class _Pool:
         self.idle: collections.deque[tuple[_Conn, float]] = collections.deque()
         self.count = 0                 # open connections, idle or busy
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.poller = select.poll()    # the idle check; one per pool, so per loop and thread
 
-    async def acquire(self, connect_s: float) -> _Conn:
+    def _idle_conn(self) -> _Conn | None:
         idle = self.idle
-        if idle:
-            now = self.loop.time()
-            while idle:
-                conn, since = idle.pop()
-                if not conn.closed and now - since < self.keepalive_s:
-                    conn._reset()
-                    return conn
-                conn.abort()
+        now = self.loop.time()
+        while idle:
+            conn, since = idle.pop()
+            if now - since < self.keepalive_s and conn.usable():
+                conn.reuse()
+                return conn
+            conn.abort()
+        return None
+
+    async def acquire(self, timeout: float) -> _Conn:
+        """An idle connection, else a new one; waiting for a free slot and connecting share `timeout`."""
+        if self.idle:
+            conn = self._idle_conn()
+            if conn is not None:
+                return conn
+        loop = self.loop
+        end = loop.time() + timeout
         while self.count >= self.limit:
-            fut = self.loop.create_future()
-            self.waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self.waiters:
-                    self.waiters.remove(fut)
-            if idle:
-                conn, _ = idle.pop()
-                if not conn.closed:
-                    conn._reset()
+            await self._wait(end, timeout)
+            if self.idle:
+                conn = self._idle_conn()
+                if conn is not None:
                     return conn
         self.count += 1
         conn = _Conn(self)
         try:
-            await asyncio.wait_for(self.loop.create_connection(
+            await asyncio.wait_for(loop.create_connection(
                 lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname),
-                timeout=connect_s)
+                timeout=max(0.0, end - loop.time()))
         except BaseException as e:
             conn.abort()
             if isinstance(e, asyncio.TimeoutError):
@@ -445,7 +661,24 @@ class _Pool:
             raise
         return conn
 
+    async def _wait(self, end: float, timeout: float) -> None:
+        fut = self.loop.create_future()
+        self.waiters.append(fut)
+        timer = self.loop.call_at(end, _expire, fut, timeout, self.limit)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._wake()  # woken, then cancelled: hand the free slot to the next waiter
+            raise
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):  # still queued: not woken
+                self.waiters.remove(fut)
+
     def put(self, conn: _Conn) -> None:
+        conn.idle = True
+        conn.resume()  # an idle connection must see its peer's FIN
         self.idle.append((conn, self.loop.time()))
         self._wake()
 
@@ -478,24 +711,28 @@ class _Http1Response(UpstreamResponse):
     def __init__(self, conn: _Conn, deadline: float | None, read_s: float | None):
         self._conn, self._deadline, self._read_s = conn, deadline, read_s
         self._done = False   # released or closed: the connection belongs to someone else now
-        self.status = conn.status
-        self.headers = conn.headers
+        self.status = conn.p.status
+        self.headers = conn.p.headers
 
     async def read(self) -> bytes:
         conn = self._conn
-        while not conn.eof:
+        conn.collecting = True
+        conn.resume()
+        p = conn.p
+        while not p.eof:
             await conn.wait(self._deadline, self._read_s)
-        return conn.take_body()
+        return p.take_body()
 
     async def sse_data(self) -> AsyncIterator[bytes]:
         conn = self._conn
+        p = conn.p
         decoder = SSEDecoder()
         while True:
             data = conn.take_body()
             if data:
                 for event in decoder.feed(data):
                     yield event
-            elif conn.eof:
+            elif p.eof:
                 for event in decoder.close():
                     yield event
                 return
@@ -516,9 +753,9 @@ class _Http1Response(UpstreamResponse):
 class Http1Transport(Transport):
     """Pooled HTTP/1.1 keep-alive transport: one pool per (event loop, scheme, host, port).
 
-    `limit`: open connections per upstream host and loop (callers beyond it wait for one);
-    `keepalive_s`: an idle connection older than this is not reused; `ssl`: the TLS context for
-    ``https://`` (default: the system's trust store, hostname checked).
+    `limit`: open connections per upstream host and loop (callers beyond it wait for one, within
+    their connect timeout); `keepalive_s`: an idle connection older than this is not reused; `ssl`:
+    the TLS context for ``https://`` (default: the system's trust store, hostname checked).
     """
 
     def __init__(self, *, limit: int = 1000, keepalive_s: float = 30.0, ssl: _ssl.SSLContext | None = None):
@@ -586,7 +823,7 @@ class Http1Transport(Transport):
         conn = await pool.acquire(connect_timeout)
         try:
             conn.transport.write(request)  # type: ignore[union-attr]
-            while not conn.head_done:
+            while not conn.p.head_done:
                 await conn.wait(deadline, read_s)
         except BaseException:
             conn.abort()

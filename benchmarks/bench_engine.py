@@ -1,0 +1,189 @@
+"""The engine's own cost per request, without sockets: `Engine.complete` / `Engine.stream` against an
+in-process transport that answers at once, with the meters `router serve` uses (Prometheus, lock-free)
+and, in one variant, a tenant budget (reserve + settle). The ``+ratelimit`` and ``cache-*`` variants
+switch on rate limits (in-process: requests, tokens and in-flight limits of one tenant) and the
+response cache (in-process; ``cache-hit`` answers every call from it, ``cache-miss`` sends a new
+prompt each call and stores it); a checkout without those features skips them.
+
+    python benchmarks/bench_engine.py [--calls 4000] [--rounds 8]
+    python benchmarks/bench_engine.py --against /tmp/base/src     # A/B against another checkout's src
+
+With ``--against``, rounds alternate between this checkout and the other one, each round in a fresh
+interpreter, so both see the same machine drift; per variant it prints the median microseconds per
+call of each and their difference. CPU-bound: no network, no upstream process, which makes it far
+less noisy than bench_library on a shared machine (still compare within one run only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+POLICY = """
+version: 1
+providers:
+  up: {kind: vllm, base_url: "http://127.0.0.1:9/v1", region: eu}
+models:
+  m: {provider: up, model: m, price: {input_per_mtok: 0.1, output_per_mtok: 0.2}}
+  n: {provider: up, model: n, price: {input_per_mtok: 0.3, output_per_mtok: 0.6}}
+routes:
+  coding: {targets: [m, n]}
+  general: {targets: [n, m]}
+rules:
+  - {if: {task: coding}, route: coding}
+  - {route: general}
+tenants:
+  acme: {budget: {daily_usd: 1000000}}
+"""
+
+BODY_JSON = (b'{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,'
+             b'"message":{"role":"assistant","content":"The quick brown fox."},"finish_reason":"stop"}],'
+             b'"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}')
+CHUNKS = [b'{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"'
+          + w.encode() + b' "},"finish_reason":null}]}' for w in ("The", "quick", "brown", "fox.")]
+CHUNKS += [b'{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{},'
+           b'"finish_reason":"stop"}]}',
+           b'{"id":"c","object":"chat.completion.chunk","model":"m","choices":[],"usage":'
+           b'{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}', b"[DONE]"]
+MESSAGES = [{"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": "Write a Rust function that parses ISO 8601 dates and explain it."}]
+# the same, plus a tenant with rate limits and a route with a response cache
+MONEY = POLICY.replace("  general: {targets: [n, m]}", "  general: {targets: [n, m]}\n"
+                       "  cached: {targets: [m], cache: {ttl_s: 600, max_entries: 1000}}") + """\
+  plain: {}
+  limited: {rate_limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000}}
+"""
+
+
+def one_round(calls: int) -> dict[str, float]:
+    from router import Router
+    from router.core.policy_parser import parse_policy
+    from router.metering.budget import InProcessBudget
+    from router.metering.prometheus import PrometheusMeter
+    from router.transport.base import Transport, UpstreamResponse
+
+    class Resp(UpstreamResponse):
+        status, headers = 200, {}
+
+        async def read(self) -> bytes:
+            return BODY_JSON
+
+        async def sse_data(self):
+            for c in CHUNKS:
+                yield c
+
+        def close(self) -> None:
+            pass
+
+        def release(self) -> None:
+            pass
+
+    class Instant(Transport):
+        async def send(self, call, *, connect_s, read_s, total_s):
+            return Resp()
+
+    policy = parse_policy(POLICY, env={})
+    router = Router(policy, transport=Instant(), meters=[PrometheusMeter(lock_free=True)], budget=InProcessBudget(),
+                    monitor=True)
+    engine = router.engine
+
+    async def pinned() -> None:
+        await engine.complete({"model": "m", "messages": MESSAGES, "max_tokens": 64}, task="coding")
+
+    async def auto() -> None:
+        await engine.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64})
+
+    async def budgeted() -> None:
+        await engine.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64}, tenant="acme")
+
+    async def stream() -> None:
+        async for _ in engine.stream({"model": "m", "messages": MESSAGES, "stream": True}, task="coding"):
+            pass
+
+    variants = [("pinned", pinned), ("auto", auto), ("auto+budget", budgeted), ("stream", stream)]
+    try:
+        money = Router(parse_policy(MONEY, env={}), transport=Instant(), meters=[PrometheusMeter(lock_free=True)],
+                       budget=InProcessBudget(), monitor=True).engine
+    except Exception:   # a checkout without rate limits and the response cache
+        money = None
+    if money is not None:
+        seq = iter(range(10**9))
+
+        async def tenant() -> None:   # the same tenant lookup as `limited`, without limits: its baseline
+            await money.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64}, tenant="plain")
+
+        async def limited() -> None:
+            await money.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64}, tenant="limited")
+
+        async def hit() -> None:
+            await money.complete({"model": "cached", "messages": MESSAGES, "max_tokens": 64, "temperature": 0})
+
+        async def miss() -> None:
+            fresh = [*MESSAGES[:-1], {"role": "user", "content": f"{MESSAGES[-1]['content']} #{next(seq)}"}]
+            await money.complete({"model": "cached", "messages": fresh, "max_tokens": 64, "temperature": 0})
+
+        async def stream_hit() -> None:
+            async for _ in money.stream({"model": "cached", "messages": MESSAGES, "stream": True, "temperature": 0}):
+                pass
+
+        variants += [("auto+tenant", tenant), ("auto+ratelimit", limited), ("cache-hit", hit), ("cache-miss", miss), ("stream-hit", stream_hit)]
+
+    async def run() -> dict[str, float]:
+        out = {}
+        for name, fn in variants:
+            for _ in range(200):
+                await fn()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                await fn()
+            out[name] = (time.perf_counter() - t0) / calls * 1e6
+        await router.aclose()
+        return out
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calls", type=int, default=4000)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--against", help="another checkout's src directory: alternate rounds between the two")
+    p.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one_round:
+        print(json.dumps(one_round(args.calls)))
+        return
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    sides = {"this": os.path.abspath(here)}
+    if args.against:
+        sides["against"] = os.path.abspath(args.against)
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+    for r in range(args.rounds):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for side in order:
+            env = {**os.environ, "PYTHONPATH": sides[side]}
+            out = subprocess.run([sys.executable, __file__, "--one-round", "--calls", str(args.calls)], env=env,
+                                 capture_output=True, text=True, check=True)
+            results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    names = list(results["this"][0])
+    print(f"engine cost per call, us (median of {args.rounds} rounds of {args.calls} calls; min in brackets)")
+    header = f"{'variant':<15}" + "".join(f"{s:>22}" for s in sides) + ("   difference" if args.against else "")
+    print(header)
+    for n in names:
+        ran = [s for s in sides if n in results[s][0]]   # a variant the other checkout cannot run: "-"
+        med = {s: statistics.median(x[n] for x in results[s]) for s in ran}
+        low = {s: min(x[n] for x in results[s]) for s in ran}
+        row = f"{n:<15}" + "".join(f"{med[s]:>13.1f} [{low[s]:>6.1f}]" if s in ran else f"{'-':>22}" for s in sides)
+        if args.against and len(ran) == 2:
+            row += f"   {med['this'] - med['against']:+8.1f}"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

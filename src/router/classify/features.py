@@ -1,0 +1,290 @@
+"""The classifier's features: what a request's text turns into before the model weighs it.
+
+This is the pure-Python reference; ``_features.c`` computes the same features and sums (the tests
+compare the two on every data text and on random text in many scripts).
+
+Features, all binary, computed on the UTF-8 bytes of the lower-cased text:
+
+* words (runs of ASCII letters and digits and non-ASCII bytes; digits 1-9 read as 0, so numbers
+  count by length), symbol runs (``();``, ``=>``, fences) and each symbol on its own;
+* pairs of adjacent words (from the first :data:`PAIR_WORDS` words);
+* CJK text (Han, kana, Hangul), which spaces don't split into words: characters and character
+  pairs from the first :data:`CJK_HEAD` CJK characters;
+* a stem for every token longer than six bytes (its first five letters, or ten bytes outside
+  ASCII), so ``functions``/``Funktionen``/``функцию`` share weight;
+* markers: indented lines (``__tab``), error text (``__err``), and tools offered (``__tool``).
+
+>>> sorted(names(text_keys("Hi there, functions!")))
+['!', ',', 'c:!', 'c:,', 'functions', 'funct~', 'hi', 'hi there', 'there', 'there functions']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = [
+    "CJK_HEAD",
+    "MARKERS",
+    "PAIR_WORDS",
+    "Keys",
+    "announces_new_topic",
+    "canonical_name",
+    "content_text",
+    "feature_key",
+    "feature_name",
+    "names",
+    "split_conversation",
+    "stem",
+    "text_keys",
+]
+
+PAIR_WORDS = 80
+CJK_HEAD = 150
+MARKERS = frozenset({"__tab", "__err", "__tool"})
+
+# Characters read per request: the head and tail of the last user turn, then context, most recent
+# first. These bound the cost of a 100 kB paste to that of a 3 kB one.
+LAST_HEAD, LAST_TAIL = 1500, 500
+CONTEXT_BUDGET, CONTEXT_PER_MESSAGE = 1500, 600
+TOOLS_BUDGET = 600
+
+# words: ASCII punctuation -> space, digits 1-9 -> "0"; symbols: letters, digits, non-ASCII -> space.
+_WORD_BYTES = bytearray(range(256))
+_SYMBOL_BYTES = bytearray(range(256))
+for _i in range(256):
+    _c = chr(_i)
+    if _i < 128 and not _c.isalnum():
+        _WORD_BYTES[_i] = 32
+    elif _c in "123456789":
+        _WORD_BYTES[_i] = 48
+    if _i >= 128 or _c.isalnum() or _c.isspace():
+        _SYMBOL_BYTES[_i] = 32
+_WORD_TABLE, _SYMBOL_TABLE = bytes(_WORD_BYTES), bytes(_SYMBOL_BYTES)
+del _WORD_BYTES, _SYMBOL_BYTES, _i, _c
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+_OTHER_SYMBOL = re.compile(r"[^\x00-\x7f\w]")  # non-ASCII, not a letter or digit: €, ×, ≤, 。
+
+Keys = tuple[set, set]
+"""(tokens, pairs): ``bytes`` words and symbol runs, ``str`` symbols, CJK characters and pairs and
+markers; ``tuple`` word pairs. Key types keep the kinds apart."""
+
+
+def stem(word: bytes) -> bytes:
+    """The first five letters (ASCII) or ten bytes (other scripts) of a token longer than six."""
+    return word[:5] if word[0] < 128 else word[:10]
+
+
+def _cjk_head(lowered: str) -> list[str]:
+    """The runs of CJK characters among the first CJK_HEAD CJK characters of the text (the last run
+    cut where the budget ends)."""
+    out: list[str] = []
+    budget = CJK_HEAD
+    for match in _CJK.finditer(lowered):  # lazily: stop scanning once the budget is spent
+        if budget <= 0:
+            break
+        run = match.group()[:budget]
+        out.append(run)
+        budget -= len(run)
+    return out
+
+
+def text_keys(text: str) -> Keys:
+    """The distinct features of one piece of text (bounded by the caller)."""
+    lowered = text.lower()
+    raw = lowered.encode("utf-8", "surrogatepass")
+    words = raw.translate(_WORD_TABLE).split()
+    tokens: set = set(words)
+    symbols = raw.translate(_SYMBOL_TABLE).split()
+    tokens.update(symbols)
+    tokens.update(b"".join(symbols).decode())  # each ASCII symbol on its own, as a str
+    pairs = set(zip(words[:PAIR_WORDS], words[1:PAIR_WORDS], strict=False))
+    if len(raw) != len(lowered):  # not ASCII
+        tokens.update(_OTHER_SYMBOL.findall(lowered))
+        for run in _cjk_head(lowered):
+            tokens.update(run)
+            tokens.update(map(str.__add__, run, run[1:]))
+    if b"\n  " in raw or b"\n\t" in raw:
+        tokens.add("__tab")
+    if b"error:" in raw or b"exception" in raw:
+        tokens.add("__err")
+    return tokens, pairs
+
+
+def _decode(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def feature_name(key: object) -> str:
+    """The name a key has in the model file: ``word``, ``();``, ``word word``, ``c:中``, ``__err``.
+
+    (Stems are named ``stem~``.) The forms can't be confused: words have no symbols, symbol runs no
+    letters, only pairs have a space, and ``c:`` and ``__`` start neither.
+    """
+    if isinstance(key, bytes):
+        return _decode(key)
+    if isinstance(key, tuple):
+        return _decode(key[0]) + " " + _decode(key[1])
+    return key if key in MARKERS else "c:" + key  # type: ignore[operator]  # c:( c:€ c:中 c:中文
+
+
+def names(keys: Keys) -> dict[str, float]:
+    """Feature name -> value of one text's keys: 1.0 each; a stem counts the long tokens sharing it."""
+    tokens, pairs = keys
+    out = dict.fromkeys(map(feature_name, tokens), 1.0)
+    out.update(dict.fromkeys(map(feature_name, pairs), 1.0))
+    for token in tokens:
+        if isinstance(token, bytes) and len(token) > 6:
+            name = _decode(stem(token)) + "~"
+            out[name] = out.get(name, 0.0) + 1.0
+    return out
+
+
+def canonical_name(name: str) -> tuple[bool, bytes]:
+    """(is a stem, the feature as ``router.classify._features`` hashes it): a kind tag, then its bytes.
+
+    Tag 1: a word or symbol run (``bytes`` keys); 2: a character, character pair or marker
+    (``str`` keys); 3: a word pair, ``a b`` (``tuple`` keys). A stem is its bytes, untagged.
+    """
+    if name in MARKERS:
+        return False, b"\x02" + name.encode()
+    if name.startswith("c:") and len(name) in (3, 4):
+        return False, b"\x02" + name[2:].encode("utf-8", "surrogatepass")
+    if " " in name:
+        return False, b"\x03" + name.encode("utf-8", "surrogateescape")
+    if name.endswith("~") and len(name) > 1 and (name[0].isalnum() or not name[0].isascii()):
+        return True, name[:-1].encode("utf-8", "surrogateescape")
+    return False, b"\x01" + name.encode("utf-8", "surrogateescape")
+
+
+def feature_key(name: str) -> tuple[bool, object]:
+    """Inverse of the naming: (is a stem, the key :func:`text_keys` produces)."""
+    is_stem, canonical = canonical_name(name)
+    if is_stem:
+        return True, canonical
+    tag, body = canonical[0], canonical[1:]
+    if tag == 1:
+        return False, body
+    if tag == 2:
+        return False, body.decode("utf-8", "surrogatepass")
+    a, b = body.split(b" ", 1)
+    return False, (a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations: the last user turn, and the rest as context
+# ---------------------------------------------------------------------------------------------
+
+
+def content_text(content: object) -> str:
+    """The text of a message's ``content``: a string, or the text parts of a list (images: ``[image]``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping):
+                if isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+                elif part.get("type") in ("image_url", "input_image", "image"):
+                    parts.append("[image]")
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return ""
+
+
+# JSON's own punctuation in tool calls and tool results is the protocol, not evidence of the task:
+# a travel agent's flight offers are JSON as much as a coding agent's are. Its keys and values stay.
+_JSON_SYNTAX = str.maketrans(dict.fromkeys('{}[]":,', " "))
+
+
+def _message_text(message: Mapping) -> str:
+    text = content_text(message.get("content"))
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                args = str(fn.get("arguments", ""))[:200].translate(_JSON_SYNTAX)
+                text += f"\n{fn.get('name', '')}({args})"
+    return text
+
+
+def _clip(text: str, head: int, tail: int) -> str:
+    return text if len(text) <= head + tail else text[:head] + "\n" + text[-tail:]
+
+
+def _tools_text(tools: Iterable) -> str:
+    parts: list[str] = []
+    size = 0
+    for tool in tools:
+        if not isinstance(tool, Mapping):
+            continue
+        fn = tool.get("function", tool)
+        if not isinstance(fn, Mapping):
+            continue
+        piece = f"{fn.get('name', '')}: {str(fn.get('description', ''))[:200]}"
+        parts.append(piece)
+        size += len(piece)
+        if size > TOOLS_BUDGET:
+            break
+    return "\n".join(parts)
+
+
+# Openings that announce a change of topic: the last turn then decides alone. Read from its first
+# 200 characters, lower-cased.
+_NEW_TOPIC = re.compile(
+    r"unrelated|different (?:question|topic|thing)|switching gears|change of (?:topic|subject)|on another note|"
+    r"\bbtw\b|\bby the way\b|\banyway\b|another (?:question|thing)|separate (?:question|thing)|new question|"
+    r"otra cosa|otra pregunta|cambiando de tema|cambio de tema|outra coisa|outra pergunta|mudando de assunto|"
+    r"autre chose|autre question|changement de sujet|andere frage|anderes thema|themawechsel|übrigens|"
+    r"cambio argomento|altra domanda|un'altra cosa|другой вопрос|другая тема|кстати|не по теме|"
+    r"başka bir soru|konu değişikliği|"
+    r"話(?:は)?変わ|関係ない(?:けど|んだけど|話)|別の質問|ところで|"
+    r"另外|换个话题|換個話題|题外话|顺便问|"
+    r"다른 질문|그건 그렇고|딴 얘기|다른 얘기|주제를 바꿔",
+)
+
+
+def announces_new_topic(turn: str) -> bool:
+    """Whether a user turn opens with a change of topic ("unrelated question:", "btw", "話変わるけど").
+
+    >>> announces_new_topic("thanks! unrelated: write me a haiku"), announces_new_topic("and in Go?")
+    (True, False)
+    """
+    return _NEW_TOPIC.search(turn[:200].lower()) is not None
+
+
+def split_conversation(messages: Sequence[Mapping], tools: Sequence | None) -> tuple[str, str | None]:
+    """(the last user turn, clipped; the context, clipped, or None when there is none).
+
+    The context is the system prompt, earlier turns, assistant tool calls and tool results (most
+    recent first, up to CONTEXT_BUDGET characters) and the names and descriptions of the tools.
+    """
+    last = len(messages) - 1
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if isinstance(m, Mapping) and m.get("role", "user") == "user":
+            last = i
+            break
+    main = ""
+    if last >= 0 and isinstance(messages[last], Mapping):
+        main = _clip(_message_text(messages[last]), LAST_HEAD, LAST_TAIL)
+    context: list[str] = []
+    budget = CONTEXT_BUDGET
+    for i in range(len(messages) - 1, -1, -1):
+        if i == last or budget <= 0 or not isinstance(messages[i], Mapping):
+            continue
+        text = _message_text(messages[i])
+        if not text:
+            continue
+        share = min(budget, CONTEXT_PER_MESSAGE)
+        text = _clip(text, share * 2 // 3, share // 3)
+        if messages[i].get("role") in ("tool", "function") and text.lstrip()[:1] in ("{", "["):
+            text = text.translate(_JSON_SYNTAX)
+        context.append(text)
+        budget -= len(text)
+    if tools:
+        context.append("__tools\n" + _tools_text(tools)[:TOOLS_BUDGET])
+    return main, ("\n".join(context) if context else None)
