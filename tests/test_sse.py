@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from router.core.sse import SSEDecoder
+from router.core.sse import SSEDecoder, SSEEventTooLarge
 from router.core.translate import UpstreamCall
 from router.transport.aiohttp_client import AiohttpTransport
 from router.transport.http1 import Http1Transport
@@ -89,3 +89,36 @@ async def test_both_transports_decode_the_same_events(upstream: str, client) -> 
     finally:
         await t.aclose()
     assert got == [b"first\nline2", b'{"b":2}', b"[DONE]"]
+
+
+def test_an_event_without_end_is_refused_past_the_limit_not_buffered_forever():
+    d = SSEDecoder(max_event=100_000)
+    d.feed(b"data: ")
+    with pytest.raises(SSEEventTooLarge):
+        for _ in range(100):
+            d.feed(b"x" * 4096)
+
+
+def test_a_long_line_gathered_over_many_reads_decodes_as_one_event():
+    d = SSEDecoder()
+    line = b"y" * 300_000
+    out = d.feed(b"data: ")
+    for i in range(0, len(line), 1000):
+        out += d.feed(line[i:i + 1000])
+    out += d.feed(b"\r")
+    out += d.feed(b"\n\r\ndata: z\n\n")
+    assert out == [line, b"z"]
+
+
+def test_a_held_cr_before_a_read_without_line_break_still_ends_the_line():
+    d = SSEDecoder()
+    assert d.feed(b"data: a\r") == []
+    assert d.feed(b"\rdata: b") == [b"a"]
+    assert d.close() == [b"b"]
+
+
+def test_many_data_lines_adding_up_past_the_limit_are_refused():
+    d = SSEDecoder(max_event=1000)
+    with pytest.raises(SSEEventTooLarge):
+        for _ in range(20):
+            d.feed(b"data: " + b"q" * 100 + b"\n")

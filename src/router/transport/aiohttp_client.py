@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router.core.sse import SSEDecoder
+from router.core.sse import SSEDecoder, SSEEventTooLarge
 from router.core.translate import UpstreamCall
 from router.transport.base import (
     Transport,
@@ -26,6 +26,8 @@ from router.transport.base import (
 )
 
 __all__ = ["AiohttpTransport"]
+
+MAX_BODY = 128 * 1024 * 1024   # bytes of one non-streamed answer (the lean client's limit too)
 
 
 def _map(exc: BaseException) -> TransportError:
@@ -51,10 +53,19 @@ class _AiohttpResponse(UpstreamResponse):
         self.headers = resp.headers
 
     async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
+        content = self._resp.content
+        parts: list[bytes] = []
+        size = 0
+        try:   # read() has no limit: a runaway (or decompression-bomb) body would take all memory
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    self._resp.close()
+                    raise UpstreamProtocolError(f"upstream protocol error: response body larger than {MAX_BODY} bytes")
+                parts.append(chunk)
         except _ERRORS as e:
             raise _map(e) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def sse_data(self) -> AsyncIterator[bytes]:
         content = self._resp.content
@@ -68,6 +79,8 @@ class _AiohttpResponse(UpstreamResponse):
                     yield data
         except _ERRORS as e:
             raise _map(e) from None
+        except SSEEventTooLarge as e:
+            raise UpstreamProtocolError(f"upstream protocol error: {e}") from None
         for data in decoder.close():
             yield data
 

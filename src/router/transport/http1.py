@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from router.core.sse import SSEDecoder
+from router.core.sse import SSEDecoder, SSEEventTooLarge
 from router.transport.base import (
     Transport,
     TransportError,
@@ -66,6 +66,7 @@ __all__ = ["Http1Transport", "ResponseParser"]
 
 _MAX_HEAD = 64 * 1024           # a response head (status line and fields through the blank line); trailers too
 _MAX_CHUNK_LINE = 4096
+MAX_BODY = 128 * 1024 * 1024   # decoded body bytes held at once (a whole JSON answer; a stream's unread part)
 _HIGH_WATER = 256 * 1024        # buffered body bytes without a reader: pause the socket
 _DRAIN_S = 5.0                  # how long a released-early response may take to finish before we give up on it
 _MAX_DRAIN = 64 * 1024          # ... and how many bytes it may still send
@@ -284,24 +285,29 @@ class ResponseParser:
     # -- the body
     def _add(self, data: bytes) -> None:
         if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
+            room = MAX_BODY - self.size
+            try:   # never inflate past the limit: a small compressed body can decode to gigabytes
+                data = self._decoder.decompress(data, room + 1)
             except zlib.error:
                 raise _bad("bad compressed body") from None
             if not data:
                 return
         self.body.append(data)
         self.size += len(data)
+        if self.size > MAX_BODY:
+            raise _bad(f"response body larger than {MAX_BODY} bytes")
 
     def _end_body(self) -> None:
         if self._decoder is not None:
             try:
-                rest = self._decoder.flush()
+                rest = self._decoder.flush(MAX_BODY - self.size + 1)
             except zlib.error:
                 raise _bad("bad compressed body") from None
             if rest:
                 self.body.append(rest)
                 self.size += len(rest)
+                if self.size > MAX_BODY:
+                    raise _bad(f"response body larger than {MAX_BODY} bytes")
         self.eof = True
 
     def _body(self, data: bytes) -> None:
@@ -730,7 +736,11 @@ class _Http1Response(UpstreamResponse):
         while True:
             data = conn.take_body()
             if data:
-                for event in decoder.feed(data):
+                try:
+                    events = decoder.feed(data)
+                except SSEEventTooLarge as e:
+                    raise _bad(str(e)) from None
+                for event in events:
                     yield event
             elif p.eof:
                 for event in decoder.close():
