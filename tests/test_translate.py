@@ -17,9 +17,9 @@ providers:
 models:
   coder: {provider: gpu, model: Qwen/Qwen3-Coder-Next, price: {input_per_mtok: 0, output_per_mtok: 0},
           params: {temperature: 0.2}}
-  chat:  {provider: ds, model: deepseek-chat, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}}
+  chat:  {provider: ds, model: deepseek-chat, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}, context_window: 131072}
   r1:    {provider: ds, model: deepseek-reasoner, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}}
-  mini:  {provider: oa, model: gpt-4.1-mini, price: {input_per_mtok: 0.4, output_per_mtok: 1.6}}
+  mini:  {provider: oa, model: gpt-4.1-mini, price: {input_per_mtok: 0.4, output_per_mtok: 1.6}, max_output_tokens: 4096}
   large: {provider: mi, model: mistral-large-latest, price: {input_per_mtok: 0.5, output_per_mtok: 1.5}}
 routes:
   general: {targets: [chat]}
@@ -108,3 +108,25 @@ def test_url_headers_and_key(policy) -> None:
 ])
 def test_read_usage(data, usage) -> None:
     assert read_usage(data) == usage
+
+
+@pytest.mark.parametrize(("alias", "body", "sent"), [
+    # deepseek-chat writes at most 8,192 tokens (litellm's catalogue): Claude Code's 32k ask is capped
+    ("chat", {"max_tokens": 32000}, {"max_tokens": 8192}),
+    ("chat", {"max_tokens": 100}, {"max_tokens": 100}),
+    # the policy's own `max_output_tokens` wins over the catalogue's 32,768
+    ("mini", {"max_completion_tokens": 128000}, {"max_completion_tokens": 4096}),
+    ("mini", {"max_tokens": 5000, "max_completion_tokens": 300}, {"max_tokens": 4096, "max_completion_tokens": 300}),
+    # self-hosted: no catalogue, no limit in the policy, nothing capped
+    ("coder", {"max_tokens": 128000}, {"max_tokens": 128000}),
+])
+def test_max_tokens_is_capped_at_what_the_model_can_write(policy, alias, body, sent) -> None:
+    payload = call(policy, alias, {"messages": MESSAGES, **body}).payload
+    assert {k: payload.get(k) for k in sent} == sent
+
+
+def test_the_cap_keeps_a_large_ask_inside_the_context_window(policy) -> None:
+    from router.core.decision import decide
+
+    d = decide(policy, {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 131070})
+    assert [c.excluded for c in d.candidates] == [None]   # a 131k ask, a 131k window: 8k written at most

@@ -359,13 +359,13 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
                 excluded = "circuit_open"
             elif alias in state.saturated:
                 excluded = "saturated"
-        cost = m.price.cost(prompt_tokens, out_tokens)
+        cost = m.price.cost(prompt_tokens, min(out_tokens, m.max_output_tokens) if m.max_output_tokens else out_tokens)
         if excluded is None:
             if tools and "tools" not in m.capabilities:
                 excluded = "capability:tools"
             elif images and "vision" not in m.capabilities:
                 excluded = "capability:vision"
-            elif m.context_window is not None and prompt_tokens + (max_tokens or 0) > m.context_window:
+            elif m.context_window is not None and prompt_tokens + _output_room(max_tokens, m) > m.context_window:
                 excluded = "context_window"
             elif max_cost is not None and cost > max_cost:
                 excluded = "max_cost"
@@ -390,3 +390,10 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
     ordered = allowed + [c for c in candidates if c.excluded is not None]
     return Decision(task, source, confidence, language, route_name, rule_index, ordered, prompt_tokens,
                     out_tokens, tenant_name, tuple(residencies), classified, downgraded, scores)
+
+
+def _output_room(max_tokens: Any, m: Model) -> int:
+    """The output a request reserves in `m`'s context window: its `max_tokens`, capped at the most
+    the model writes (the call is capped too, in `translate.build_call`)."""
+    n = max_tokens if type(max_tokens) is int and max_tokens > 0 else 0
+    return min(n, m.max_output_tokens) if m.max_output_tokens is not None else n

@@ -212,6 +212,7 @@ class Model:
     params: Mapping[str, Any] = field(default_factory=dict)
     replicas: tuple[str, ...] = ()            # several deployments of this model (docs/routing.md); () : one
     balance: Balance = field(default_factory=lambda: Balance())   # how the engine picks among replicas
+    max_output_tokens: int | None = None      # the most tokens it may generate; larger asks are capped
 
     @property
     def providers(self) -> tuple[str, ...]:

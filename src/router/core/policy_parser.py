@@ -392,7 +392,7 @@ class _Parser:
 
     def model(self, path: str, alias: str, raw: Any, providers: Mapping[str, Provider]) -> Model | None:
         m = self.mapping(path, raw, ("provider", "replicas", "balance", "model", "price", "context_window",
-                                     "capabilities", "params"), ("model",))
+                                     "capabilities", "params", "max_output_tokens"), ("model",))
         if m is None:
             return None
         replicas = self.replicas(path, m, providers)
@@ -407,6 +407,9 @@ class _Parser:
         ctx = None
         if m.get("context_window") is not None:
             ctx = self.number(_fmt(path, "context_window"), m["context_window"], integer=True, positive=True)
+        max_out = None
+        if m.get("max_output_tokens") is not None:
+            max_out = self.number(_fmt(path, "max_output_tokens"), m["max_output_tokens"], integer=True, positive=True)
         caps = frozenset(self.str_list(_fmt(path, "capabilities"), m.get("capabilities", [])))
         params = m.get("params") or {}
         if not isinstance(params, dict):
@@ -426,8 +429,11 @@ class _Parser:
                 ctx = ctx or entry.context_window
         if provider is None or not upstream or price is None:
             return None
+        if max_out is None and "max_output_tokens" not in m:   # the catalogue knows most APIs' output limits
+            entry = catalogue_lookup(provider.kind, upstream)
+            max_out = entry.max_output_tokens if entry is not None else None
         return Model(alias, provider.name, upstream, price, int(ctx) if ctx else None, caps, params, replicas,
-                     balance or Balance())
+                     balance or Balance(), int(max_out) if max_out else None)
 
     # -- replicas, hedging and resuming (docs/routing.md)
 

@@ -33,6 +33,7 @@ class CatalogueEntry:
     cached_input_per_mtok: float | None = None   # cache_read_input_token_cost
     cache_write_per_mtok: float | None = None    # cache_creation_input_token_cost (a zero reads as absent)
     reasoning_per_mtok: float | None = None      # output_cost_per_reasoning_token
+    max_output_tokens: int | None = None         # max_output_tokens: the most one answer may generate
 
     @property
     def source(self) -> str:
@@ -52,6 +53,10 @@ def catalogue_version() -> str:
 
 def _per_mtok(value: Any) -> float | None:
     return round(value * 1e6, 9) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
 
 
 def catalogue_path() -> str | None:
@@ -99,5 +104,5 @@ def catalogue_lookup(kind: str, model: str) -> CatalogueEntry | None:
         write = _per_mtok(entry.get("cache_creation_input_token_cost"))
         return CatalogueEntry(key, round(inp * 1e6, 9), round(out * 1e6, 9), int(ctx) if ctx else None,
                               _per_mtok(entry.get("cache_read_input_token_cost")), write or None,
-                              _per_mtok(entry.get("output_cost_per_reasoning_token")))
+                              _per_mtok(entry.get("output_cost_per_reasoning_token")), _positive_int(entry.get("max_output_tokens")))
     return None

@@ -76,6 +76,12 @@ def build_call(provider: Provider, model: Model, body: Mapping[str, Any], *, str
         if k not in ROUTER_FIELDS:
             payload[k] = v
     payload["model"] = model.model
+    limit = model.max_output_tokens
+    if limit is not None:   # an agent's 32k or 128k ask would be refused by a model that writes at most 8k
+        for k in ("max_tokens", "max_completion_tokens"):
+            v = payload.get(k)
+            if type(v) is int and v > limit:
+                payload[k] = limit
     dropped = _chat_quirks(provider.kind, model, payload, stream) if path == "/chat/completions" else []
     headers = {"Content-Type": "application/json", **provider.headers}
     if provider.api_key is not None:
