@@ -19,6 +19,7 @@ models:
           params: {temperature: 0.2}}
   chat:  {provider: ds, model: deepseek-chat, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}, context_window: 131072}
   r1:    {provider: ds, model: deepseek-reasoner, price: {input_per_mtok: 0.28, output_per_mtok: 0.42}}
+  o4:    {provider: oa, model: o4-mini, price: {input_per_mtok: 1.1, output_per_mtok: 4.4}, capabilities: [reasoning]}
   mini:  {provider: oa, model: gpt-4.1-mini, price: {input_per_mtok: 0.4, output_per_mtok: 1.6}, max_output_tokens: 4096}
   large: {provider: mi, model: mistral-large-latest, price: {input_per_mtok: 0.5, output_per_mtok: 1.5}}
 routes:
@@ -130,3 +131,16 @@ def test_the_cap_keeps_a_large_ask_inside_the_context_window(policy) -> None:
 
     d = decide(policy, {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 131070})
     assert [c.excluded for c in d.candidates] == [None]   # a 131k ask, a 131k window: 8k written at most
+
+
+@pytest.mark.parametrize(("alias", "kept"), [
+    ("mini", False),    # gpt-4.1-mini: OpenAI refuses reasoning_effort for a model that does not reason
+    ("o4", True),       # a model with the `reasoning` capability gets it
+    ("chat", False),    # DeepSeek has no such control
+    ("r1", False),
+    ("coder", True),    # vLLM accepts the field (and uses it for models that reason)
+])
+def test_reasoning_effort_goes_only_where_it_is_accepted(policy, alias, kept) -> None:
+    c = call(policy, alias, {"messages": MESSAGES, "reasoning_effort": "high"})
+    assert ("reasoning_effort" in c.payload) is kept
+    assert ("reasoning_effort" in c.dropped) is not kept

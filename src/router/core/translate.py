@@ -3,7 +3,10 @@
 Pure functions over plain data; one table-driven test per quirk lives in tests/test_translate.py.
 
 - ``vllm``: OpenAI-compatible; no key needed; every parameter passes through (vLLM accepts extras).
-- ``openai``: passes through untouched.
+- ``openai``: passes through untouched, but for ``reasoning_effort`` (which an agent's thinking or
+  ``reasoning.effort`` becomes): OpenAI refuses it for a model that does not reason, so it is sent
+  only to models with the ``reasoning`` capability; DeepSeek has no such control and never gets it.
+- Every model: ``max_tokens`` / ``max_completion_tokens`` above its ``max_output_tokens`` are capped.
 - ``deepseek``: R1 returns ``reasoning_content``, which survives in responses, but DeepSeek rejects
   it in input messages (HTTP 400), so it is stripped from assistant turns on the way in;
   ``deepseek-reasoner`` rejects ``logprobs``/``top_logprobs``, so those are dropped for it.
@@ -101,6 +104,10 @@ def _chat_quirks(kind: str, model: Model, payload: dict[str, Any], stream: bool)
     else:
         payload.pop("stream", None)
         payload.pop("stream_options", None)
+    if "reasoning_effort" in payload and (kind == "deepseek" or (kind == "openai" and "reasoning" not in model.capabilities)):
+        # a reasoning control (from an agent's thinking or reasoning.effort) that these models refuse
+        del payload["reasoning_effort"]
+        dropped.append("reasoning_effort")
     if kind == "deepseek":
         if "messages" in payload:
             payload["messages"] = _strip_reasoning(payload["messages"])
