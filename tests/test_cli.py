@@ -69,3 +69,18 @@ def test_examples_run(example):
     r = run(f"examples/{example}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() and "Unclosed" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_explain_api_shows_what_an_agent_session_gets():
+    """A plain question is `general` over chat completions, but `coding` from Claude Code (messages)
+    or Codex (responses), by the coding-agents policy's `api` rule."""
+    env = {"DEEPSEEK_API_KEY": "sk-x", "OPENAI_API_KEY": "sk-y"}
+    base = ("-m", "router.cli", "explain", "--policy", "policies/coding-agents.yaml", "--model", "claude-sonnet-4-5")
+    routes = {}
+    for api in ("chat", "messages", "responses"):
+        r = run(*base, "--api", api, "What is the capital of France?", env=env)
+        assert r.returncode == 0, r.stderr
+        routes[api] = json.loads(r.stdout)["route"]
+    assert routes == {"chat": "general", "messages": "coding", "responses": "coding"}
+    r = run(*base, "--api", "grpc", "hi", env=env)
+    assert r.returncode == 2 and "invalid choice" in r.stderr

@@ -50,7 +50,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy or default_policy_path())
         state = LiveState(circuit_open=_deployments(policy, args.down), saturated=_deployments(policy, args.saturated))
-        decision = decide(policy, body, task=args.task, residency=args.residency, tenant=args.tenant, state=state)
+        decision = decide(policy, body, task=args.task, residency=args.residency, tenant=args.tenant, state=state,
+                          api=args.api)
     except RouterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -231,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--system", help="a system prompt to include")
     e.add_argument("--max-tokens", type=int, dest="max_tokens")
     e.add_argument("--tools", action="store_true", help="the request carries tool definitions")
+    e.add_argument("--api", choices=("chat", "messages", "responses"), default="chat",
+                   help="the API the request comes in on, for rules with an `api` condition (messages: Claude "
+                        "Code and the Anthropic SDK; responses: Codex and the Agents SDK)")
     e.add_argument("--image", action="append", metavar="URL", help="attach an image (repeatable)")
     e.add_argument("--down", action="append", metavar="NAME",
                    help="decide as if this model alias, or every deployment on this provider (a replica), were "
