@@ -136,8 +136,8 @@ def test_the_cap_keeps_a_large_ask_inside_the_context_window(policy) -> None:
 @pytest.mark.parametrize(("alias", "kept"), [
     ("mini", False),    # gpt-4.1-mini: OpenAI refuses reasoning_effort for a model that does not reason
     ("o4", True),       # a model with the `reasoning` capability gets it
-    ("chat", False),    # DeepSeek has no such control
-    ("r1", False),
+    ("chat", True),     # DeepSeek's API takes it (and `thinking`) for its thinking mode
+    ("r1", True),
     ("coder", True),    # vLLM accepts the field (and uses it for models that reason)
 ])
 def test_reasoning_effort_goes_only_where_it_is_accepted(policy, alias, kept) -> None:

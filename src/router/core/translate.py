@@ -5,7 +5,7 @@ Pure functions over plain data; one table-driven test per quirk lives in tests/t
 - ``vllm``: OpenAI-compatible; no key needed; every parameter passes through (vLLM accepts extras).
 - ``openai``: passes through untouched, but for ``reasoning_effort`` (which an agent's thinking or
   ``reasoning.effort`` becomes): OpenAI refuses it for a model that does not reason, so it is sent
-  only to models with the ``reasoning`` capability; DeepSeek has no such control and never gets it.
+  only to models with the ``reasoning`` capability (DeepSeek and vLLM accept it and get it).
 - Every model: ``max_tokens`` / ``max_completion_tokens`` above its ``max_output_tokens`` are capped.
 - ``deepseek``: R1 returns ``reasoning_content``, which survives in responses, but DeepSeek rejects
   it in input messages (HTTP 400), so it is stripped from assistant turns on the way in;
@@ -104,7 +104,7 @@ def _chat_quirks(kind: str, model: Model, payload: dict[str, Any], stream: bool)
     else:
         payload.pop("stream", None)
         payload.pop("stream_options", None)
-    if "reasoning_effort" in payload and (kind == "deepseek" or (kind == "openai" and "reasoning" not in model.capabilities)):
+    if "reasoning_effort" in payload and kind == "openai" and "reasoning" not in model.capabilities:
         # a reasoning control (from an agent's thinking or reasoning.effort) that these models refuse
         del payload["reasoning_effort"]
         dropped.append("reasoning_effort")
