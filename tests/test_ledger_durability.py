@@ -35,7 +35,7 @@ tenants:
   acme:   {{keys: ["{hash_key(ACME)}"]}}
   globex: {{keys: ["{hash_key(GLOBEX)}"]}}
 """
-RID = re.compile(r"req_[0-9a-f]{24}")
+RID = re.compile(r"req_[0-9a-f]{32}")
 
 
 @pytest.fixture
@@ -109,11 +109,15 @@ async def test_a_tenant_cannot_claim_another_tenants_ids(sims, tmp_path):
     assert sum(r.tenant == "acme" for r in rows) == len(guesses)
 
 
-def test_generated_ids_share_no_predictable_part():
+def test_generated_ids_are_unguessable_and_in_time_order():
     ids = [new_request_id() for _ in range(10_000)]
     assert len(set(ids)) == 10_000 and all(RID.fullmatch(i) for i in ids)
-    # the old scheme was a per-process prefix plus a counter: every id shared its first 16 hex digits
-    assert len({i[4:12] for i in ids}) > 9_900
+    # after the time (12 hex digits, milliseconds), 80 random bits: no two ids share any of them, where
+    # the old scheme (a per-process prefix plus a counter) let one tenant claim another's next id
+    assert len({i[16:24] for i in ids}) > 9_900 and len({i[-8:] for i in ids}) > 9_900
+    # time-ordered, so the ledger's primary-key index is appended to, not written all over
+    assert [i[4:16] for i in ids] == sorted(i[4:16] for i in ids)
+    assert abs(int(ids[-1][4:16], 16) / 1000 - time.time()) < 5
 
 
 # ---------------------------------------------------------------------------- migration

