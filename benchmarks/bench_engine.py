@@ -3,7 +3,14 @@ in-process transport that answers at once, with the meters `router serve` uses (
 and, in one variant, a tenant budget (reserve + settle). The ``+ratelimit`` and ``cache-*`` variants
 switch on rate limits (in-process: requests, tokens and in-flight limits of one tenant) and the
 response cache (in-process; ``cache-hit`` answers every call from it, ``cache-miss`` sends a new
-prompt each call and stores it); a checkout without those features skips them.
+prompt each call and stores it). The fleet variants (docs/routing.md) stream from a policy that also
+has a replicated model, a hedged and a resumable route: ``fleet-off`` uses none of them (compare it
+with ``stream``), ``replicas`` and ``stream+replicas`` pick one of two replicas (least loaded, prefix
+affinity), ``stream+hedge`` races the first chunk against a 30 s hedge delay (set up, never fired)
+and ``stream+resume`` keeps the text streamed so far. ``auto+trace``, ``auto+traceparent`` (a client's
+W3C traceparent continued, as the proxy does) and ``stream+trace`` are ``auto`` and ``stream`` with
+OpenTelemetry tracing on, exporting to an OTLP/HTTP sink in the process, each timed loop ending with a
+flush so the export's encoding is counted. A checkout without those features skips them.
 
     python benchmarks/bench_engine.py [--calls 4000] [--rounds 8]
     python benchmarks/bench_engine.py --against /tmp/base/src     # A/B against another checkout's src
@@ -59,6 +66,19 @@ MONEY = POLICY.replace("  general: {targets: [n, m]}", "  general: {targets: [n,
   plain: {}
   limited: {rate_limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent: 1000}}
 """
+
+
+# the fleet features (docs/routing.md): a model on two replicas (least loaded + prefix affinity), and
+# routes that hedge (a delay never reached here: the race is set up, the hedge never fires) or resume
+FLEET = POLICY.replace("  up: {kind: vllm, base_url: \"http://127.0.0.1:9/v1\", region: eu}",
+                       "  up: {kind: vllm, base_url: \"http://127.0.0.1:9/v1\", region: eu}\n"
+                       "  up2: {kind: vllm, base_url: \"http://127.0.0.1:10/v1\", region: eu}").replace(
+    "  n: {provider: up,", "  r: {replicas: [up, up2], model: r, price: {input_per_mtok: 0.1, output_per_mtok: 0.2}}\n"
+    "  n: {provider: up,").replace("  general: {targets: [n, m]}", "  general: {targets: [n, m]}\n"
+                                   "  hedged: {targets: [m, n], hedge: {delay_s: 30, max_share: 1}}\n"
+                                   "  resumed: {targets: [m, n], resume: true}\n"
+                                   "  plain: {targets: [m, n]}\n"
+                                   "  fleet: {targets: [r]}")
 
 
 def one_round(calls: int) -> dict[str, float]:
@@ -134,14 +154,83 @@ def one_round(calls: int) -> dict[str, float]:
 
         variants += [("auto+tenant", tenant), ("auto+ratelimit", limited), ("cache-hit", hit), ("cache-miss", miss), ("stream-hit", stream_hit)]
 
+    try:
+        fleet = Router(parse_policy(FLEET, env={}), transport=Instant(), meters=[PrometheusMeter(lock_free=True)],
+                       budget=InProcessBudget(), monitor=True).engine
+    except Exception:   # a checkout without replicas, hedging and resuming
+        fleet = None
+    if fleet is not None:
+        async def replicas() -> None:
+            await fleet.complete({"model": "r", "messages": MESSAGES, "max_tokens": 64}, task="coding")
+
+        async def stream_replicas() -> None:
+            async for _ in fleet.stream({"model": "r", "messages": MESSAGES, "stream": True}, task="coding"):
+                pass
+
+        async def stream_hedge() -> None:
+            async for _ in fleet.stream({"model": "hedged", "messages": MESSAGES, "stream": True}):
+                pass
+
+        async def stream_resume() -> None:
+            async for _ in fleet.stream({"model": "resumed", "messages": MESSAGES, "stream": True}):
+                pass
+
+        async def stream_off() -> None:   # the same policy, a route without hedge or resume
+            async for _ in fleet.stream({"model": "plain", "messages": MESSAGES, "stream": True}):
+                pass
+
+        variants += [("fleet-off", stream_off), ("replicas", replicas), ("stream+replicas", stream_replicas),
+                     ("stream+hedge", stream_hedge), ("stream+resume", stream_resume)]
+
+    # OpenTelemetry traces (docs/observability.md): the same requests with a tracer exporting over OTLP/HTTP
+    # to a sink in this process; each timed loop ends with a flush, so the export thread's encoding and
+    # POSTs are inside the time (the GIL makes them the event loop's cost). Compare with `auto`, `stream`.
+    flushes: dict[str, object] = {}
+    try:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from otlp_sink import Sink
+
+        sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        traced = Router(parse_policy(POLICY + f"telemetry: {{endpoint: 'http://127.0.0.1:{sink.server_port}'}}\n",
+                                     env={}), transport=Instant(), meters=[PrometheusMeter(lock_free=True)],
+                        budget=InProcessBudget(), monitor=True).engine
+    except Exception:   # a checkout without tracing
+        traced = None
+    if traced is not None and traced.tracer is not None:
+        carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+        async def auto_traced() -> None:
+            await traced.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64})
+
+        async def auto_traceparent() -> None:   # the proxy's case: the client's traceparent continued
+            await traced.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64}, trace_context=carrier)
+
+        async def stream_traced() -> None:
+            async for _ in traced.stream({"model": "m", "messages": MESSAGES, "stream": True}, task="coding"):
+                pass
+
+        variants += [("auto+trace", auto_traced), ("auto+traceparent", auto_traceparent),
+                     ("stream+trace", stream_traced)]
+        for name in ("auto+trace", "auto+traceparent", "stream+trace"):
+            flushes[name] = traced.tracer
+
     async def run() -> dict[str, float]:
         out = {}
         for name, fn in variants:
+            tracer = flushes.get(name)
             for _ in range(200):
                 await fn()
+            if tracer is not None:
+                tracer.force_flush()   # type: ignore[attr-defined]
             t0 = time.perf_counter()
             for _ in range(calls):
                 await fn()
+            if tracer is not None:
+                tracer.force_flush()   # type: ignore[attr-defined]
             out[name] = (time.perf_counter() - t0) / calls * 1e6
         await router.aclose()
         return out

@@ -9,6 +9,14 @@ round in a rotated order, so drift in the machine's speed hits all of them alike
 are medians over rounds, and router's own cost is the median of its per-round difference from raw
 aiohttp, printed with its spread. The upstream runs in its own process.
 
+``--money`` adds, in the same rounds, the money features through `router.acomplete` for a tenant,
+each request numbered so that no two are alike (``temperature: 0``): features off, and off with
+the engine's admission hook removed (what the features cost when off); rate limits (requests,
+tokens and in flight, too high to refuse) in memory and in Redis (``--redis``), and requests per
+minute alone in Redis (no settle: one round trip); the response cache in memory, every call a
+miss; and the cache in memory and in Redis with 8 distinct requests, so every call after the first
+8 is a hit. Its table gives each against features off.
+
 Peers, in the same run and against the same upstream: ``--litellm`` (litellm.Router, which
 ``pip install litellm`` provides) and ``--tensorzero`` (TensorZero's gateway embedded in Python,
 ``pip install tensorzero``: its Rust gateway behind a Python client, observability off).
@@ -132,6 +140,9 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--litellm", action="store_true", help="also measure litellm.Router (slow to import)")
     ap.add_argument("--tensorzero", action="store_true", help="also measure TensorZero's embedded gateway")
+    ap.add_argument("--money", action="store_true", help="also measure rate limits and the response cache")
+    ap.add_argument("--redis", default=os.environ.get("ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                    help="Redis for --money (keys under a prefix of this run, deleted at the end)")
     args = ap.parse_args()
 
     import aiohttp
@@ -168,14 +179,21 @@ async def main() -> None:
             async def auto_aiohttp() -> None:
                 await same.acomplete(MESSAGES)
 
-            results = await measure_all({
+            clients = {
                 "raw aiohttp": raw,
                 "router.acomplete (pinned alias)": pinned,
                 "router.acomplete (auto: classify + route)": auto,
                 "router.acomplete (auto, aiohttp client)": auto_aiohttp,
-            }, args.calls, args.rounds, args.concurrency)
+            }
+            money = money_clients(url, args.redis) if args.money else {}
+            clients.update({name: call for name, (call, _) in money.items()})
+            results = await measure_all(clients, args.calls, args.rounds, args.concurrency)
             await lean.aclose()
             await same.aclose()
+            for _, r in money.values():
+                await r.aclose()
+            if money:
+                clear_redis(args.redis)
 
         if args.tensorzero:
             results.update(await measure_tensorzero(url, args))
@@ -207,10 +225,84 @@ async def main() -> None:
 
     added, lo, hi = diff_us("router.acomplete (auto, aiohttp client)")
     total, tlo, thi = diff_us("router.acomplete (auto: classify + route)")
+    if args.money:
+        print_money(results)
     print(f"\nrouter's logic (classify, decide, translate, meter) costs {added:.0f} us per call over raw aiohttp "
           f"with the same client (median of {len(raw_rounds)} paired rounds; {lo:.0f} to {hi:.0f}); with its "
           f"lean client for http:// upstreams the whole call costs {total:+.0f} us ({tlo:+.0f} to {thi:+.0f}) "
           f"against raw aiohttp.")
+
+
+MONEY_PREFIX = f"router-bench-lib:{os.getpid()}"
+_LIMITS = ", rate_limits: {requests_per_minute: 100000000, tokens_per_minute: 1000000000000, concurrent: 100000}"
+_RPM = ", rate_limits: {requests_per_minute: 100000000}"   # nothing to settle: one round trip a request
+_CACHE = ", cache: {ttl_s: 600, max_entries: 1000000}"
+MONEY = {  # name: (tenant settings, route settings, backend, distinct requests)
+    "money: off (tenant, no limits, no cache)": ("", "", None, 0),
+    "money: off, admission hook removed": ("", "", "no-hook", 0),
+    "money: rate limits, memory": (_LIMITS, "", None, 0),
+    "money: rate limits, Redis": (_LIMITS, "", "rl", 0),
+    "money: requests/min only, Redis": (_RPM, "", "rl", 0),
+    "money: cache miss, memory": ("", _CACHE, None, 0),
+    "money: cache hit, memory": ("", _CACHE, None, 8),
+    "money: cache hit, Redis": ("", _CACHE, "cache", 8),
+}
+MONEY_OFF = "money: off (tenant, no limits, no cache)"
+
+
+def money_clients(url: str, redis_url: str) -> dict:
+    """name -> (call, its Router) for each --money variant."""
+    import itertools
+
+    import router
+    from router.core.meter import MemoryMeter
+    from router.core.policy_parser import parse_policy
+    from router.metering.ratelimit import RedisRateLimiter
+    from router.metering.response_cache import RedisCache
+
+    out = {}
+    counter = itertools.count()
+    for name, (tenant, route, backend, distinct) in MONEY.items():
+        text = POLICY.format(url=url).replace("targets: [static]}", "targets: [static]" + route + "}")
+        text += "tenants:\n  acme: {allow_hints: true" + tenant + "}\n"
+        kwargs: dict = {}
+        if backend == "rl":
+            kwargs["rate_limiter"] = RedisRateLimiter(redis_url, prefix=MONEY_PREFIX + ":rl")
+        elif backend == "cache":
+            kwargs["response_cache"] = RedisCache(redis_url, prefix=MONEY_PREFIX + ":cache")
+        r = router.Router(parse_policy(text, env={}), meters=[MemoryMeter(1000)], **kwargs)
+        if backend == "no-hook":   # what the features cost when off: the engine's one hook, removed
+            r.engine.admission.open = lambda *a, **kw: None
+
+        def call(r=r, distinct=distinct):
+            n = next(counter)
+            content = f"{MESSAGES[0]['content']} ({n % distinct if distinct else n})"
+            return r.acomplete([{"role": "user", "content": content}], tenant="acme", temperature=0)
+
+        out[name] = (call, r)
+    return out
+
+
+def clear_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=MONEY_PREFIX + ":*", count=1000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i:i + 1000])
+    client.close()
+
+
+def print_money(results: dict[str, dict]) -> None:
+    off = results[MONEY_OFF]
+    print("\nmoney features, against features off in the same rounds (per-call cost: median of the paired "
+          "per-round differences, with their range)")
+    print(f"{'client':44} {'mean ms':>8} {'x off':>6} {'calls/s':>9} {'x off':>6} {'added us':>9} {'range':>15}")
+    for name in MONEY:
+        m = results[name]
+        d = sorted((a - b) * 1000 for a, b in zip(m["round_means_ms"], off["round_means_ms"], strict=True))
+        print(f"{name:44} {m['mean_ms']:8.3f} {m['mean_ms'] / off['mean_ms']:6.2f} {m['rps']:9.0f} "
+              f"{m['rps'] / off['rps']:6.2f} {statistics.median(d):+9.0f} {f'{d[0]:+.0f} to {d[-1]:+.0f}':>15}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ What runs, all on 127.0.0.1 in this one run:
 
 It prints requests/s, the latency the proxy adds (proxy minus direct, p50 and p99), the
 streaming time-to-first-token the proxy adds, the proxy's RSS and its time to ready.
+``--money`` adds the money features, each in its own ``router serve`` beside the others, all sent
+the same requests with a tenant's key and ``temperature: 0``, each request's text numbered (wrk's
+Lua) so that no two are alike unless a variant says so: ``off`` (a tenant, no rate limits, no
+cache), ``no-hook`` (``off`` with the engine's admission hook removed, ``Admission.open`` returning
+None through a ``sitecustomize``: what the features cost when off), ``rl`` (the tenant's requests,
+tokens and in-flight limits, set too high to refuse, in memory), ``rl-redis`` (the same in Redis,
+``--redis``), ``miss`` (a route ``cache``, in memory: every request a miss, looked up and stored),
+``hit`` (the same with 8 distinct texts: after the first 8, every request a hit) and ``hit-redis``
+(the cache in Redis). Ratios are against ``off`` in the same run.
 Optional: ``--litellm`` (the LiteLLM proxy; ``--litellm-bin`` names its executable, e.g. from a
 venv, see benchmarks/README.md) and ``--portkey`` (needs node and npm; ``npm install
 @portkey-ai/gateway`` runs in a temp dir unless ``--portkey-dir`` has it) for the same runs
@@ -168,6 +177,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
     p.add_argument("--connections", default="1,16,64")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every target this many times, in rotated order; print the medians")
     p.add_argument("--litellm", action="store_true", help="also run the LiteLLM proxy (litellm[proxy])")
     p.add_argument("--litellm-bin", default="litellm",
                    help="the LiteLLM proxy executable (default: `litellm` on PATH), e.g. /tmp/lvenv/bin/litellm")
@@ -177,6 +188,11 @@ def main() -> int:
                    help="also run router serve as NAME with extra environment ENV (KEY=VALUE[,KEY=VALUE...]); "
                         "e.g. `--variant base PYTHONPATH=/tmp/base/src` for an A/B against another commit "
                         "in the same run, or a feature switched on by its variable")
+    p.add_argument("--money", action="store_true",
+                   help="also measure rate limits and the response cache off and on (see the module docstring)")
+    p.add_argument("--redis", default=os.environ.get("ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                   help="Redis for the --money variants rl-redis and hit-redis (keys under a prefix of this run, "
+                        "deleted at the end)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or build it from "
@@ -235,27 +251,42 @@ def main() -> int:
             PROXIES[name] = vp
             targets.append((name, f"http://127.0.0.1:{v_port}/v1/chat/completions", {}))
 
+        money: list[str] = []
+        if args.money:
+            money = start_money(stack, tmp, upstream, env, args.redis, targets)
         if args.litellm:
             targets.append(start_litellm(stack, tmp, upstream, args.litellm_bin))
         if args.portkey:
             targets.append(start_portkey(stack, Path(args.portkey_dir) if args.portkey_dir else tmp, upstream))
 
-        results: dict[tuple[str, int], dict[str, float]] = {}
-        for c in conns:
-            for name, url, headers in targets:
-                only(name)
-                if name != "direct":
-                    wrk(url, c, 1, str(lua), headers)  # warm up: connections, caches, JIT (node)
-                results[name, c] = wrk(url, c, args.seconds, str(lua), headers)
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for r in range(args.rounds):
+            for c in conns:
+                # each round in a rotated order, so that drift in the machine's speed hits all targets alike
+                for name, url, headers in targets[r % len(targets):] + targets[:r % len(targets)]:
+                    only(name)
+                    script = str(MONEY_LUA.get(name, lua))
+                    if name != "direct":
+                        wrk(url, c, 1, script, headers)  # warm up: connections, caches, JIT (node)
+                    runs.setdefault((name, c), []).append(wrk(url, c, args.seconds, script, headers))
+                    time.sleep(0.3)  # let it finish what wrk left in flight before it is paused
+        # the median of the rounds, each figure on its own
+        results = {key: {k: statistics.median(x[k] for x in xs) for k in xs[0]} for key, xs in runs.items()}
         only("router")
         rss = rss_mb(px.pid)
         ttft_direct = ttft(upstream + "/chat/completions")
         ttft_router = ttft(f"http://127.0.0.1:{px_port}/v1/chat/completions")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{px_port}/metrics").read().decode()
         only(None)
+        money_metrics = {name: urllib.request.urlopen(url.replace("/v1/chat/completions", "/metrics"),
+                                                      timeout=10).read().decode()
+                         for name, url, _ in targets if name in money}
+        if money:
+            clear_redis(args.redis)
 
     print(f"\nrouter serve, 1 worker, {loop_name} event loop, {os.cpu_count()} cores, wrk -t1 {args.seconds:g}s "
-          f"per run, model=auto (classifier on), Prometheus meter and SQLite ledger on\n")
+          f"per run{f', median of {args.rounds} rounds' if args.rounds > 1 else ''}, model=auto (classifier on), "
+          f"Prometheus meter and SQLite ledger on\n")
     print(f"{'conns':>5} {'target':>8} {'req/s':>9} {'vs direct':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'added p50':>9} {'added p99':>9} {'non-2xx':>7}")
     for c in conns:
@@ -274,8 +305,140 @@ def main() -> int:
     total = sum(float(m.group(1)) for m in re.finditer(r'^router_requests_total\{[^}]*status="ok"[^}]*\} (\S+)$',
                                                         metrics, re.M))
     print(f"requests metered ok by the proxy: {total:.0f}")
+    if money:
+        print_money(conns, results, money, money_metrics, args.seconds)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+# ------------------------------------------------------------------------------------ --money
+
+MONEY_KEY = "sk-bench-money"
+MONEY_LUA: dict[str, Path] = {}      # target -> its wrk script (numbered request texts)
+MONEY_PREFIX = f"router-bench:{os.getpid()}"
+_LUA_NUMBERED = """\
+wrk.headers["Content-Type"] = "application/json"   -- beside the -H ones (wrk.format with headers drops those)
+local n = 0
+local run = ""   -- this wrk run's own mark, so that no text repeats from one run to the next
+if {unique} then
+  local f = io.open("/dev/urandom", "rb")
+  run = string.gsub(f:read(6), ".", function(c) return string.format("%02x", string.byte(c)) end) .. "-"
+  f:close()
+end
+request = function()
+  n = n + 1
+  local body = '{{"model":"auto","temperature":0,"max_tokens":32,"messages":[{{"role":"user","content":' ..
+    '"Write a Python function that merges two sorted lists. (' .. run .. (n % {modulo}) .. ')"}}]}}'
+  return wrk.format("POST", nil, nil, body)
+end
+"""
+_MONEY = {  # name: (tenant settings, route settings, environment, distinct texts)
+    "off": ("", "", {}, 2**31),
+    "no-hook": ("", "", {"PYTHONPATH": "{nohook}"}, 2**31),
+    "rl": (", rate_limits: {requests_per_minute: 100000000, tokens_per_minute: 1000000000000, concurrent: 100000}",
+           "", {}, 2**31),
+    "rl-redis": (", rate_limits: {requests_per_minute: 100000000, tokens_per_minute: 1000000000000, "
+                 "concurrent: 100000}", "", {"ROUTER_RATE_LIMITS": "{redis}?prefix={prefix}:rl"}, 2**31),
+    "miss": ("", ", cache: {ttl_s: 600, max_entries: 1000000}", {}, 2**31),
+    "hit": ("", ", cache: {ttl_s: 600, max_entries: 1000000}", {}, 8),
+    "hit-redis": ("", ", cache: {ttl_s: 600, max_entries: 1000000}",
+                  {"ROUTER_RESPONSE_CACHE": "{redis}?prefix={prefix}:cache"}, 8),
+}
+
+
+def start_money(stack: contextlib.ExitStack, tmp: Path, upstream: str, env: dict[str, str], redis: str,
+                targets: list[tuple[str, str, dict[str, str]]]) -> list[str]:
+    """Start one `router serve` per --money variant (its own policy and environment); add them to `targets`."""
+    from router.core.policy import hash_key
+
+    nohook = tmp / "nohook"
+    nohook.mkdir()
+    (nohook / "sitecustomize.py").write_text(
+        "from router.engine.admission import Admission\n"
+        "Admission.open = lambda self, req, body, **kw: None   # the admission hook removed\n")
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    started = []
+    for name, (tenant, route, extra, modulo) in _MONEY.items():
+        policy = tmp / f"money-{name}.yaml"
+        policy.write_text(textwrap.dedent(f"""\
+            version: 1
+            providers:
+              local: {{kind: vllm, base_url: "{upstream}", region: eu}}
+            models:
+              bench: {{provider: local, model: bench-model, price: {{input_per_mtok: 0.1, output_per_mtok: 0.2}}}}
+            routes:
+              coding:  {{targets: [bench]{route}}}
+              general: {{targets: [bench]{route}}}
+            rules:
+              - {{if: {{task: coding}}, route: coding}}
+              - {{route: general}}
+            tenants:
+              acme: {{keys: ["{hash_key(MONEY_KEY)}"]{tenant}}}
+            """))
+        lua = MONEY_LUA[name] = tmp / f"money-{name}.lua"
+        lua.write_text(_LUA_NUMBERED.format(modulo=modulo, unique="true" if modulo > 1000 else "false"))
+        v_env = {**env, **{k: v.format(redis=redis, prefix=MONEY_PREFIX, nohook=f"{nohook}:{src}")
+                           for k, v in extra.items()}}
+        port = free_port()
+        with open(tmp / f"{name}.log", "wb") as err:
+            proc = stack.enter_context(process([sys.executable, "-m", "router.cli", "serve", "--policy", str(policy),
+                                                "--port", str(port), "--ledger", str(tmp / f"{name}.db")],
+                                               env=v_env, stderr=err))
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        PROXIES[name] = proc
+        targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions",
+                        {"Authorization": f"Bearer {MONEY_KEY}"}))
+        started.append(name)
+    return started
+
+
+def clear_redis(url: str) -> None:
+    """Delete this run's keys (--money) from Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=MONEY_PREFIX + ":*", count=1000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i:i + 1000])
+    client.close()
+
+
+def _counter(metrics: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", metrics, re.M):
+        if all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def print_money(conns: list[int], results: dict[tuple[str, int], dict[str, float]], money: list[str],
+                metrics: dict[str, str], seconds: float) -> None:
+    print(f"\nmoney features, each its own router serve (1 worker), same requests with a tenant key, "
+          f"temperature 0, wrk -t1 {seconds:g}s per run; ratios against `off` in this run\n")
+    print("rl, rl-redis: requests, tokens and in-flight limits, too high to refuse; miss: every request a "
+          "miss, looked up and stored; hit: every request after the first 8 a hit; no-hook: off without "
+          "the engine's admission hook\n")
+    print(f"{'conns':>5} {'target':>9} {'req/s':>9} {'vs off':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'added p50':>9} {'added p99':>9} {'non-2xx':>7}")
+    for c in conns:
+        off = results["off", c]
+        for name in money:
+            r = results[name, c]
+            print(f"{c:>5} {name:>9} {r['rps']:>9.0f} {r['rps'] / off['rps']:>7.3f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
+                  f"{r['p50'] - off['p50']:>9.3f} {r['p99'] - off['p99']:>9.3f} {int(r['errors']):>7}")
+    for name in money:
+        m = metrics[name]
+        ok = _counter(m, "router_requests_total", status="ok")
+        hits, misses = _counter(m, "router_cache_hits_total"), _counter(m, "router_cache_misses_total")
+        limited = _counter(m, "router_rate_limited_total")
+        # a store call in flight when its proxy was paused (while another target was measured) times out
+        # when it resumes: those are the settle and put errors, not what a client waits for
+        front = _counter(m, "router_rate_limit_errors_total", op="admit") + _counter(m, "router_cache_errors_total",
+                                                                                     op="get")
+        back = _counter(m, "router_rate_limit_errors_total", op="settle") + _counter(m, "router_cache_errors_total",
+                                                                                     op="put")
+        print(f"{name:>9}: metered ok {ok:.0f}, cache hits {hits:.0f}, misses {misses:.0f}, "
+              f"rate-limited {limited:.0f}, store errors: admit/get {front:.0f}, settle/put {back:.0f}")
 
 
 def start_litellm(stack: contextlib.ExitStack, tmp: Path, upstream: str,

@@ -150,6 +150,23 @@ async def test_the_share_cap_bounds_hedges_and_says_capped():
             await rig.router.aclose()
 
 
+async def test_the_share_is_of_all_requests_so_requests_in_time_earn_the_next_hedge():
+    async with pair(slow_ttft=0.0) as (slow, fast):
+        rig = Rig(policy_for(slow, fast, hedge="{delay_s: 0.1, max_share: 0.25}"))
+        try:
+            for i in range(3):                                  # in time: no hedge, but each earns a quarter
+                assert (await rig.stream(f"request {i}"))[1].hedge is None
+            slow.set_fault("delay:0.4")                          # the fourth is late: 4 x 25% = one hedge
+            _, info = await rig.stream("request 3")
+            assert info.hedge == "won" and info.provider == "fast" and fast.request_count == 1
+            assert (await rig.stream("request 4"))[1].hedge == "capped"    # and not a second one
+            assert fast.request_count == 1
+            await settle()
+            rig.check_invariants(5)
+        finally:
+            await rig.router.aclose()
+
+
 async def test_the_daily_dollar_cap_refuses_hedges_once_spent():
     async with pair(slow_ttft=0.2) as (slow, fast):
         rig = Rig(policy_for(slow, fast, hedge="{delay_s: 0.05, max_share: 1, max_usd_per_day: 0.00001}"))
@@ -179,7 +196,11 @@ def test_percentile_delay_follows_the_measured_first_token_latency():
     assert hedge_delay(settings, monitor, "a") == pytest.approx(0.96)
     assert hedge_delay(HedgeSettings(percentile=0.5, min_delay_s=0.7), monitor, "a") == 0.7
     assert policy.routes["general"].hedge.percentile == 0.95
-    assert [governor.allow("r", HedgeSettings(delay_s=1, max_share=0.1), 0) for _ in range(20)].count(True) == 2
+    share = HedgeSettings(delay_s=1, max_share=0.1)
+    assert [(governor.count("r", share), governor.allow("r", share, 0))[1] for _ in range(20)].count(True) == 2
+    for _ in range(200):                     # requests in time save credit, up to 10 x max_share hedges
+        governor.count("r", share)
+    assert [governor.allow("r", share, 0) for _ in range(3)] == [True, False, False]
 
 
 async def test_a_replicated_model_hedges_on_another_replica():

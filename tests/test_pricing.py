@@ -342,3 +342,27 @@ def test_the_catalogue_price_carries_cached_rates_and_its_version():
     assert entry.source.startswith("catalogue:deepseek/deepseek-chat (litellm ") and catalogue_version() in entry.source
     assert orjson.dumps(describe_price(Price(entry.input_per_mtok, entry.output_per_mtok, entry.source,
                                              entry.cached_input_per_mtok)))
+
+
+def test_cheapest_first_follows_the_window_in_force_and_explain_shows_it():
+    from router.core.decision import decide
+
+    text = """
+providers: {ds: {kind: deepseek, base_url: "https://api.deepseek.com/v1", api_key: k},
+            oa: {kind: openai, base_url: "https://api.openai.com/v1", api_key: k}}
+models:
+  ds: {provider: ds, model: deepseek-chat, price: {input_per_mtok: 0.5, output_per_mtok: 0.5,
+       windows: [{from: "16:30", to: "00:30", input_per_mtok: 0.1, output_per_mtok: 0.1}]}}
+  oa: {provider: oa, model: gpt-4.1-mini, price: {input_per_mtok: 0.3, output_per_mtok: 0.3}}
+routes: {general: {targets: [ds, oa], strategy: cheapest}}
+rules: [{route: general}]
+"""
+    policy = parse_policy(text, env={})
+    body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 100}
+    day = 1_750_000_000 // 86400 * 86400
+    noon, evening = decide(policy, body, now=day + 12 * 3600), decide(policy, body, now=day + 20 * 3600)
+    assert [c.model for c in noon.allowed] == ["oa", "ds"]
+    assert [c.model for c in evening.allowed] == ["ds", "oa"]           # off-peak: DeepSeek is the cheaper
+    est = {c.model: c.estimated_cost_usd for c in evening.candidates}
+    assert est["ds"] == pytest.approx((evening.prompt_tokens + 100) * 0.1 / 1e6, abs=1e-15)
+    assert [c.model for c in decide(policy, body).allowed] == ["oa", "ds"]   # no time given: the base price

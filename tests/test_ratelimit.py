@@ -170,6 +170,62 @@ async def test_a_cache_hit_the_policy_does_not_count_is_neither_checked_nor_coun
         await admit(limiter, "rpm")
 
 
+async def test_scripts_run_by_sha_and_load_themselves_where_redis_does_not_know_them():
+    import redis
+
+    from router.metering.redis_store import RedisStore
+
+    url = service_url("ROUTER_TEST_REDIS_URL")
+    source = f"-- {uuid.uuid4().hex}\nreturn tonumber(ARGV[1]) + 1"   # a script this Redis has never seen
+    sha = __import__("hashlib").sha1(source.encode()).hexdigest()
+    client = redis.Redis.from_url(url)
+    assert client.script_exists(sha) == [False]
+    store = RedisStore(url, name="test store")
+    try:
+        assert await store.call("t", lambda: store.script(source, ["k"], [41]), 2) == 42   # loaded by EVAL
+        assert client.script_exists(sha) == [True]
+        assert await store.call("t", lambda: store.script(source, ["k"], [1]), 2) == 2     # then run by its SHA
+    finally:
+        await store.aclose()
+        client.close()
+
+
+async def test_more_calls_at_once_than_redis_connections_wait_their_turn():
+    """150 admissions at once, each settled in the background: redis-py's default pool refuses calls
+    past 100 connections (MaxConnectionsError), which `fail_open` would turn into unlimited requests;
+    the store makes them take turns, first come first served, for its 32 connections instead."""
+    url = service_url("ROUTER_TEST_REDIS_URL")
+    prefix = "router-test:rl-pool:" + uuid.uuid4().hex[:10]
+    limiter = RedisRateLimiter(url, prefix=prefix)
+    try:
+        leases = await asyncio.gather(*(limiter.admit(POLICY, "tpm", None, ("general",), 1, timeout_s=5)
+                                        for _ in range(150)))
+        for lease in leases:
+            limiter.settle(lease, 1)
+        await asyncio.gather(*list(limiter.store._tasks))
+        assert all(lease is not None for lease in leases) and limiter.store.errors == 0
+        pool = limiter.store.client().connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 32
+    finally:
+        await limiter.aclose()
+        import redis
+
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=prefix + ":*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+async def test_a_requests_only_lease_settles_without_a_round_trip(limiter):
+    lease = await admit(limiter, "rpm")
+    assert not lease.settles
+    limiter.settle(lease, 10)
+    if isinstance(limiter, RedisRateLimiter):
+        assert not limiter.store._tasks            # nothing sent
+    assert (await admit(limiter, "tpm", 5)).settles and (await admit(limiter, "conc")).settles
+
+
 def test_open_rate_limiter_reads_the_url():
     assert isinstance(open_rate_limiter(None), InProcessRateLimiter)
     backend = open_rate_limiter("redis://127.0.0.1:6379/0?prefix=staging:rl")

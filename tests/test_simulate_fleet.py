@@ -35,14 +35,17 @@ def test_fleet_keys_parse_strictly():
         parse_spec({**base, "deployments": {"gpu": {"prefix_hit_rate": 2}}})
 
 
-@pytest.mark.xfail(strict=True, reason="fleet planner unfinished (issue 15, in progress)")
 def test_replicas_multiply_capacity_and_gpu_cost():
     policy = load_policy(SPECS / "policies/self-hosted.yaml")
     one = simulate(policy, _spec(), days=2)
     four = simulate(policy, _spec(replicas=4), days=2)
     assert four.fixed_cost_usd == pytest.approx(4 * one.fixed_cost_usd)
-    assert four.failed / four.requests < 0.6 * one.failed / one.requests    # four times the throughput
-    assert four.overflow < one.overflow
+    # over capacity all day long (8:00-20:00 UTC), four replicas serve four times the tokens
+    peak = [h for h in range(48) if 8 <= h % 24 < 20]
+    served = [sum(r.hourly["gpu"][h] for h in peak) for r in (one, four)]
+    assert 3.2 < served[1] / served[0] < 4.8, served
+    # over the day fewer requests find no capacity; not 4x fewer: at night one replica nearly keeps up
+    assert four.overflow < 0.7 * one.overflow and four.failed < 0.7 * one.failed
 
 
 def test_prefix_cache_hits_cut_prefill_work_and_time_to_first_token():
@@ -53,7 +56,6 @@ def test_prefix_cache_hits_cut_prefill_work_and_time_to_first_token():
     assert warm.overflow < cold.overflow
 
 
-@pytest.mark.xfail(strict=True, reason="fleet planner unfinished (issue 15, in progress)")
 def test_hedging_to_a_faster_target_cuts_the_tail_and_pays_for_losers():
     spec = parse_spec({"tokens_per_month": 1e8, "input_tokens": {"mean": 1000}, "output_tokens": {"mean": 100},
                        "seed": 3, "deployments": {"slow": {"ttft_s": 0.5, "ttft_sigma": 1.0},

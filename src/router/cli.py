@@ -50,13 +50,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy or default_policy_path())
         state = LiveState(circuit_open=_deployments(policy, args.down), saturated=_deployments(policy, args.saturated))
+        now = time.time()
         decision = decide(policy, body, task=args.task, residency=args.residency, tenant=args.tenant, state=state,
-                          api=args.api)
+                          api=args.api, now=now)
     except RouterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = decision.to_dict()
-    now = time.time()
     for cand in out.get("candidates", ()):   # each price with its source (policy, or catalogue and its version)
         model = policy.models.get(cand.get("model", ""))
         if model is not None:

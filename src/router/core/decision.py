@@ -17,6 +17,7 @@ from typing import Any
 from router.classify.classifier import classify
 from router.core.errors import BudgetExceeded, InvalidRequest, NoCandidate, NotFound, PermissionDenied
 from router.core.policy import Model, Policy, Provider, Route, Tenant
+from router.core.pricing import price_at
 
 __all__ = ["Candidate", "Decision", "LiveState", "decide", "decide_embedding", "estimate_prompt_tokens"]
 
@@ -238,7 +239,7 @@ def _replicas(policy: Policy, model: Model, regions: frozenset[str] | None, stat
 
 def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
            tenant: str | None = None, state: LiveState = EMPTY_STATE, language: bool = True,
-           api: str = "chat") -> Decision:
+           api: str = "chat", now: float | None = None) -> Decision:
     """Route one OpenAI-style request body. Raises a RequestError when no route can serve it.
 
     `task` is an explicit hint, `residency` a requirement added to the tenant's (never lifting it),
@@ -246,6 +247,8 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
     policy rule reads it (the engine's hot path); otherwise ``Decision.language`` is None. `api`
     is the API the request came in on (chat, messages or responses), for rules' `api` condition.
     A `model` that is not auto, a route or an alias is looked up in the policy's `client_models`.
+    `now` (Unix seconds) estimates each cost at the price's time-of-day window in force then (None:
+    the base price), so cheapest-first follows an off-peak discount.
     """
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -359,7 +362,8 @@ def decide(policy: Policy, body: Mapping[str, Any], *, task: str | None = None, 
                 excluded = "circuit_open"
             elif alias in state.saturated:
                 excluded = "saturated"
-        cost = m.price.cost(prompt_tokens, min(out_tokens, m.max_output_tokens) if m.max_output_tokens else out_tokens)
+        price = m.price if now is None or not m.price.windows else price_at(m.price, now)
+        cost = price.cost(prompt_tokens, min(out_tokens, m.max_output_tokens) if m.max_output_tokens else out_tokens)
         if excluded is None:
             if tools and "tools" not in m.capabilities:
                 excluded = "capability:tools"

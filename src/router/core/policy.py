@@ -44,6 +44,7 @@ __all__ = [
     "Rule",
     "SaturationSettings",
     "Secret",
+    "TelemetrySettings",
     "Tenant",
     "Timeouts",
     "hash_key",
@@ -377,6 +378,17 @@ class MeteringSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """OpenTelemetry traces (docs/observability.md): off unless an endpoint is set here or in the
+    standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables."""
+
+    enabled: bool | None = None         # False: off even when OTEL_* variables are set; None: on with an endpoint
+    endpoint: str | None = None         # OTLP/HTTP base URL (``/v1/traces`` is appended), else from OTEL_*
+    service_name: str | None = None     # else $OTEL_SERVICE_NAME, else "router"
+    capture_content: bool = False       # record prompt and completion text on spans (off: never)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientModel:
     """A model name a client sends (exact, or a glob like ``claude-*``) and what it means here:
     ``auto``, a route or a model alias."""
@@ -406,6 +418,7 @@ class Policy:
     reference_model: ReferenceModel | None = None
     metering: MeteringSettings = MeteringSettings()
     client_models: tuple[ClientModel, ...] = ()   # exact names first, then globs in file order
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @functools.cached_property
     def alias_tasks(self) -> Mapping[str, str]:

@@ -55,6 +55,7 @@ from router.core.policy import (
     Rule,
     SaturationSettings,
     Secret,
+    TelemetrySettings,
     Tenant,
     Timeouts,
 )
@@ -222,7 +223,7 @@ class _Parser:
     def parse(self, raw: Any) -> Policy | None:
         top = self.mapping("", raw, ("version", "providers", "models", "routes", "rules", "residency",
                                      "tenants", "retry", "timeouts", "classifier", "defaults",
-                                     "reference_model", "metering", "client_models"),
+                                     "reference_model", "metering", "client_models", "telemetry"),
                            ("providers", "models", "routes"))
         if top is None:
             return None
@@ -246,9 +247,25 @@ class _Parser:
         reference = self.reference_model(top.get("reference_model"), models) if "reference_model" in top else None
         metering = self.metering_settings(top.get("metering"))
         client_models = self.client_models(top.get("client_models"), routes, models)
+        telemetry = self.telemetry(top.get("telemetry"))
         return Policy(self.source, providers, models, routes, tuple(rules), residency, tenants, retry,
                       timeouts, classifier, int(expected), reference_model=reference, metering=metering,
-                      client_models=client_models)
+                      client_models=client_models, telemetry=telemetry)
+
+    def telemetry(self, raw: Any) -> TelemetrySettings:
+        """`telemetry: {enabled, endpoint, service_name, capture_content}` (docs/observability.md)."""
+        m = self.mapping("telemetry", raw or {}, ("enabled", "endpoint", "service_name", "capture_content"))
+        if not m:
+            return TelemetrySettings()
+        enabled = self.boolean("telemetry.enabled", m["enabled"]) if m.get("enabled") is not None else None
+        endpoint = self.string("telemetry.endpoint", m["endpoint"]) if m.get("endpoint") is not None else None
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            self.err("telemetry.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}",
+                     "write the collector's OTLP/HTTP address, e.g. http://otel-collector:4318")
+        service = self.string("telemetry.service_name", m["service_name"]) if m.get("service_name") else None
+        capture = (self.boolean("telemetry.capture_content", m["capture_content"])
+                   if m.get("capture_content") is not None else False)
+        return TelemetrySettings(enabled, endpoint or None, service or None, bool(capture))
 
     def client_models(self, raw: Any, routes: Mapping[str, Route], models: Mapping[str, Model]
                       ) -> tuple[ClientModel, ...]:

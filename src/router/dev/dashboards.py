@@ -1,4 +1,4 @@
-"""Grafana dashboards for router's metrics, generated from code: overview, cost, providers.
+"""Grafana dashboards for router's metrics, generated from code: overview, cost, providers, features.
 
 The panels are data (`Dashboard`, `Panel`, `Target`: title, PromQL, unit, kind) and `build()` turns
 each dashboard into Grafana's JSON model with Grafana's foundation SDK (`grafana-foundation-sdk`,
@@ -118,7 +118,61 @@ PROVIDERS = Dashboard("router-providers", "router / providers", "Provider state,
                                                     "errors"),), "ops"),
 ))
 
-DASHBOARDS = (OVERVIEW, COST, PROVIDERS)
+FEATURES = Dashboard("router-features", "router / APIs, classifier, cache and fleets",
+                     "The API surface, task classification, the response cache, rate limits, replicas, "
+                     "hedging and stream recovery.", (
+    Panel("Requests per second by API and status", (Target(
+        "sum by (api, status) (rate(router_api_requests_total[$__rate_interval]))", "{{api}} {{status}}"),), "reqps",
+        description="chat: /v1/chat/completions and /v1/embeddings; messages: Anthropic's /v1/messages; "
+                    "responses: OpenAI's /v1/responses."),
+    Panel("Error share by API", (Target(
+        'sum by (api) (rate(router_api_requests_total{status="error"}[$__rate_interval])) '
+        "/ sum by (api) (rate(router_api_requests_total[$__rate_interval]))", "{{api}}"),), "percentunit"),
+    Panel("Task decisions per second by task (custom tasks included)", (Target(
+        "sum by (task) (rate(router_classifier_decisions_total[$__rate_interval]))", "{{task}}"),), "ops",
+        description="Every task the policy's classifier settings define, custom tasks with the built-in ones."),
+    Panel("Classifier decisions below the confidence threshold", (Target(
+        '(sum(rate(router_classifier_decisions_total{source="fallback"}[$__rate_interval])) or vector(0)) '
+        '/ sum(rate(router_classifier_decisions_total{source=~"classifier|fallback"}[$__rate_interval]))',
+        "below min_confidence"),), "percentunit",
+        description="Share of classified requests whose confidence was under classifier.min_confidence and "
+                    "went to the fallback task. A rising share: the traffic has drifted from what the model "
+                    "was trained on."),
+    Panel("Response cache hit ratio by route", (Target(
+        "sum by (route) (rate(router_cache_hits_total[$__rate_interval])) / (sum by (route) "
+        "(rate(router_cache_hits_total[$__rate_interval])) + sum by (route) "
+        "(rate(router_cache_misses_total[$__rate_interval])))", "{{route}}"),), "percentunit",
+        description="Hits over cacheable requests (hits + misses) on routes with a cache."),
+    Panel("Response cache savings by route (USD per hour)", (Target(
+        "sum by (route) (increase(router_cache_savings_usd_total[1h]))", "{{route}}"),), "currencyUSD",
+        description="What the upstream calls that cache hits replaced would have cost."),
+    Panel("Rate-limited requests per second by tenant and limit", (Target(
+        "sum by (tenant, kind) (rate(router_rate_limited_total[$__rate_interval]))", "{{tenant}}: {{kind}}"),),
+        "reqps", description="Requests refused with 429 by a requests, tokens or concurrent limit."),
+    Panel("Replica picks per second by model and how", (Target(
+        "sum by (model, how) (rate(router_replica_picks_total[$__rate_interval]))", "{{model}}: {{how}}"),), "ops",
+        description="affinity: the conversation's replica; spill: another, its own was loaded past the cap; "
+                    "least_loaded, round_robin: no affinity key; only: one usable replica."),
+    Panel("Affinity hit rate by model", (Target(
+        'sum by (model) (rate(router_replica_picks_total{how="affinity"}[$__rate_interval])) '
+        '/ sum by (model) (rate(router_replica_picks_total{how=~"affinity|spill"}[$__rate_interval]))',
+        "{{model}}"),), "percentunit",
+        description="Of the picks that had an affinity replica, the share that went to it (prefix caches hit)."),
+    Panel("Hedges per second by route and result", (Target(
+        "sum by (route, result) (rate(router_hedges_total[$__rate_interval]))", "{{route}}: {{result}}"),), "ops",
+        description="won: the hedge streamed first; lost: the first attempt did; failed: neither; capped: a cap "
+                    "refused to hedge."),
+    Panel("Hedges won share and their cost", (
+        Target('sum by (route) (rate(router_hedges_total{result="won"}[$__rate_interval])) / sum by (route) '
+               '(rate(router_hedges_total{result=~"won|lost|failed"}[$__rate_interval]))', "won share {{route}}"),
+        Target("sum by (route) (increase(router_hedge_cost_usd_total[1h]))", "losing attempts USD/h {{route}}")),
+        "short"),
+    Panel("Streams recovered after the first byte per second", (Target(
+        "sum by (route) (rate(router_stream_resumes_total[$__rate_interval]))", "{{route}}"),), "ops",
+        description="Streams cut mid-way and continued on another deployment, one stream to the client."),
+))
+
+DASHBOARDS = (OVERVIEW, COST, PROVIDERS, FEATURES)
 
 
 def _panel(p: Panel, pid: int) -> Any:

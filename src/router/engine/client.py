@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
@@ -20,6 +23,7 @@ from router.core.meter import Meter
 from router.core.policy import Policy
 from router.core.policy_parser import load_policy
 from router.core.response import ChatCompletion, ChatCompletionChunk, Embeddings, RouterInfo
+from router.core.tracecontext import Tracer
 from router.engine import sync
 from router.engine.admission import Admission
 from router.engine.engine import ChunkStream, Engine
@@ -31,6 +35,23 @@ from router.transport.base import Transport
 from router.transport.chooser import ProviderTransport
 
 __all__ = ["Router", "Stream", "SyncStream", "bundled_policy_path", "default_meters", "default_policy_path"]
+
+log = logging.getLogger("router")
+_OTEL_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def policy_tracer(policy: Policy) -> Tracer | None:
+    """The tracer the policy's ``telemetry:`` block and the ``OTEL_*`` variables ask for; None (and
+    OpenTelemetry never imported) when neither does (docs/observability.md)."""
+    t = policy.telemetry
+    if t.endpoint is None and not t.enabled and not any(os.environ.get(k) for k in _OTEL_ENDPOINTS):
+        return None
+    try:
+        from router.metering.tracing import tracer_for
+    except ImportError as e:
+        log.warning("tracing is configured but OpenTelemetry is not installed (%s): pip install 'router[otel]'", e)
+        return None
+    return tracer_for(policy)
 
 
 def bundled_policy_path() -> str:
@@ -138,7 +159,7 @@ class Router:
                  transport: Transport | None = None, meters: Sequence[Meter] | None = None,
                  budget: BudgetBackend | None = None,
                  monitor: Monitor | bool = True, rate_limiter: RateLimiter | None = None,
-                 response_cache: ResponseCache | None = None):
+                 response_cache: ResponseCache | None = None, tracer: Tracer | None = None):
         if not isinstance(policy, Policy):
             policy = load_policy(policy if policy is not None else default_policy_path())
         if meters is None:
@@ -157,6 +178,10 @@ class Router:
                              admission=Admission(limiter=rate_limiter, cache=response_cache))
         # health + load: circuit breakers, in-flight counts, vLLM scrapes, probes (False: none)
         self.engine.monitor = Monitor(policy) if monitor is True else (monitor or None)
+        # OpenTelemetry traces: `tracer`, else what the policy and OTEL_* variables ask for (off by default)
+        self.loaded_at = time.time()   # when the serving policy was loaded (the status page shows it)
+        self._own_tracer = tracer is None
+        self.engine.tracer = tracer if tracer is not None else policy_tracer(policy)
 
     @property
     def policy(self) -> Policy:
@@ -166,7 +191,12 @@ class Router:
         """Validate `policy` and swap it in atomically; requests in flight finish on the old one."""
         if not isinstance(policy, Policy):
             policy = load_policy(policy)
-        self.engine.policy = policy
+        old, self.engine.policy = self.engine.policy, policy
+        self.loaded_at = time.time()
+        if self._own_tracer and policy.telemetry != old.telemetry:   # a new collector, or tracing on or off
+            previous, self.engine.tracer = self.engine.tracer, policy_tracer(policy)
+            if previous is not None:   # flushed off the caller's thread (a reload may run on the loop)
+                threading.Thread(target=previous.shutdown, name="router-tracer-shutdown", daemon=True).start()
         return policy
 
     # -- async
@@ -228,6 +258,9 @@ class Router:
         await self.engine.admission.aclose()
         if self.engine.monitor is not None:
             await self.engine.monitor.aclose()
+        tracer = self.engine.tracer
+        if tracer is not None and self._own_tracer:
+            await asyncio.to_thread(tracer.force_flush, 5.0)
 
     def close(self) -> None:
         """Close the sync API's connection pool and flush the meters."""

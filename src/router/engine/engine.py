@@ -9,6 +9,7 @@ its end, is handed to the meters exactly once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -40,6 +41,7 @@ from router.engine.replicas import Fleet, ReplicaPicker, affinity_key
 from router.transport.base import Transport, TransportError, UpstreamResponse
 
 if TYPE_CHECKING:
+    from router.core.tracecontext import RequestTrace, Tracer
     from router.engine.hooks import MonitorHooks
     from router.metering.budget import BudgetBackend, Reservation
 
@@ -102,6 +104,15 @@ def _fleet(req: _Request) -> Fleet:
     return fleet
 
 
+def _outside_residency(req: _Request, model: Model) -> frozenset[str]:
+    """The replicas of `model` the request's residency rules out (`decide` marked them), as deployment
+    keys: the picker never sees them, for a first attempt, a retry, a hedge or a resumed stream alike."""
+    for cand in req.candidates:
+        if cand.model == model.alias:
+            return frozenset(model.key(name) for name, why in cand.replicas if why == "residency")
+    return frozenset(model.key(name) for name in model.replicas)   # not a candidate: never picked
+
+
 def _secrets(provider: Provider) -> tuple[str, ...]:
     return (provider.api_key.reveal(),) if provider.api_key is not None else ()
 
@@ -115,7 +126,7 @@ class _Request:
     """
 
     __slots__ = ("budget", "candidates", "closed", "deadline", "decision", "engine", "entry", "fleet", "info",
-                 "policy", "reservation", "retry", "session", "started", "upstream")
+                 "policy", "reservation", "retry", "session", "started", "trace", "upstream")
 
     def __init__(self, engine: Engine, policy: Policy, info: RouterInfo, started: float):
         self.engine, self.policy, self.info, self.started = engine, policy, info, started
@@ -130,6 +141,7 @@ class _Request:
         self.entry: Any = None              # response cache and rate limits (engine.admission.Entry)
         self.session: str | None = None     # the conversation, for replica affinity (engine.replicas)
         self.fleet: Fleet | None = None     # replicas tried, affinity key, hedge (made on first need)
+        self.trace: RequestTrace | None = None  # its spans, when tracing is on (engine.tracer)
 
     def remaining(self) -> float:
         return self.deadline - self.engine.clock()
@@ -171,6 +183,9 @@ class Engine:
         self.admission.bind_metrics(self.meters)
         self.picker = ReplicaPicker()           # replicas of a model (engine.replicas)
         self.hedges = HedgeGovernor(wall)       # hedging caps, per route (engine.hedge)
+        self.tracer: Tracer | None = None       # OpenTelemetry traces, opt-in (router.metering.tracing)
+        # the last requests with their decisions, for the status page (router.server.status); None: not kept
+        self.recent: collections.deque[tuple[RouterInfo, Decision | None, str | None]] | None = None
 
     def _retry_policy(self, policy: Policy) -> RetryPolicy:
         cached = self._retry_cache
@@ -195,7 +210,7 @@ class Engine:
         a policy rule reads it."""
         policy = policy or self.policy
         return decide(policy, body, task=task, residency=residency, tenant=tenant,
-                      state=self.live_state(policy, tenant), language=language, api=api)
+                      state=self.live_state(policy, tenant), language=language, api=api, now=self.wall())
 
     def live_state(self, policy: Policy, tenant: str | None = None) -> LiveState:
         """The world as the decision sees it now, as plain data: health and load from the monitor,
@@ -219,14 +234,21 @@ class Engine:
 
     def _start(self, body: Mapping[str, Any], task: str | None, residency: str | None, tenant: str | None,
                request_id: str | None, client_request_id: str | None, *, embedding: bool = False,
-               api: str = "chat", key_id: str | None = None, cache_control: str | None = None) -> _Request:
+               api: str = "chat", key_id: str | None = None, cache_control: str | None = None,
+               trace_context: Mapping[str, str] | None = None) -> _Request:
         """Open a request: validate its body and decide. A refusal here is metered (and closed) too.
-        `key_id` (per-key rate limits) and `cache_control` (the client's header) go to the admission."""
+        `key_id` (per-key rate limits) and `cache_control` (the client's header) go to the admission;
+        `trace_context` (a client's W3C headers) to the tracer, when tracing is on."""
         policy = self.policy  # one snapshot for the whole request: a reload never splits one
         started = self.clock()
         info = RouterInfo(request_id or new_request_id(), task or "", "hint" if task else "", 0.0, None, "", None,
                           tenant=tenant, created=self.wall(), client_request_id=client_request_id, api=api)
         req = _Request(self, policy, info, started)
+        if self.tracer is not None:
+            try:
+                req.trace = self.tracer.begin(policy, body, trace_context)
+            except Exception:
+                log.exception("tracer failed to begin request %s", info.request_id)
         try:
             if embedding:
                 validate_embeddings(body)
@@ -292,6 +314,13 @@ class Engine:
                 self.admission.close(req)
             except Exception:
                 log.exception("admission failed to close request %s", info.request_id)
+        if req.trace is not None and self.tracer is not None:
+            try:
+                self.tracer.end(req.trace, info, req.policy, req.decision, exc)
+            except Exception:
+                log.exception("tracer failed to end request %s", info.request_id)
+        if self.recent is not None:
+            self.recent.append((info, req.decision, None if exc is None else type(exc).__name__))
         record_all(self.meters, info)
 
     def _settle(self, req: _Request) -> None:
@@ -377,6 +406,8 @@ class Engine:
         """One attempt up to the response headers; raises _Failure on anything but 200."""
         remaining = req.remaining()
         t = req.policy.timeouts
+        if req.trace is not None:   # the attempt's span, named now: its traceparent goes upstream
+            call = req.trace.attempt(call, provider, model, stream)
         try:
             total = remaining if stream or t.attempt_s is None else min(remaining, t.attempt_s)
             resp = await self.transport.send(call, connect_s=min(t.connect_s, remaining),
@@ -529,6 +560,9 @@ class Engine:
         mode = model.balance.affinity
         if fleet.keyed != mode:
             fleet.key, fleet.keyed = affinity_key(body, req.session, mode), mode
+        barred = _outside_residency(req, model)
+        if barred:
+            exclude = exclude | barred
         monitor = self.monitor
         picked = self.picker.pick(model, monitor.replica_load if monitor is not None else _idle,
                                   fleet.key, fleet.tried | exclude if exclude else fleet.tried)
@@ -576,19 +610,23 @@ class Engine:
     async def complete(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
                        tenant: str | None = None, request_id: str | None = None,
                        client_request_id: str | None = None, api: str = "chat", key_id: str | None = None,
-                       cache_control: str | None = None, session: str | None = None) -> ChatCompletion:
+                       cache_control: str | None = None, session: str | None = None,
+                       trace_context: Mapping[str, str] | None = None) -> ChatCompletion:
         """Route and send one chat completion. `request_id`: the ledger key to use (router generates
         an unguessable one when None: never pass a client's value); `client_request_id`: the caller's
         own id, kept beside it for correlation; `api`: the API the request came in on (for rules and
         the ledger); `key_id`: which of the tenant's keys sent it (per-key rate limits);
-        `cache_control`: the client's ``Cache-Control`` (``no-cache``, ``no-store``)."""
+        `cache_control`: the client's ``Cache-Control`` (``no-cache``, ``no-store``); `trace_context`:
+        the client's W3C ``traceparent``/``tracestate`` headers (else the caller's current span)."""
         req = self._start(body, task, residency, tenant, request_id, client_request_id, api=api, key_id=key_id,
-                          cache_control=cache_control)
+                          cache_control=cache_control, trace_context=trace_context)
         req.session = session   # keeps a conversation on one replica (engine.replicas)
 
         async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> ChatCompletion:
             data = await self._json_attempt(req, model, provider, call, t0, "choices", "a chat completion")
             self._cost(req, model, read_usage(data) or self._estimate(req, data))
+            if req.trace is not None:
+                req.trace.finish(data)
             return ChatCompletion(data, req.info)
 
         return await self._drive(req, body, once)
@@ -597,11 +635,11 @@ class Engine:
 
     async def embed(self, body: Mapping[str, Any], *, residency: str | None = None, tenant: str | None = None,
                     request_id: str | None = None, client_request_id: str | None = None,
-                    key_id: str | None = None) -> Embeddings:
+                    key_id: str | None = None, trace_context: Mapping[str, str] | None = None) -> Embeddings:
         """An embeddings request to the alias `body["model"]`: retries, residency, budget, rate limits and
         metering as for chat, no classification and no fallback (an alias names one model)."""
         req = self._start(body, None, residency, tenant, request_id, client_request_id, embedding=True,
-                          key_id=key_id)
+                          key_id=key_id, trace_context=trace_context)
 
         async def once(model: Model, provider: Provider, call: UpstreamCall, t0: float) -> Embeddings:
             data = await self._json_attempt(req, model, provider, call, t0, "data", "an embeddings list")
@@ -630,11 +668,12 @@ class Engine:
     def stream(self, body: Mapping[str, Any], *, task: str | None = None, residency: str | None = None,
                tenant: str | None = None, request_id: str | None = None,
                client_request_id: str | None = None, api: str = "chat", key_id: str | None = None,
-               cache_control: str | None = None, session: str | None = None) -> ChunkStream:
+               cache_control: str | None = None, session: str | None = None,
+               trace_context: Mapping[str, str] | None = None) -> ChunkStream:
         """Decide now (so routing errors raise here); connect when iteration starts (the response cache
-        and rate limits answer then too). `key_id`, `cache_control`: as for `complete`."""
+        and rate limits answer then too). `key_id`, `cache_control`, `trace_context`: as for `complete`."""
         req = self._start(body, task, residency, tenant, request_id, client_request_id, api=api, key_id=key_id,
-                          cache_control=cache_control)
+                          cache_control=cache_control, trace_context=trace_context)
         req.session = session
         return ChunkStream(self, req, body)
 
@@ -767,6 +806,9 @@ class ChunkStream:
             text: list[str] | None = [] if resumes and _resumable(self._body) else None  # choice 0's text so far
             tools = spliced = False
             stream_id = stream.first.get("id") if stream.first is not None else None
+            trace = req.trace
+            if trace is not None:
+                trace.response_id = stream_id if isinstance(stream_id, str) else None
             chunk = stream.first
             done = finished = False
             while True:
@@ -787,6 +829,8 @@ class ChunkStream:
                                 if choice.get("finish_reason"):
                                     finished = True
                                 delta = choice.get("delta")
+                                if trace is not None:
+                                    trace.chunk_choice(choice, delta)
                                 if isinstance(delta, dict):
                                     for key in ("content", "reasoning_content"):
                                         v = delta.get(key)

@@ -14,8 +14,10 @@ attempt did), ``failed`` (neither did) or ``capped`` (a cap said no). Each attem
 counts are its own until the race ends; the winner's then belong to the request, which `Engine._close`
 gives back as for any attempt.
 
-The caps (`HedgeGovernor`) are per process and per route: a share of the route's hedgeable
-requests (credit grows by `max_share` per request, a hedge spends one) and dollars per UTC day.
+The caps (`HedgeGovernor`) are per process and per route: a share of the route's streamed requests
+(each one adds `max_share` of credit, late or not; a hedge spends one whole credit; credit saved up
+is capped at `max(1, 10 x max_share)`, so an idle spell allows a burst of at most that many hedges)
+and dollars per UTC day.
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ def hedge_delay(settings: HedgeSettings, monitor: MonitorHooks | None, alias: st
 class HedgeGovernor:
     """Per-route caps on hedging, for one process: a share of requests, and USD per UTC day.
 
+    Every request of the route counts (`count`), a late one asks to hedge (`allow`):
+
     >>> g = HedgeGovernor(wall=lambda: 0.0)
-    >>> s = HedgeSettings(delay_s=1, max_share=0.5)
-    >>> [g.allow("r", s, 0.0) for _ in range(4)]
-    [False, True, False, True]
+    >>> s = HedgeSettings(delay_s=1, max_share=0.25)
+    >>> for _ in range(3):
+    ...     g.count("r", s)               # three requests whose first chunk came in time
+    >>> g.count("r", s); g.allow("r", s, 0.0), g.allow("r", s, 0.0)   # a fourth, late: one hedge, not two
+    (True, False)
     """
 
     def __init__(self, wall: Callable[[], float] = time.time):
@@ -85,13 +91,18 @@ class HedgeGovernor:
         day, usd = self._spent.get(route, (-1, 0.0))
         return usd if day == self._day() else 0.0
 
+    def count(self, route: str, settings: HedgeSettings) -> None:
+        """A request of `route` that may hedge has started: `max_share` more credit."""
+        self._credit[route] = min(max(1.0, 10 * settings.max_share), self._credit.get(route, 0.0) + settings.max_share)
+
     def allow(self, route: str, settings: HedgeSettings, estimate_usd: float) -> bool:
-        """A request of `route` that could hedge asks to; True spends one hedge of the share."""
-        credit = min(max(1.0, 10 * settings.max_share), self._credit.get(route, 0.0) + settings.max_share)
+        """A late request of `route` asks to hedge; True spends one credit (one hedge of the share)."""
+        credit = self._credit.get(route, 0.0)
         ok = credit >= 1.0 - 1e-9
         if ok and settings.max_usd_per_day is not None:
             ok = self.spent_today(route) + estimate_usd <= settings.max_usd_per_day
-        self._credit[route] = credit - 1.0 if ok else credit
+        if ok:
+            self._credit[route] = credit - 1.0
         return ok
 
     def spend(self, route: str, usd: float) -> None:
@@ -117,6 +128,7 @@ async def race(engine: Any, req: Any, opener: Callable[..., Awaitable[Opened]], 
     Raises `AttemptFailed` as the loop expects: unrecorded when only the primary ran (the loop
     records it), ``recorded`` when a hedge ran (both attempts are recorded here)."""
     info, monitor, clock = req.info, engine.monitor, engine.clock
+    governor.count(req.decision.route, settings)
     first = asyncio.ensure_future(opener(primary.model, primary.provider, primary.call, t0))
     tasks: dict[asyncio.Future[Opened], tuple[Leg, float, Any]] = {first: (primary, t0, req)}
     side: _Side | None = None

@@ -83,6 +83,12 @@ class Lease:
     numbers: Sequence[_Numbers] = ()
 
     @property
+    def settles(self) -> bool:
+        """Whether settling changes anything: a scope limits tokens (the estimate is replaced) or
+        requests in flight (the slot is freed)."""
+        return any(s.limit.tokens_per_minute is not None or s.limit.concurrent is not None for s in self.scopes)
+
+    @property
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of the admission (the tightest scope of each kind)."""
         return _headers(self.scopes, self.numbers) if self.numbers else {}
@@ -561,8 +567,7 @@ class RedisRateLimiter(RateLimiter):
             args += [-1 if v is None else v for v in (lim.requests_per_minute, lim.tokens_per_minute, lim.concurrent)]
         keys = self._keys(scopes)
         try:
-            out = await self.store.call("admit", lambda: self.store.client().eval(_LUA_ADMIT, len(keys), *keys, *args),
-                                        timeout_s)
+            out = await self.store.call("admit", lambda: self.store.script(_LUA_ADMIT, keys, args), timeout_s)
         except asyncio.CancelledError:
             # the script may have run: give the slot back in the background
             self.settle(Lease(rid, "", tuple(scopes), tokens), 0)
@@ -579,6 +584,8 @@ class RedisRateLimiter(RateLimiter):
         return bool(ok), index, kind, numbers
 
     def settle(self, lease: Lease, tokens: int) -> None:
+        if not lease.settles:   # requests per minute only: nothing to replace or free, no round trip
+            return
         try:
             asyncio.get_running_loop()
         except RuntimeError:   # no loop to send it from: the lease and the reservation expire on their own
@@ -592,9 +599,8 @@ class RedisRateLimiter(RateLimiter):
         for attempt in range(self.settle_attempts):
             now_ms = int(self.wall() * 1000)
             try:
-                await self.store.call("settle", lambda n=now_ms: self.store.client().eval(
-                    _LUA_SETTLE, len(keys), *keys, n, lease.id, tokens, self._ttl(), *flags),
-                    self.background_timeout_s)
+                await self.store.call("settle", lambda n=now_ms: self.store.script(
+                    _LUA_SETTLE, keys, [n, lease.id, tokens, self._ttl(), *flags]), self.background_timeout_s)
                 return
             except StoreError:
                 pass

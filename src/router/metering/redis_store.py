@@ -3,13 +3,14 @@ cache share: every call has a timeout, a failure is counted and logged once per 
 two failures in a row calls fail fast for `retry_s` instead of each waiting for its timeout.
 
 >>> store = RedisStore("redis://127.0.0.1:6379/0", name="rate limit store")   # doctest: +SKIP
->>> await store.call("admit", store.client().eval(SCRIPT, 1, "k"), timeout_s=0.5)  # doctest: +SKIP
+>>> await store.call("admit", lambda: store.script(SCRIPT, ["k"], []), timeout_s=0.5)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import weakref
@@ -24,6 +25,7 @@ __all__ = ["RedisStore", "StoreError", "split_prefix"]
 log = logging.getLogger("router.metering.redis")
 
 T = TypeVar("T")
+_SHAS: dict[str, str] = {}   # Lua source -> its SHA1, as Redis names a loaded script
 
 
 class StoreError(Exception):
@@ -47,13 +49,16 @@ class RedisStore:
     """Redis clients (one per event loop) and a guard around each call.
 
     `on_error(op)` is told of every failed or timed-out call (a metric). Background calls (settles,
-    writes) go through `spawn`, and `aclose()` waits up to `close_timeout_s` for them.
+    writes) go through `spawn`, and `aclose()` waits up to `close_timeout_s` for them. At most
+    `max_connections` calls per loop at once, each on its own connection; further calls wait their
+    turn, first come first served, within their own timeout.
     """
 
     def __init__(self, url: str, *, name: str, on_error: Callable[[str], None] | None = None,
                  connect_timeout_s: float = 1.0, op_timeout_s: float = 1.0, retry_s: float = 1.0,
-                 close_timeout_s: float = 5.0):
+                 close_timeout_s: float = 5.0, max_connections: int = 32):
         self.url, self.name = url, name
+        self.max_connections = max_connections   # per event loop; more calls at once wait their turn
         self.on_error = on_error
         self.connect_timeout_s, self.op_timeout_s = connect_timeout_s, op_timeout_s
         self.retry_s, self.close_timeout_s = retry_s, close_timeout_s
@@ -63,6 +68,8 @@ class RedisStore:
         self._down_since: float | None = None
         self._last_error = ""
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())   # one per loop: a call holds one while it uses a connection
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def client(self) -> Any:
@@ -74,11 +81,15 @@ class RedisStore:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            # no retries inside the client: the caller's timeout is the only one
-            client = aioredis.Redis.from_url(self.url, socket_timeout=self.op_timeout_s,
-                                             socket_connect_timeout=self.connect_timeout_s,
-                                             retry=Retry(NoBackoff(), 0))
+            # No retries inside the client: the caller's timeout is the only one. Calls take turns for
+            # the pool's connections in `call` (first come, first served), so the pool is never asked
+            # for more than it has (redis-py's fails such a call at once: MaxConnectionsError).
+            pool = aioredis.ConnectionPool.from_url(
+                self.url, max_connections=self.max_connections, socket_timeout=self.op_timeout_s,
+                socket_connect_timeout=self.connect_timeout_s, retry=Retry(NoBackoff(), 0))
+            client = aioredis.Redis.from_pool(pool)
             self._clients[loop] = client
+            self._turns[loop] = asyncio.Semaphore(self.max_connections)
         return client
 
     @property
@@ -91,7 +102,9 @@ class RedisStore:
             raise StoreError(f"{self.name} unreachable: {self._last_error}")
         try:
             async with asyncio.timeout(max(timeout_s, 0.0) if timeout_s is not None else None):
-                result = await make()
+                self.client()   # this loop's client and its turns
+                async with self._turns[asyncio.get_running_loop()]:   # FIFO: no call waits behind later ones
+                    result = await make()
         except TimeoutError:
             why = f"no answer within {timeout_s:.3g} s"
         except asyncio.CancelledError:
@@ -123,6 +136,20 @@ class RedisStore:
                 self.on_error(op)
             except Exception:  # metrics must not break the caller
                 log.exception("%s metrics failed", self.name)
+
+    async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua `source` by its SHA1 (EVALSHA: a few bytes on the wire instead of the script),
+        loading it with EVAL when this Redis does not know it yet (a restart, a new server)."""
+        from redis.exceptions import NoScriptError
+
+        client = self.client()
+        sha = _SHAS.get(source)
+        if sha is None:
+            sha = _SHAS[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        try:
+            return await client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(source, len(keys), *keys, *args)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run `coro` in the background on the running loop (kept until done, awaited by `aclose`)."""

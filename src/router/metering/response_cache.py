@@ -205,8 +205,8 @@ class RedisCache(ResponseCache):
                 -1 if settings.max_entries is None else settings.max_entries,
                 -1 if settings.max_bytes is None else settings.max_bytes, key)
         with contextlib.suppress(StoreError):   # counted by the store; the answer is simply not cached
-            await self.store.call("put", lambda: self.store.client().eval(
-                _LUA_PUT, 3, base + ":e:" + key, base + ":idx", base + ":sizes", *args), self.background_timeout_s)
+            await self.store.call("put", lambda: self.store.script(
+                _LUA_PUT, [base + ":e:" + key, base + ":idx", base + ":sizes"], list(args)), self.background_timeout_s)
 
     async def aclose(self) -> None:
         await self.store.aclose()

@@ -49,6 +49,7 @@ from router.server import anthropic_messages as messages_api
 from router.server import openai_responses as responses_api
 from router.server.connections import GuardedServer
 from router.server.openai_chat import ChatStream, StreamTranslator
+from router.server.status import StatusPage
 
 __all__ = ["Proxy", "ProxyOptions", "usable_providers"]
 
@@ -298,10 +299,11 @@ class Proxy:
     """Maps HTTP requests onto `engine`. `metrics` renders the /metrics body and content type."""
 
     def __init__(self, engine: Engine, options: ProxyOptions = ProxyOptions(), *,
-                 metrics: Callable[[], tuple[bytes, str]] | None = None):
+                 metrics: Callable[[], tuple[bytes, str]] | None = None, status: StatusPage | None = None):
         self.engine = engine
         self.options = options
         self.metrics = metrics
+        self.status = status    # GET /status and /status.json (router.server.status); None: not served
         self.draining = False
         self._models_cache: tuple[Policy, list[dict[str, Any]]] | None = None
         self._routes: dict[tuple[str, str], Callable[[web.BaseRequest], Any]] = {
@@ -321,6 +323,8 @@ class Proxy:
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
             ("GET", "/metrics"): self.metrics_endpoint,
+            ("GET", "/status"): self.status_page,
+            ("GET", "/status.json"): self.status_json,
         }
 
     # ------------------------------------------------------------------ server plumbing
@@ -499,11 +503,11 @@ class Proxy:
             if stream:
                 chunks = engine.stream(body, task=task, residency=residency, tenant=name, request_id=rid,
                                        client_request_id=cid, session=session_from_headers(headers),
-                                       **_admission(request, tenant))
+                                       trace_context=headers, **_admission(request, tenant))
                 return await self._stream(request, chunks, rid)
             result = await engine.complete(body, task=task, residency=residency, tenant=name, request_id=rid,
                                            client_request_id=cid, session=session_from_headers(headers),
-                                           **_admission(request, tenant))
+                                           trace_context=headers, **_admission(request, tenant))
         except RequestError as e:
             return _failed(request, e, rid, _error)
         request[_INFO] = result.router
@@ -631,7 +635,8 @@ class Proxy:
                                   residency=headers.get("X-Router-Residency") or None,
                                   tenant=tenant.name if tenant is not None else None, request_id=rid,
                                   client_request_id=_client_request_id(request), api=api,
-                                  session=session_from_headers(headers), **_admission(request, tenant))
+                                  session=session_from_headers(headers), trace_context=headers,
+                                  **_admission(request, tenant))
 
     async def _engine_complete(self, request: web.BaseRequest, rid: str, tenant: Tenant | None,
                                chat: dict[str, Any], api: str) -> ChatCompletion:
@@ -640,7 +645,8 @@ class Proxy:
                                             residency=headers.get("X-Router-Residency") or None,
                                             tenant=tenant.name if tenant is not None else None, request_id=rid,
                                             client_request_id=_client_request_id(request), api=api,
-                                            session=session_from_headers(headers), **_admission(request, tenant))
+                                            session=session_from_headers(headers), trace_context=headers,
+                                            **_admission(request, tenant))
         request[_INFO] = result.router
         return result
 
@@ -658,7 +664,8 @@ class Proxy:
             key_id = _admission(request, tenant).get("key_id")
             result = await engine.embed(body, residency=request.headers.get("X-Router-Residency") or None,
                                         tenant=tenant.name if tenant is not None else None, request_id=rid,
-                                        client_request_id=_client_request_id(request), key_id=key_id)
+                                        client_request_id=_client_request_id(request), key_id=key_id,
+                                        trace_context=request.headers)
         except RequestError as e:
             return _failed(request, e, rid, _error)
         request[_INFO] = result.router
@@ -732,6 +739,20 @@ class Proxy:
         body = {"status": "ready" if usable else "no usable provider", "policy": policy.source,
                 "digest": policy.digest, "providers": usable}
         return web.Response(status=200 if usable else 503, body=orjson.dumps(body), content_type=_JSON)
+
+    async def status_page(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``GET /status``: this worker's state as HTML (router.server.status); the same access as /metrics."""
+        if self.status is None:
+            return _error(NotFound("the status page is not enabled", code="unknown_url"), _request_id(request))
+        return web.Response(body=self.status.html(), headers={"Content-Type": "text/html; charset=utf-8",
+                                                              "Cache-Control": "no-store"})
+
+    async def status_json(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``GET /status.json``: the status page's data."""
+        if self.status is None:
+            return _error(NotFound("the status page is not enabled", code="unknown_url"), _request_id(request))
+        return web.Response(body=orjson.dumps(self.status.snapshot()),
+                            headers={"Content-Type": _JSON, "Cache-Control": "no-store"})
 
     async def metrics_endpoint(self, request: web.BaseRequest) -> web.StreamResponse:
         if self.metrics is None:

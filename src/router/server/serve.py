@@ -226,6 +226,7 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
     from router.metering.budget import open_budget
     from router.metering.ledger import LedgerMeter, open_ledger
     from router.server.proxy import Proxy, ProxyOptions
+    from router.server.status import StatusPage
 
     meters, render = _metrics(bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")), policy)
     prom = meters[0] if meters else None
@@ -247,7 +248,8 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
         _log_access_to_stderr()
     options = ProxyOptions(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), keepalive_s=opts.keepalive_s,
                            access_log=access, idle_timeout_s=opts.idle_timeout_s, body_timeout_s=opts.body_timeout_s)
-    proxy = Proxy(engine, options, metrics=render)
+    status = StatusPage(engine, loaded_at=lambda: router.loaded_at)   # /status, /status.json
+    proxy = Proxy(engine, options, metrics=render, status=status)
     runner = web.ServerRunner(proxy.server(), handle_signals=False, shutdown_timeout=opts.grace_s)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port, reuse_port=reuse_port or None, backlog=2048)
@@ -267,7 +269,7 @@ async def _worker(opts: ServeOptions, policy: Policy, *, reuse_port: bool, watch
         try:
             new = await asyncio.to_thread(_load, opts.policy, why, opts)
             if new is not None:
-                engine.policy = new
+                router.reload(new)   # the policy, and its telemetry block's tracer when that changed
                 if monitor is not None:
                     monitor.use(new)
                     monitor.start()

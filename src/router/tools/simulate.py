@@ -267,7 +267,11 @@ def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str |
         w = arrivals / n
         used: dict[str, float] = {}          # provider -> busy seconds of throughput this step
         state = LiveState(saturated=saturated)
-        for _ in range(n):
+        for i in range(n):
+            if i:   # a scrape between two samples: the step's work so far against the time gone by
+                now = _scrape(policy, spec, gates, used, i / n)
+                if now != saturated:
+                    saturated, state = now, LiveState(saturated=now)
             task = rng.choices(tasks, shares)[0]
             tin, tout = spec.input_tokens.sample(rng), spec.output_tokens.sample(rng)
             body["max_tokens"] = tout
@@ -283,7 +287,11 @@ def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str |
             preferred = first_choice.get(d.route)
             if preferred is None:
                 preferred = first_choice[d.route] = decide(policy, body, task=task).candidates[0].model
-            served = None
+            # The requests this sample stands for are a flow: a deployment takes what fits in its throughput
+            # for the step (the rest goes on to its next replica or candidate, as the engine spills a
+            # saturated or full deployment), and a failed attempt fails over like the engine does.
+            parts: list[tuple[Any, Deployment, str, float]] = []     # (candidate, deployment, provider, requests)
+            left = w
             full = not d.allowed          # every candidate excluded: by this simulation, only as saturated
             for c in d.allowed:
                 # a replicated model: its usable replicas, the least busy first (the engine's least-loaded pick)
@@ -291,59 +299,87 @@ def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str |
                 names.sort(key=lambda n: used.get(n, 0.0))
                 for pname in names:
                     dep = spec.deployments.get(pname, Deployment())
+                    take = left
                     if dep.output_tokens_per_s:
-                        if used.get(pname, 0.0) + _work(dep, tin, tout) * w > _capacity(dep, spec.step_s):
+                        work = _sample_work(spec, dep, tin, tout, left)
+                        room = _capacity(dep, spec.step_s) - used.get(pname, 0.0)
+                        if room <= 0:
                             full = True
                             continue        # full this step: the real engine sees it as saturated / at max_concurrency
-                        used[pname] = used.get(pname, 0.0) + _work(dep, tin, tout) * w
+                        if work > room:
+                            full = True
+                            take, work = left * room / work, room
+                        used[pname] = used.get(pname, 0.0) + work
                     if dep.failure_rate and noise.random() < dep.failure_rate:
                         continue            # failed attempt: fail over like the engine does
-                    served = (c, dep, pname)
-                    break
-                if served is not None:
+                    parts.append((c, dep, pname, take))
+                    left -= take
+                    if left <= 1e-9 * w:
+                        break
+                if left <= 1e-9 * w:
                     break
             res.requests += w
-            if served is None:
-                res.failed += w
+            if left > 1e-9 * w:
+                res.failed += left
                 if full:
-                    res.overflow += w
-                continue
-            c, dep, pname = served
-            ttft = _ttft(dep, tin, used.get(pname, 0.0) / (dep.replicas * spec.step_s), noise)
+                    res.overflow += left
             route = policy.routes.get(d.route)
-            if route is not None and route.hedge is not None:
-                ttft, switched = hedging.run(res, route.name, route.hedge, d, c, pname, dep, ttft, tin, used, w, t)
-                if switched is not None:
-                    c, dep, pname = switched
-            model = policy.models[c.model]
-            res.tokens += (tin + tout) * w
-            cached = round(tin * hit_rate)
-            res.cached_tokens += cached * w
-            res.token_cost_usd += usage_cost(model.price, Usage(tin, tout, cached_tokens=cached), t) * w
-            if c.self_hosted:
-                res.self_hosted_tokens += (tin + tout) * w
-            if c.model != preferred:
-                res.spilled += w
-            res.by_provider[pname] = res.by_provider.get(pname, 0.0) + (tin + tout) * w
-            series = res.hourly.setdefault(pname, [0.0] * hours)
-            series[min(hours - 1, int(hour))] += (tin + tout) * w
-            res.ttfts.append((ttft, w))
-            res.latencies.append((ttft + tout / dep.decode_tokens_per_s, w))
-        # End of step: what a vLLM /metrics scrape would show, through the real hysteresis gate.
-        new = set()
-        for key, gate in gates.items():
-            provider = policy.deployments[key][1]
-            dep = spec.deployments.get(provider, Deployment())
-            util = used.get(provider, 0.0) / _capacity(dep, spec.step_s)
-            if gate.update(LoadSample(kv_cache=min(1.0, util))):
-                new.add(key)
-        saturated = frozenset(new)
+            for c, dep, pname, wp in parts:
+                ttft = _ttft(dep, tin, used.get(pname, 0.0) / (dep.replicas * spec.step_s), noise)
+                if route is not None and route.hedge is not None:
+                    ttft, switched = hedging.run(res, route.name, route.hedge, d, c, pname, dep, ttft, tin, used, wp, t)
+                    if switched is not None:
+                        c, dep, pname = switched
+                model = policy.models[c.model]
+                res.tokens += (tin + tout) * wp
+                cached = round(tin * hit_rate)
+                res.cached_tokens += cached * wp
+                res.token_cost_usd += usage_cost(model.price, Usage(tin, tout, cached_tokens=cached), t) * wp
+                if c.self_hosted:
+                    res.self_hosted_tokens += (tin + tout) * wp
+                if c.model != preferred:
+                    res.spilled += wp
+                res.by_provider[pname] = res.by_provider.get(pname, 0.0) + (tin + tout) * wp
+                series = res.hourly.setdefault(pname, [0.0] * hours)
+                series[min(hours - 1, int(hour))] += (tin + tout) * wp
+                res.ttfts.append((ttft, wp))
+                res.latencies.append((ttft + tout / dep.decode_tokens_per_s, wp))
+        saturated = _scrape(policy, spec, gates, used, 1.0)
     res.per_sample = res.requests / res.samples if res.samples else 0.0
     res.elapsed_s = time.perf_counter() - started
     return res
 
 
-def _work(dep: Deployment, tin: int, tout: int) -> float:
+def _scrape(policy: Policy, spec: TrafficSpec, gates: Mapping[str, SaturationGate], used: Mapping[str, float],
+            elapsed: float) -> frozenset[str]:
+    """What vLLM's /metrics would show `elapsed` (a share) into a step, through the real hysteresis gate:
+    the deployments saturated until the next scrape. Scraped between samples, as the monitor scrapes
+    every few seconds: a deployment over capacity is excluded for the rest of its burst and comes back
+    with hysteresis, so under sustained overload it serves its capacity and spills the rest (scraped
+    once a step, it would alternate a full step on with a whole step off and serve half of it)."""
+    new = set()
+    for key, gate in gates.items():
+        provider = policy.deployments[key][1]
+        dep = spec.deployments.get(provider, Deployment())
+        util = used.get(provider, 0.0) / (_capacity(dep, spec.step_s) * elapsed)
+        if gate.update(LoadSample(kv_cache=min(1.0, util))):
+            new.add(key)
+    return frozenset(new)
+
+
+def _sample_work(spec: TrafficSpec, dep: Deployment, tin: int, tout: int, w: float) -> float:
+    """GPU-seconds of the `w` requests one sample stands for: their mean work plus the drawn request's
+    deviation from it times sqrt(w), which is the spread of a sum of `w` independent requests. (The
+    drawn request's work times `w`, as if they were all alike, would make a 100B-token month's
+    samples of ~800 requests swing by the size of one request each, and overflow from noise.)"""
+    one = _work(dep, tin, tout)
+    if w <= 1:
+        return one * w
+    mean = _work(dep, spec.input_tokens.mean, spec.output_tokens.mean)
+    return max(0.0, mean * w + (one - mean) * math.sqrt(w))
+
+
+def _work(dep: Deployment, tin: float, tout: float) -> float:
     """GPU-seconds of one request on `dep`: decode, plus the prefill of the prompt its prefix cache misses."""
     assert dep.output_tokens_per_s
     return tout / dep.output_tokens_per_s + tin * (1 - dep.prefix_hit_rate) / (dep.input_tokens_per_s or math.inf)
@@ -389,16 +425,14 @@ class _Hedging:
     def run(self, res: SimResult, route: str, settings: HedgeSettings, d: Any, c: Any, pname: str,
             dep: Deployment, ttft: float, tin: int, used: dict[str, float], w: float, t: float
             ) -> tuple[float, tuple[Any, Deployment, str] | None]:
+        # the share cap as the engine keeps it (engine.hedge.HedgeGovernor): every request adds credit
+        credit = self.credit[route] = min(max(1.0, 10 * settings.max_share),
+                                          self.credit.get(route, 0.0) + settings.max_share)
         delay = self.delay(settings, pname, ttft)
-        if ttft <= delay:
-            return ttft, None
-        credit = min(max(1.0, 10 * settings.max_share), self.credit.get(route, 0.0) + settings.max_share)
-        if credit < 1.0:
-            self.credit[route] = credit
+        if ttft <= delay or credit < 1.0 - 1e-9:
             return ttft, None
         alt = self._target(d, c, pname)
         if alt is None:
-            self.credit[route] = credit
             return ttft, None
         self.credit[route] = credit - 1.0
         alt_c, alt_name = alt

@@ -1,0 +1,528 @@
+"""OpenTelemetry traces: the one module that imports the OpenTelemetry SDK (docs/observability.md).
+
+Opt-in: `tracer_for(policy)` returns None (and `router.engine.client` never imports this module)
+unless the policy's ``telemetry:`` block or the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables name a collector. When on, each request gives one
+span (``chat auto``: the router's work) and one child span per upstream attempt (``chat
+gpt-4o-mini``, kind CLIENT), named and attributed by the OpenTelemetry GenAI semantic conventions
+plus ``router.*`` attributes. Prompt and completion text are recorded only with
+``telemetry.capture_content: true``.
+
+Most of the work is kept off the request path. On it the engine names the spans as plain data
+(`router.core.tracecontext`) and `OtelTracer.end` hands the finished request to the SDK's
+`BatchSpanProcessor` (a deque append). Its export thread writes the OTLP protobuf itself
+(`encode_request`: the wire format of ``ExportTraceServiceRequest``, with the encoding of
+repeated attributes cached) and POSTs the batch over OTLP/HTTP. The SDK's own OTLP exporter built
+``ReadableSpan`` objects and encoded them at about 350 us per request (two spans) on the
+benchmark machine, which its export thread took from the event loop under load (the GIL): 5x
+fewer requests per second at 64 connections. Written here, the two spans cost about 24 us per
+request on that machine: still more than the 20 us aimed at (docs/observability.md#overhead).
+tests/test_tracing.py decodes what is written with opentelemetry-proto.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import logging
+import os
+import struct
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from opentelemetry import trace as otel
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from router.core.tracecontext import RequestTrace, SpanContext, parse_traceparent
+
+if TYPE_CHECKING:
+    from router.core.decision import Decision
+    from router.core.policy import Model, Policy, Provider
+    from router.core.response import Attempt, RouterInfo
+
+__all__ = ["OtelTracer", "OtlpHttpExporter", "encode_request", "tracer_for"]
+
+log = logging.getLogger("router.tracing")
+
+_KIND_NAMES = {"openai": "openai", "deepseek": "deepseek", "mistral": "mistral_ai", "vllm": "vllm",
+               "litellm": "litellm"}
+# well-known gen_ai.provider.name values, by the upstream's host (an OpenAI-compatible `kind: openai`)
+_HOST_NAMES = (("anthropic.com", "anthropic"), ("openai.azure.com", "azure.ai.openai"), ("mistral.ai", "mistral_ai"),
+               ("deepseek.com", "deepseek"), ("groq.com", "groq"), ("x.ai", "x_ai"), ("perplexity.ai", "perplexity"),
+               ("cohere", "cohere"), ("googleapis.com", "gcp.gemini"), ("amazonaws.com", "aws.bedrock"),
+               ("openai.com", "openai"))
+_DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+SPAN_INTERNAL, SPAN_SERVER, SPAN_CLIENT = 1, 2, 3      # opentelemetry.proto.trace.v1.Span.SpanKind
+STATUS_UNSET, STATUS_ERROR = 0, 2                        # opentelemetry.proto.trace.v1.Status.StatusCode
+
+
+def tracer_for(policy: Policy, env: Mapping[str, str] | None = None) -> OtelTracer | None:
+    """The tracer `policy` and the ``OTEL_*`` environment ask for, or None (tracing off).
+
+    On when ``telemetry.endpoint`` is set, or ``telemetry.enabled: true``, or the environment names
+    an OTLP endpoint; off with ``telemetry.enabled: false``, ``OTEL_SDK_DISABLED=true`` or
+    ``OTEL_TRACES_EXPORTER=none``."""
+    env = os.environ if env is None else env
+    t = policy.telemetry
+    if t.enabled is False or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    named = bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    if t.endpoint is None and (env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
+                               or not (named or t.enabled)):
+        return None
+    return OtelTracer(OtlpHttpExporter.from_env(t.endpoint, env), service_name=t.service_name)
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("router")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provider_name(provider: Provider) -> str:
+    """``gen_ai.provider.name``: a well-known value for the upstream's host, else the provider's kind."""
+    host = urlsplit(provider.base_url).hostname or ""
+    for suffix, name in _HOST_NAMES:
+        if host.endswith(suffix):
+            return name
+    return _KIND_NAMES.get(provider.kind, provider.kind)
+
+
+# ---------------------------------------------------------------------------------------------- the wire format
+# opentelemetry/proto/collector/trace/v1/trace_service.proto and trace/v1/trace.proto, common/v1/common.proto:
+# only the fields router writes. A field's key is (number << 3) | wire type (0 varint, 1 fixed64,
+# 2 length-delimited, 5 fixed32).
+
+_pack_q, _pack_d, _pack_i = struct.Struct("<Q").pack, struct.Struct("<d").pack, struct.Struct("<I").pack
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(key: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return key + _varint(len(payload)) + payload
+
+
+def _any(value: Any) -> bytes:
+    """An ``AnyValue``."""
+    if isinstance(value, str):
+        return _ld(b"\x0a", value.encode())
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _pack_d(value)
+    if isinstance(value, (list, tuple)):
+        return _ld(b"\x2a", b"".join(_ld(b"\x0a", _any(v)) for v in value))
+    return _ld(b"\x0a", str(value).encode())
+
+
+_kv_cache: dict[tuple[str, Any], bytes] = {}
+_keys: dict[str, bytes] = {}
+
+
+def _kv(key: str, value: Any) -> bytes:
+    """A ``KeyValue`` as a span's attribute (``Span.attributes``, field 9)."""
+    k = _keys.get(key)
+    if k is None:
+        k = _keys[key] = _ld(b"\x0a", key.encode())
+    if type(value) is str:   # the common case, with every length below 128: one-byte lengths
+        b = value.encode()
+        n = len(b)
+        if n + len(k) < 124:
+            return b"".join((b"\x4a", bytes((n + len(k) + 4,)), k, b"\x12", bytes((n + 2,)), b"\x0a",
+                             bytes((n,)), b))
+    elif type(value) is float:
+        return b"".join((b"\x4a", bytes((len(k) + 11,)), k, b"\x12\x09\x21", _pack_d(value)))
+    elif type(value) is int and 0 <= value < 128:
+        return b"".join((b"\x4a", bytes((len(k) + 4,)), k, b"\x12\x02\x18", bytes((value,))))
+    v = _any(value)
+    payload = k + b"\x12" + _varint(len(v)) + v
+    return b"\x4a" + _varint(len(payload)) + payload
+
+
+def _kv_cached(key: str, value: str | bool | int) -> bytes:
+    """`_kv` for low-cardinality values (routes, tasks, providers, outcomes): encoded once."""
+    k = (key, value)
+    out = _kv_cache.get(k)
+    if out is None:
+        if len(_kv_cache) > 20_000:   # bounded, whatever the values turn out to be
+            _kv_cache.clear()
+        out = _kv_cache[k] = _kv(key, value)
+    return out
+
+
+def _span(trace_id: bytes, span_id: int, parent: int | None, trace_state: str | None, name: str, kind: int,
+          start_ns: int, end_ns: int, attributes: bytes, status: int, message: str | None, flags: int) -> bytes:
+    out = [b"\x0a\x10", trace_id, b"\x12\x08", span_id.to_bytes(8, "big")]
+    if trace_state:
+        out.append(_ld(b"\x1a", trace_state.encode()))
+    if parent is not None:
+        out += (b"\x22\x08", parent.to_bytes(8, "big"))
+    out += (_ld(b"\x2a", name.encode()), b"\x30", bytes((kind,)), b"\x39", _pack_q(start_ns), b"\x41",
+            _pack_q(max(end_ns, start_ns)), attributes)
+    if status:
+        st = (_ld(b"\x12", message.encode()) if message else b"") + b"\x18" + bytes((status,))
+        out.append(_ld(b"\x7a", st))
+    out += (b"\x85\x01", _pack_i(flags))
+    return _ld(b"\x12", b"".join(out))   # ScopeSpans.spans (field 2)
+
+
+def encode_request(resource: Mapping[str, Any], scope: tuple[str, str | None], spans: Sequence[bytes]) -> bytes:
+    """An ``ExportTraceServiceRequest``: one resource, one scope, the encoded spans."""
+    res = b"".join(_ld(b"\x0a", _ld(b"\x0a", k.encode()) + _ld(b"\x12", _any(v))) for k, v in resource.items())
+    sc = _ld(b"\x0a", scope[0].encode()) + (_ld(b"\x12", scope[1].encode()) if scope[1] else b"")
+    scope_spans = _ld(b"\x0a", sc) + b"".join(spans)
+    resource_spans = _ld(b"\x0a", res) + _ld(b"\x12", scope_spans)
+    return _ld(b"\x0a", resource_spans)
+
+
+class OtlpHttpExporter:
+    """POSTs encoded batches to an OTLP/HTTP endpoint (``application/x-protobuf``), with the standard
+    headers and compression variables; retries 429, 502, 503, 504 and connection errors twice."""
+
+    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, *, gzip_body: bool = False,
+                 timeout_s: float = 10.0):
+        self.endpoint, self.gzip, self.timeout_s = endpoint, gzip_body, timeout_s
+        self.headers = {"Content-Type": "application/x-protobuf", "User-Agent": f"router/{_version() or '0'}",
+                        **(headers or {})}
+        if gzip_body:
+            self.headers["Content-Encoding"] = "gzip"
+
+    @classmethod
+    def from_env(cls, base: str | None, env: Mapping[str, str]) -> OtlpHttpExporter:
+        """``telemetry.endpoint`` (a base URL), else ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (as is), else
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``; headers and compression from ``OTEL_*``."""
+        if base:
+            endpoint = base.rstrip("/") + "/v1/traces"
+        elif env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            endpoint = env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        elif env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            endpoint = env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+        else:
+            endpoint = _DEFAULT_ENDPOINT
+        headers: dict[str, str] = {}
+        for var in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+            for item in env.get(var, "").split(","):
+                name, eq, value = item.partition("=")
+                if eq and name.strip():
+                    headers[urllib.parse.unquote(name.strip())] = urllib.parse.unquote(value.strip())
+        compression = (env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+                       or env.get("OTEL_EXPORTER_OTLP_COMPRESSION", "")).strip().lower()
+        return cls(endpoint, headers, gzip_body=compression == "gzip")
+
+    def post(self, body: bytes) -> bool:
+        data = gzip.compress(body, 6) if self.gzip else body
+        for attempt in range(3):
+            try:
+                req = urllib.request.Request(self.endpoint, data=data, headers=self.headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    resp.read()
+                return True
+            except urllib.error.HTTPError as e:
+                if e.code not in (429, 502, 503, 504):
+                    log.warning("the OTLP endpoint refused %d spans' batch: HTTP %d", len(body), e.code)
+                    return False
+            except (OSError, ValueError) as e:
+                if attempt == 2:
+                    log.warning("could not export traces to %s: %s", self.endpoint, e)
+            if attempt < 2:
+                time.sleep(0.5 * 2 ** attempt)
+        return False
+
+
+class _Finished:
+    """A finished request waiting in the batch queue; its spans are encoded on the export thread,
+    off the request's path."""
+
+    __slots__ = ("capture", "decision", "error", "info", "trace")
+    context = otel.SpanContext(1, 1, False, otel.TraceFlags(otel.TraceFlags.SAMPLED))   # BatchSpanProcessor keeps it
+
+    def __init__(self, trace: RequestTrace, info: RouterInfo, decision: Decision | None, error: str | None,
+                 capture: bool):
+        self.trace, self.info, self.decision, self.error, self.capture = trace, info, decision, error, capture
+
+
+class _SpanWriter(SpanExporter):
+    """The BatchSpanProcessor's exporter: finished requests -> OTLP protobuf -> `OtlpHttpExporter`."""
+
+    def __init__(self, http: OtlpHttpExporter, resource: Mapping[str, Any], scope: tuple[str, str | None]):
+        self.http, self.resource, self.scope = http, dict(resource), scope
+        self._shared: dict[tuple[Any, ...], bytes] = {}
+        # per deployment (keyed by identity: a reloaded policy's objects are new ones)
+        self._attempt_attrs: dict[tuple[int, int, str], tuple[Provider, Model, bytes]] = {}
+
+    def export(self, batch: Sequence[Any]) -> SpanExportResult:
+        spans: list[bytes] = []
+        for n, item in enumerate(batch, 1):
+            try:
+                spans.extend(self.spans(item))
+            except Exception:
+                log.exception("could not encode the spans of request %s", item.info.request_id)
+            if not n % 8:
+                # Hand the GIL back every few requests, so the event loop's thread never waits long for it
+                # while a batch is encoded (a thread that keeps it makes each of the loop's syscalls wait up
+                # to the 5 ms switch interval).
+                time.sleep(0)
+        if not spans:
+            return SpanExportResult.SUCCESS
+        ok = self.http.post(encode_request(self.resource, self.scope, spans))
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def spans(self, item: _Finished) -> list[bytes]:
+        trace, info, decision = item.trace, item.info, item.decision
+        trace_id = trace.trace_id.to_bytes(16, "big")
+        parent = trace.parent
+        op, body_model = trace.operation, trace.request_model
+        end_ns = trace.start_ns + int(info.latency_s * 1e9)
+        reason = _fallback_reason(info.attempts, info.status == "ok")
+        # what many requests share (route, task, tenant, provider, ...): encoded once per combination
+        key = (op, info.api, info.status, body_model, trace.request_params, info.task, info.task_source,
+               info.route, info.rule, info.tenant, decision.residency if decision is not None else (),
+               info.provider, info.model, info.upstream_model, info.region, info.usage_estimated,
+               info.response_cache, info.hedge, info.pick, reason, item.error, len(info.attempts))
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared_attributes(key)
+        usage = b""
+        if info.status == "ok" or info.prompt_tokens or info.completion_tokens:
+            usage = (_kv("gen_ai.usage.input_tokens", info.prompt_tokens)
+                     + _kv("gen_ai.usage.output_tokens", info.completion_tokens))
+        answer = b""
+        if trace.finish_reasons:
+            answer = _kv_cached("gen_ai.response.finish_reasons", tuple(trace.finish_reasons))
+        if trace.response_id:
+            answer += _kv("gen_ai.response.id", trace.response_id)
+        a = [shared, _kv("router.request_id", info.request_id), usage, answer,
+             _kv("router.cost_usd", float(info.cost_usd))]
+        if info.task:
+            a.append(_kv("router.confidence", round(float(info.confidence), 4)))
+        if info.cache_saved_usd:
+            a.append(_kv("router.cache_saved_usd", float(info.cache_saved_usd)))
+        if info.resumed:
+            a.append(_kv("router.resumed", info.resumed))
+        if item.capture:
+            if trace.body is not None:
+                a.append(_kv("gen_ai.input.messages", _messages_json(trace.body.get("messages"))))
+            if trace.output:
+                a.append(_kv("gen_ai.output.messages", orjson.dumps(
+                    [{"role": "assistant", "parts": [{"type": "text", "content": "".join(trace.output)}],
+                      "finish_reason": trace.finish_reasons[0] if trace.finish_reasons else None}]).decode()))
+        status = STATUS_ERROR if item.error is not None else STATUS_UNSET
+        name = f"{op} {body_model}" if body_model else op
+        # flags: the W3C flags (sampled), and whether the parent is known to be remote (0x100) and is (0x200)
+        flags = 0x101 | (0x200 if trace.remote and parent is not None else 0)
+        out = [_span(trace_id, trace.span_id, parent.span_id if parent is not None else None, trace.tracestate,
+                     name, SPAN_SERVER if trace.remote else SPAN_INTERNAL, trace.start_ns, end_ns, b"".join(a),
+                     status, item.error, flags)]
+        out.extend(self.attempt_spans(item, trace_id, end_ns, usage + answer))
+        return out
+
+    def _shared_attributes(self, key: tuple[Any, ...]) -> bytes:
+        (op, api, status, body_model, params, task, task_source, route, rule, tenant, residency, provider, model,
+         upstream_model, region, estimated, cache, hedge, pick, reason, error, attempts) = key
+        a = [_kv("gen_ai.operation.name", op), _kv("router.api", api), _kv("router.status", status),
+             _kv("router.attempts", attempts)]
+        if body_model:
+            a.append(_kv("gen_ai.request.model", body_model))
+        a += [_kv(k, v) for k, v in params]
+        if task:
+            a += (_kv("router.task", task), _kv("router.task_source", task_source))
+        for name, value in (("router.route", route), ("router.tenant", tenant), ("router.provider", provider),
+                            ("router.model", model), ("gen_ai.response.model", upstream_model),
+                            ("router.region", region), ("router.cache", cache), ("router.hedge", hedge),
+                            ("router.pick", pick), ("router.fallback_reason", reason), ("error.type", error)):
+            if value:
+                a.append(_kv(name, value))
+        if rule is not None:
+            a.append(_kv("router.rule", rule))
+        if residency:
+            a.append(_kv("router.residency", list(residency)))
+        if status == "ok" or provider:
+            a.append(_kv("router.usage_estimated", estimated))
+        if len(self._shared) > 10_000:   # bounded, whatever the combinations turn out to be
+            self._shared.clear()
+        out = self._shared[key] = b"".join(a)
+        return out
+
+    def _constant(self, provider: Provider, model: Model, op: str) -> bytes:
+        """An attempt's attributes that depend only on where it went: encoded once per deployment."""
+        key = (id(provider), id(model), op)
+        hit = self._attempt_attrs.get(key)
+        if hit is not None and hit[0] is provider and hit[1] is model:
+            return hit[2]
+        parts = [_kv("gen_ai.operation.name", op), _kv("gen_ai.provider.name", provider_name(provider)),
+                 _kv("gen_ai.request.model", model.model), _kv("router.provider", provider.name),
+                 _kv("router.model", model.alias)]
+        url = urlsplit(provider.base_url)
+        if url.hostname:
+            parts += (_kv("server.address", url.hostname),
+                      _kv("server.port", url.port or (443 if url.scheme == "https" else 80)))
+        if provider.region:
+            parts.append(_kv("router.region", provider.region))
+        if len(self._attempt_attrs) > 10_000:
+            self._attempt_attrs.clear()
+        out = b"".join(parts)
+        self._attempt_attrs[key] = (provider, model, out)
+        return out
+
+    def attempt_spans(self, item: _Finished, trace_id: bytes, request_end_ns: int, answer: bytes) -> list[bytes]:
+        """One CLIENT span per upstream attempt: each attempt the engine sent, matched in order
+        (per deployment) to how it ended in `info.attempts`."""
+        trace, info = item.trace, item.info
+        if not trace.attempts:
+            return []
+        ended: dict[tuple[str, str], list[Attempt]] = {}
+        for a in info.attempts:
+            ended.setdefault((a.provider, a.model), []).append(a)
+        out = []
+        previous: str | None = None   # the outcome of the attempt before, when it failed
+        first_model = trace.attempts[0].model.alias
+        c = _kv_cached
+        for number, at in enumerate(trace.attempts, 1):
+            provider, model = at.provider, at.model
+            queue = ended.get((provider.name, model.alias))
+            a = queue.pop(0) if queue else None
+            outcome = a.outcome if a is not None else ("cancelled" if info.status == "cancelled" else "unfinished")
+            attrs = [self._constant(provider, model, trace.operation), c("router.attempt", number),
+                     c("router.attempt.outcome", outcome)]
+            if previous is not None and model.alias != first_model:
+                attrs.append(c("router.fallback_reason", previous))
+            if a is not None and a.status is not None:
+                attrs.append(c("http.response.status_code", a.status))
+            status = STATUS_UNSET
+            ok = outcome == "ok"
+            if ok and a is not None and info.provider == provider.name and info.model == model.alias:
+                attrs += (c("gen_ai.response.model", info.upstream_model or model.model), answer)
+            elif not ok:
+                attrs.append(c("error.type", outcome))
+                status = STATUS_ERROR
+                previous = outcome
+            # a committed stream lasts until the request ends; anything else until its outcome was known
+            if ok and trace.streamed or a is None:
+                end = request_end_ns
+            else:
+                end = at.start_ns + int(a.latency_s * 1e9)
+            out.append(_span(trace_id, at.span_id, trace.span_id, trace.tracestate,
+                             f"{trace.operation} {model.model}", SPAN_CLIENT, at.start_ns, end, b"".join(attrs),
+                             status, outcome if status else None, 0x101))
+        return out
+
+
+def _fallback_reason(attempts: Sequence[Attempt], ok: bool) -> str | None:
+    """Why the answer came from another model than the first tried: the last failure before it."""
+    if not attempts or not ok:
+        return None
+    winner = attempts[-1]
+    if winner.model == attempts[0].model:
+        return None
+    failed = [a.outcome for a in attempts[:-1] if a.outcome != "ok"]
+    return failed[-1] if failed else None
+
+
+def _messages_json(messages: Any) -> str:
+    """Chat messages as ``gen_ai.input.messages`` lays them out (role, parts), only with capture_content."""
+    out = []
+    for m in messages if isinstance(messages, list) else ():
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "content": content}]
+        elif isinstance(content, list):
+            parts = [{"type": "text", "content": p.get("text", "")} for p in content
+                     if isinstance(p, dict) and p.get("type") == "text"]
+        else:
+            parts = []
+        out.append({"role": m.get("role"), "parts": parts})
+    return orjson.dumps(out).decode()
+
+
+class OtelTracer:
+    """`router.core.tracecontext.Tracer` over the OpenTelemetry SDK: batch export over OTLP/HTTP.
+
+    The batch settings are the SDK's ``BatchSpanProcessor``'s (``OTEL_BSP_SCHEDULE_DELAY``,
+    ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``); a full queue drops requests'
+    spans, never blocks one. The resource is the SDK's (``OTEL_RESOURCE_ATTRIBUTES``,
+    ``OTEL_SERVICE_NAME``), with ``service.name`` from the policy, else ``router``."""
+
+    def __init__(self, http: OtlpHttpExporter, *, service_name: str | None = None):
+        attributes = {"service.name": service_name} if service_name else {}
+        resource = Resource.create(attributes)
+        if "service.name" not in attributes and str(resource.attributes.get("service.name", "")).startswith(
+                "unknown_service"):
+            resource = resource.merge(Resource({"service.name": "router"}))
+        self.http = http
+        self.writer = _SpanWriter(http, resource.attributes, ("router", _version()))
+        self.processor = BatchSpanProcessor(self.writer)
+
+    def begin(self, policy: Policy, body: Mapping[str, Any], carrier: Mapping[str, str] | None) -> RequestTrace:
+        if carrier is not None:
+            tp = carrier.get("traceparent")
+            trace = RequestTrace.begin(parse_traceparent(tp, carrier.get("tracestate")) if tp else None,
+                                       remote=True)
+        else:   # the library: under the caller's current span, if any
+            current = otel.get_current_span().get_span_context()
+            parent = None
+            if current.is_valid:
+                state = current.trace_state.to_header() if current.trace_state else None
+                parent = SpanContext(current.trace_id, current.span_id, current.trace_flags.sampled, state or None)
+            trace = RequestTrace.begin(parent)
+        model = body.get("model")
+        trace.request_model = model if isinstance(model, str) else None
+        if "messages" not in body:
+            trace.operation = "embeddings"
+        params = None
+        for key, name in _PARAMS:
+            v = body.get(key)
+            if v is not None and type(v) in (int, float):
+                params = [*(params or ()), (name, v)]
+        if params:
+            trace.request_params = tuple(params)
+        if policy.telemetry.capture_content:
+            trace.body, trace.output = body, []
+        return trace
+
+    def end(self, trace: RequestTrace, info: RouterInfo, policy: Policy, decision: Decision | None,
+            error: BaseException | None) -> None:
+        if trace.sampled:
+            self.processor.on_end(_Finished(trace, info, decision,  # type: ignore[arg-type]
+                                            None if error is None else type(error).__name__,
+                                            policy.telemetry.capture_content))
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        return self.processor.force_flush(int(timeout_s * 1000))
+
+    def shutdown(self) -> None:
+        """Export what is queued, then stop the export thread (blocks: run it off the event loop)."""
+        self.processor.shutdown()
+
+
+_PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
+           ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
