@@ -242,3 +242,19 @@ async def test_budgets_added_by_a_reload_are_enforced(sims, backend, monkeypatch
         await r.acomplete(msgs(), task="general", tenant="acme", max_tokens=5)
     assert isinstance(r.engine.budget, InProcessBudget if backend == "memory" else RedisBudget)
     await r.aclose()
+
+
+async def test_many_requests_at_once_take_turns_on_the_store_instead_of_failing(sims, shared_redis):
+    """redis-py's pool refuses a call past its connection limit at once: 150 requests of a tenant
+    with a budget at the same moment got 503 budget_unavailable (fail_closed) before calls took turns."""
+    url, prefix, client = shared_redis
+    budget = RedisBudget(url, prefix=prefix, max_connections=8)
+    meter = MemoryMeter()
+    r = Router(make_policy(sims, tenants()), meters=[meter], budget=budget, monitor=False)
+    results = await asyncio.gather(*(r.acomplete(msgs(), task="general", tenant="acme", max_tokens=5)
+                                     for _ in range(150)), return_exceptions=True)
+    failures = [repr(x) for x in results if isinstance(x, BaseException)]
+    assert failures == [], failures[:3]
+    assert len(meter.records) == 150 and all(rec.status == "ok" for rec in meter.records)
+    assert len(budget._client().connection_pool._available_connections) <= 8
+    await r.aclose()

@@ -185,6 +185,10 @@ class BudgetBackend(abc.ABC):
                                     "are refused until it does (policy: metering.budget_unavailable: "
                                     "fail_closed)") from None
 
+    def _turn(self) -> Any:
+        """A store call's turn (the Redis backend bounds its connections); none in process."""
+        return contextlib.nullcontext()
+
     async def _guarded(self, op: str, call: Awaitable[T], timeout_s: float | None, *, tenant: str = "",
                        scopes: Sequence[Scope] = (), rid: str | None = None) -> T:
         """Run one store call with a timeout; failures become `BudgetStoreError`, counted and logged.
@@ -197,10 +201,11 @@ class BudgetBackend(abc.ABC):
             raise BudgetStoreError(f"store unreachable: {self._last_error}")
         try:
             if timeout_s is not None and self.remote:
-                async with asyncio.timeout(max(timeout_s, 0.0)):
+                async with asyncio.timeout(max(timeout_s, 0.0)), self._turn():   # waiting counts
                     result = await call
             else:
-                result = await call
+                async with self._turn():
+                    result = await call
         except asyncio.CancelledError:
             if rid is not None:
                 self._release_id(tenant, scopes, rid)
@@ -450,7 +455,8 @@ class RedisBudget(BudgetBackend):
                  refresh_s: float = 1.0, reservation_ttl_s: float = 900.0, key_ttl_s: int = 40 * 86400,
                  metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time,
                  connect_timeout_s: float = 1.0, op_timeout_s: float = 1.0, retry_s: float = 1.0,
-                 settle_attempts: int = 6, background_timeout_s: float = 5.0, close_timeout_s: float = 5.0):
+                 settle_attempts: int = 6, background_timeout_s: float = 5.0, close_timeout_s: float = 5.0,
+                 max_connections: int = 32):
         super().__init__(metrics=metrics, wall=wall, retry_s=retry_s)
         self.url, self.prefix = url, prefix
         self.refresh_s, self.reservation_ttl_s, self.key_ttl_s = refresh_s, reservation_ttl_s, key_ttl_s
@@ -461,9 +467,22 @@ class RedisBudget(BudgetBackend):
         self.background_timeout_s = background_timeout_s
         self.settle_attempts, self.close_timeout_s = settle_attempts, close_timeout_s
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self.max_connections = max_connections   # per event loop; more calls at once wait their turn
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
         self._cache: dict[str, tuple[float, float]] = {}   # tenant -> (remaining, monotonic time)
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _turn(self) -> Any:
+        """Calls take turns on at most `max_connections` connections per loop, first come first
+        served: redis-py's pool refuses a call past its connection limit at once, which turned
+        load into 503s (fail_closed) or unreserved spend (fail_open)."""
+        loop = asyncio.get_running_loop()
+        sem = self._turns.get(loop)
+        if sem is None:
+            sem = self._turns[loop] = asyncio.Semaphore(self.max_connections)
+        return sem
 
     def _client(self) -> Any:
         import redis.asyncio as aioredis  # the one module that imports redis
@@ -476,6 +495,7 @@ class RedisBudget(BudgetBackend):
 
             # no hidden retries inside the client: the caller's timeout and retry policy are the only ones
             client = aioredis.Redis.from_url(self.url, socket_timeout=self.op_timeout_s,
+                                             max_connections=self.max_connections,
                                              socket_connect_timeout=self.connect_timeout_s,
                                              retry=Retry(NoBackoff(), 0))
             self._clients[loop] = client
