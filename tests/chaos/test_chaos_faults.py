@@ -175,7 +175,10 @@ async def test_fault_matrix_under_concurrency(upstreams, tmp_path, phase):
         assert ok_rows == whole_answers
         assert held == (0, 0, 0)
         if phase.startswith("all-eu"):  # the EU tenant had nowhere to go, and went nowhere else
-            assert all(s != 200 for t, _, _, s, _, _ in seen if t == "eu")
+            # no answer for the EU tenant: an error status, or (when failing every candidate took longer
+            # than keepalive_s, as it can under load, and keep-alives had sent the 200 head) an error event
+            assert not any(ok for t, *_, ok in seen if t == "eu")
+            assert sum(s != 200 for t, _, _, s, _, _ in seen if t == "eu") >= 1
             assert all(s == 200 for t, _, _, s, _, _ in seen if t != "eu")
         elif phase != "cut" and phase != "error-event":  # a failover before the first byte is invisible
             assert statuses == Counter({200: REQUESTS}), statuses
