@@ -71,8 +71,8 @@ def test_probabilities_sum_to_one_and_confidence_is_the_top_one() -> None:
 
 # Floors a little under the figures docs/classifier.md reports: evaluation sets the model never
 # trained on (scripts/eval_classifier.py prints every figure).
-FLOORS = {"casual_eval.jsonl": 0.97, "casual_eval2.jsonl": 0.95, "casual_eval3.jsonl": 0.90,
-          "conversations_eval.jsonl": 0.85}
+FLOORS = {"casual_eval.jsonl": 0.98, "casual_eval2.jsonl": 0.96, "casual_eval3.jsonl": 0.92,
+          "conversations_eval.jsonl": 0.88}
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
@@ -83,8 +83,8 @@ def test_accuracy_floor_on_evaluation_sets(name: str) -> None:
 @pytest.mark.skipif(not DEV_REAL.exists(), reason="the shared dev_real.jsonl is not next to this checkout")
 def test_accuracy_floor_on_dev_real() -> None:
     report = evaluate(Classifier.load(), load_rows(DEV_REAL))
-    assert report.accuracy >= 0.86
-    assert min(s.accuracy for s in report.groups.values() if s.n) >= 0.85
+    assert report.accuracy >= 0.93
+    assert min(s.accuracy for s in report.groups.values() if s.n) >= 0.93
 
 
 CODING = [
@@ -147,6 +147,28 @@ def test_agent_conversation_with_tools_and_stack_trace_is_coding() -> None:
     assert classify(messages, TOOLS).task == "coding"
     # The context is what makes it coding: the same last turn alone is not.
     assert classify(user("try again")).task != "coding"
+
+
+def test_tool_protocol_syntax_is_no_evidence_but_its_words_are() -> None:
+    from router.classify.features import split_conversation
+
+    messages = [
+        {"role": "system", "content": "You are the support assistant of a shoe shop."},
+        {"role": "user", "content": "where is my order 55810?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id": "55810"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "1", "content": '{"status": "in_transit", "eta": "2025-03-14"}'},
+        {"role": "user", "content": "can I change the delivery address?"},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_order", "description": "Look up an order by id"}}]
+    main, context = split_conversation(messages, tools)
+    assert main == "can I change the delivery address?"
+    # the call reads "get order  order_id  55810": the name as words, the arguments' keys and values
+    # kept, no "name(" and no JSON punctuation
+    assert "get order" in context and "order_id" in context and "55810" in context
+    assert "get_order" not in context and "(" not in context and "{" not in context and '"' not in context
+    assert classify(messages, tools).task == "general"
 
 
 def test_follow_up_turn_inherits_the_conversation_task() -> None:

@@ -199,6 +199,13 @@ def content_text(content: object) -> str:
 _JSON_SYNTAX = str.maketrans(dict.fromkeys('{}[]":,', " "))
 
 
+def _tool_name(name: object) -> str:
+    """A tool's name as words: ``get_order`` -> ``get order``. A call's ``name(...)`` and the ``_``
+    of an identifier are the protocol's syntax, not evidence of code (a booking agent calls
+    ``search_flights`` as a coding agent calls ``run_tests``); the words stay."""
+    return str(name).replace("_", " ").replace("-", " ").replace(".", " ")
+
+
 def _message_text(message: Mapping) -> str:
     text = content_text(message.get("content"))
     calls = message.get("tool_calls")
@@ -207,7 +214,7 @@ def _message_text(message: Mapping) -> str:
             fn = call.get("function") if isinstance(call, Mapping) else None
             if isinstance(fn, Mapping):
                 args = str(fn.get("arguments", ""))[:200].translate(_JSON_SYNTAX)
-                text += f"\n{fn.get('name', '')}({args})"
+                text += f"\n{_tool_name(fn.get('name', ''))} {args}"
     return text
 
 
@@ -224,7 +231,7 @@ def _tools_text(tools: Iterable) -> str:
         fn = tool.get("function", tool)
         if not isinstance(fn, Mapping):
             continue
-        piece = f"{fn.get('name', '')}: {str(fn.get('description', ''))[:200]}"
+        piece = f"{_tool_name(fn.get('name', ''))} - {str(fn.get('description', ''))[:200]}"
         parts.append(piece)
         size += len(piece)
         if size > TOOLS_BUDGET:

@@ -226,6 +226,11 @@ _RAW: dict[str, dict[str, str]] = {
         "pl": "streść podsumuj", "tr": "özetle", "id": "ringkas ringkasan", "vi": "tóm tắt", "ar": "لخص",
         "ja": "c:要約 c:まと", "ko": "c:요약", "zh": "c:总结 c:總結 c:摘要 c:概括",
     },
+    "@extract": {
+        "en": "extract pull out", "de": "extrahiere", "fr": "extraire extrais", "es": "extrae extraer",
+        "pt": "extraia extrair", "it": "estrai", "ru": "выпиши", "ja": "c:抜き c:抽出", "ko": "c:추출 c:뽑아",
+        "zh": "c:提取 c:摘出",
+    },
     "@translate": {
         "en": "translate translation", "de": "übersetze übersetzen", "fr": "traduire traduis traduction",
         "es": "traduce traducir", "pt": "traduza traduzir", "it": "traduci tradurre", "nl": "vertaal",
@@ -305,7 +310,7 @@ def _build() -> dict[str, tuple[str, ...]]:
 
 _PAIRS = frozenset({"linked list", "binary tree", "cover letter", "expression régulière", "expresión regular", "lập trình",
                     "thuật toán", "phương trình", "chứng minh", "xác suất", "bài thơ", "câu chuyện", "tóm tắt",
-                    "xin chào", "cảm ơn", "triển khai"})
+                    "xin chào", "cảm ơn", "triển khai", "pull out"})
 
 
 def _split(text: str) -> list[str]:
