@@ -37,12 +37,12 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from router.core.errors import BudgetExceeded, BudgetUnavailable, redact
+from router.metering.redis_store import RedisStore
 
 if TYPE_CHECKING:
     from router.core.decision import Candidate, Decision
@@ -466,10 +466,10 @@ class RedisBudget(BudgetBackend):
         # handshake included) may take this long; the request path is bounded by budget_timeout_s
         self.background_timeout_s = background_timeout_s
         self.settle_attempts, self.close_timeout_s = settle_attempts, close_timeout_s
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self.max_connections = max_connections   # per event loop; more calls at once wait their turn
-        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary())
+        # the Redis client of rate limits and the cache too: a bounded pool per loop whose calls take
+        # turns; this class keeps its own timeouts, fail-fast and release-on-cancel (`_guarded`)
+        self._redis = RedisStore(url, name="budget store", connect_timeout_s=connect_timeout_s,
+                                 op_timeout_s=op_timeout_s, max_connections=max_connections)
         self._cache: dict[str, tuple[float, float]] = {}   # tenant -> (remaining, monotonic time)
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -478,28 +478,10 @@ class RedisBudget(BudgetBackend):
         """Calls take turns on at most `max_connections` connections per loop, first come first
         served: redis-py's pool refuses a call past its connection limit at once, which turned
         load into 503s (fail_closed) or unreserved spend (fail_open)."""
-        loop = asyncio.get_running_loop()
-        sem = self._turns.get(loop)
-        if sem is None:
-            sem = self._turns[loop] = asyncio.Semaphore(self.max_connections)
-        return sem
+        return self._redis.turn()
 
     def _client(self) -> Any:
-        import redis.asyncio as aioredis  # the one module that imports redis
-
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # no hidden retries inside the client: the caller's timeout and retry policy are the only ones
-            client = aioredis.Redis.from_url(self.url, socket_timeout=self.op_timeout_s,
-                                             max_connections=self.max_connections,
-                                             socket_connect_timeout=self.connect_timeout_s,
-                                             retry=Retry(NoBackoff(), 0))
-            self._clients[loop] = client
-        return client
+        return self._redis.client()
 
     def _keys(self, scopes: Sequence[Scope], tenant: str) -> list[str]:
         out = []
@@ -612,11 +594,7 @@ class RedisBudget(BudgetBackend):
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-            client = self._clients.pop(loop, None)
-            if client is not None:
-                await client.aclose()
+        await self._redis.aclose()
 
     async def spent(self, key_suffix: str, tenant: str) -> float:
         """Spent USD in one scope (for tests and tools): `key_suffix` like ``:d:20250101``."""

@@ -92,6 +92,11 @@ class RedisStore:
             self._turns[loop] = asyncio.Semaphore(self.max_connections)
         return client
 
+    def turn(self) -> asyncio.Semaphore:
+        """This loop's turns for the pool's connections: hold one while a call uses a connection."""
+        self.client()
+        return self._turns[asyncio.get_running_loop()]
+
     @property
     def failing_fast(self) -> bool:
         return time.monotonic() < self._down_until
@@ -102,8 +107,7 @@ class RedisStore:
             raise StoreError(f"{self.name} unreachable: {self._last_error}")
         try:
             async with asyncio.timeout(max(timeout_s, 0.0) if timeout_s is not None else None):
-                self.client()   # this loop's client and its turns
-                async with self._turns[asyncio.get_running_loop()]:   # FIFO: no call waits behind later ones
+                async with self.turn():   # FIFO: no call waits behind later ones
                     result = await make()
         except TimeoutError:
             why = f"no answer within {timeout_s:.3g} s"
