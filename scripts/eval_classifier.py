@@ -12,6 +12,8 @@
 3. ``data/tasks/conversations_eval.jsonl``: conversations (follow-ups, topic switches, agents with
    tools, system prompts), by kind.
 4. ``data/tasks/casual_eval*.jsonl``: prompts written for evaluation only.
+5. ``data/tasks/public_eval.jsonl``: real prompts from public sources outside the training data
+   (data/tasks/PUBLIC_EVAL.md), scored without its rows marked ``ambiguous``.
 
 Every figure comes with per-task precision/recall, per-language-group accuracy and the expected
 calibration error. Evaluation files are never trained on (scripts/train_classifier.py reads only
@@ -49,6 +51,7 @@ from router.classify.evaluate import (  # noqa: E402
 TASKS_DIR = ROOT / "data" / "tasks"
 DEV_REAL = ROOT.parent / "shared" / "data" / "tasks" / "dev_real.jsonl"
 CONVERSATIONS = TASKS_DIR / "conversations_eval.jsonl"
+PUBLIC_EVAL = TASKS_DIR / "public_eval.jsonl"
 THRESHOLDS = (0.5, 0.6, 0.7)
 
 
@@ -121,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         score(f"{DEV_REAL.name} (source-disjoint)", clf, load_rows(DEV_REAL), args.errors)
     else:
         print(f"\n(no {DEV_REAL}: skipped)")
+    if PUBLIC_EVAL.exists():  # public prompts, source-disjoint (data/tasks/PUBLIC_EVAL.md); ambiguous rows left out
+        rows = load_rows(PUBLIC_EVAL)
+        clear = [r for r in rows if not r.get("ambiguous")]
+        score(f"{PUBLIC_EVAL.name} (public sources; {len(rows) - len(clear)} ambiguous rows left out)", clf, clear,
+              args.errors)
     score(CONVERSATIONS.name, clf, load_rows(CONVERSATIONS), args.errors, by_kind=True)
     for path in sorted(TASKS_DIR.glob("casual_eval*.jsonl")):
         score(path.name, clf, load_rows(path), args.errors)
