@@ -9,11 +9,16 @@ with ``stream``), ``replicas`` and ``stream+replicas`` pick one of two replicas 
 affinity), ``stream+hedge`` races the first chunk against a 30 s hedge delay (set up, never fired)
 and ``stream+resume`` keeps the text streamed so far. ``auto+trace``, ``auto+traceparent`` (a client's
 W3C traceparent continued, as the proxy does) and ``stream+trace`` are ``auto`` and ``stream`` with
-OpenTelemetry tracing on, exporting to an OTLP/HTTP sink in the process, each timed loop ending with a
-flush so the export's encoding is counted. A checkout without those features skips them.
+OpenTelemetry tracing on, exporting to an OTLP/HTTP sink (benchmarks/otlp_sink.py, in a process of its
+own, as a collector would be), each timed loop ending with a flush so the export is counted. A checkout without those features skips them.
 
     python benchmarks/bench_engine.py [--calls 4000] [--rounds 8]
     python benchmarks/bench_engine.py --against /tmp/base/src     # A/B against another checkout's src
+    python benchmarks/bench_engine.py --cpu                       # CPU time of the process, not wall time
+
+``--cpu`` times each loop with the process's CPU time (every thread: the tracer's export thread and
+the OTLP sink count too) instead of the wall clock, so other processes on a shared machine do not
+inflate it (they still disturb caches).
 
 With ``--against``, rounds alternate between this checkout and the other one, each round in a fresh
 interpreter, so both see the same machine drift; per variant it prints the median microseconds per
@@ -81,7 +86,7 @@ FLEET = POLICY.replace("  up: {kind: vllm, base_url: \"http://127.0.0.1:9/v1\", 
                                    "  fleet: {targets: [r]}")
 
 
-def one_round(calls: int) -> dict[str, float]:
+def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
     from router import Router
     from router.core.policy_parser import parse_policy
     from router.metering.budget import InProcessBudget
@@ -183,19 +188,29 @@ def one_round(calls: int) -> dict[str, float]:
                      ("stream+hedge", stream_hedge), ("stream+resume", stream_resume)]
 
     # OpenTelemetry traces (docs/observability.md): the same requests with a tracer exporting over OTLP/HTTP
-    # to a sink in this process; each timed loop ends with a flush, so the export thread's encoding and
-    # POSTs are inside the time (the GIL makes them the event loop's cost). Compare with `auto`, `stream`.
+    # to a sink in another process (as a collector is); each timed loop ends with a flush, so the encoding
+    # and the export thread's POSTs are inside the time (the GIL makes them the event loop's cost).
+    # Compare with `auto`, `stream`.
     flushes: dict[str, object] = {}
+    sink = None
     try:
-        import threading
-        from http.server import ThreadingHTTPServer
+        import socket
 
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from otlp_sink import Sink
-
-        sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-        threading.Thread(target=sink.serve_forever, daemon=True).start()
-        traced = Router(parse_policy(POLICY + f"telemetry: {{endpoint: 'http://127.0.0.1:{sink.server_port}'}}\n",
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        sink = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                              "otlp_sink.py"), str(port)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        traced = Router(parse_policy(POLICY + f"telemetry: {{endpoint: 'http://127.0.0.1:{port}'}}\n",
                                      env={}), transport=Instant(), meters=[PrometheusMeter(lock_free=True)],
                         budget=InProcessBudget(), monitor=True).engine
     except Exception:   # a checkout without tracing
@@ -218,6 +233,8 @@ def one_round(calls: int) -> dict[str, float]:
         for name in ("auto+trace", "auto+traceparent", "stream+trace"):
             flushes[name] = traced.tracer
 
+    clock = time.process_time if cpu else time.perf_counter
+
     async def run() -> dict[str, float]:
         out = {}
         for name, fn in variants:
@@ -226,16 +243,21 @@ def one_round(calls: int) -> dict[str, float]:
                 await fn()
             if tracer is not None:
                 tracer.force_flush()   # type: ignore[attr-defined]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls):
                 await fn()
             if tracer is not None:
                 tracer.force_flush()   # type: ignore[attr-defined]
-            out[name] = (time.perf_counter() - t0) / calls * 1e6
+            out[name] = (clock() - t0) / calls * 1e6
         await router.aclose()
         return out
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    finally:
+        if sink is not None:
+            sink.terminate()
+            sink.wait()
 
 
 def main() -> None:
@@ -243,10 +265,11 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=4000)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--against", help="another checkout's src directory: alternate rounds between the two")
+    p.add_argument("--cpu", action="store_true", help="time with the process's CPU time instead of the wall clock")
     p.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one_round:
-        print(json.dumps(one_round(args.calls)))
+        print(json.dumps(one_round(args.calls, args.cpu)))
         return
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
     sides = {"this": os.path.abspath(here)}
@@ -257,11 +280,13 @@ def main() -> None:
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         for side in order:
             env = {**os.environ, "PYTHONPATH": sides[side]}
-            out = subprocess.run([sys.executable, __file__, "--one-round", "--calls", str(args.calls)], env=env,
+            out = subprocess.run([sys.executable, __file__, "--one-round", "--calls", str(args.calls),
+                                  *(["--cpu"] if args.cpu else [])], env=env,
                                  capture_output=True, text=True, check=True)
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
     names = list(results["this"][0])
-    print(f"engine cost per call, us (median of {args.rounds} rounds of {args.calls} calls; min in brackets)")
+    print(f"engine cost per call, us of {'CPU' if args.cpu else 'wall'} time (median of {args.rounds} rounds of "
+          f"{args.calls} calls; min in brackets)")
     header = f"{'variant':<15}" + "".join(f"{s:>22}" for s in sides) + ("   difference" if args.against else "")
     print(header)
     for n in names:

@@ -22,7 +22,7 @@ NAMES = {"router_requests_total", "router_request_duration_seconds", "router_tim
          "router_tokens_total", "router_cost_usd_total", "router_savings_usd_total",
          "router_upstream_attempts_total", "router_fallbacks_total", "router_budget_remaining_usd",
          "router_inflight_requests", "router_provider_state", "router_classifier_decisions_total",
-         "router_ledger_pending_records"}
+         "router_ledger_pending_records", "router_classifier_confidence"}
 
 
 
@@ -179,7 +179,8 @@ def test_lock_free_totals_equal_the_locked_series_exactly():
             attempts = [Attempt(p, p + "-m", rng.choice(["ok", "http_503", "timeout"]), rng.random(), 200)
                         for p in rng.sample(["gpu", "ds", "oa"], rng.randint(0, 3))]
             info = RouterInfo(f"req_{round_}_{i}", rng.choice(["coding", "general", ""]),
-                              rng.choice(["hint", "classifier", ""]), 1.0, None, rng.choice(["coding", "general"]),
+                              rng.choice(["hint", "classifier", ""]), rng.choice([1.0, rng.random(), 0.95]), None,
+                              rng.choice(["coding", "general"]),
                               None, provider=provider, model=provider and provider + "-m",
                               status=rng.choice(["ok", "error"]), cost_usd=rng.random() / 1000,
                               latency_s=rng.expovariate(1.0), prompt_tokens=rng.randint(0, 900),
@@ -197,3 +198,91 @@ def test_lock_free_totals_equal_the_locked_series_exactly():
                     for fam in meter.registry.collect() for s in fam.samples if not s.name.endswith("_created")}
         assert values(free) == values(locked)
         assert families(free.render()[0]).keys() == families(locked.render()[0]).keys()
+
+
+CUSTOM_ROWS = {
+    "sql": ["SELECT name FROM users WHERE age > 30 ORDER BY name", "write a query that counts orders per customer",
+            "join the orders and customers tables on customer_id", "add an index on the email column in postgres",
+            "delete duplicate rows from the payments table", "group sales by month and sum the amount"],
+    "translation": ["translate 'good morning, how are you' into French", "what is 'thank you very much' in Japanese",
+                    "please translate this paragraph to German", "render this sentence in Spanish",
+                    "how do you say 'I am allergic to peanuts' in Italian", "translate to English: je voudrais"],
+    "chat": ["tell me a joke about cats", "how was your weekend", "recommend a good science fiction novel",
+             "what's a nice name for a golden retriever puppy", "i'm bored, any ideas for tonight",
+             "give me three tips to sleep better"],
+}
+
+
+@pytest.fixture(scope="module")
+def custom_model(tmp_path_factory):
+    """A task model with the free task names sql, translation and chat, trained by `router train`."""
+    import json
+
+    root = tmp_path_factory.mktemp("custom-tasks")
+    data = root / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "task": task}) + "\n"
+                            for task, texts in CUSTOM_ROWS.items() for t in texts))
+    out = subprocess.run([sys.executable, "-m", "router.cli", "train", "--data", str(data), "--out",
+                          str(root / "tasks.json.gz")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return root / "tasks.json.gz"
+
+
+@pytest.mark.parametrize("lock_free", [False, True])
+async def test_classifier_confidence_by_task_and_source_with_custom_tasks(custom_model, lock_free):
+    """router_classifier_confidence{task, source}: one observation per routed request, the custom model's
+    task names as labels, each request's own confidence (classifier, fallback) or 1 (hint, alias)."""
+    from router.core.policy_parser import parse_policy
+    from router.dev.simulator import ModelConfig, Simulator
+
+    sim = Simulator(models=[ModelConfig("m")])
+    await sim.start()
+    policy = parse_policy(textwrap.dedent(f"""\
+        version: 1
+        providers:
+          sim: {{kind: vllm, base_url: "{sim.base_url}"}}
+        models:
+          m: {{provider: sim, model: m, price: {{input_per_mtok: 1, output_per_mtok: 2}}}}
+        routes:
+          sql: {{targets: [m]}}
+          chat: {{targets: [m]}}
+        rules:
+          - {{if: {{task: sql}}, route: sql}}
+          - {{route: chat}}
+        classifier: {{model: "{custom_model}", min_confidence: 0.5, fallback_task: chat}}
+        """), env={})
+    prom = PrometheusMeter(lock_free=lock_free)
+    r = Router(policy, meters=[prom], monitor=False)
+    seen: dict[tuple[str, str], list[float]] = {}
+    try:
+        prompts = ["list the ten most recent orders with the customer's email from the orders table",
+                   "translate 'where is the bathroom' to French", "any tips for a first date?",
+                   "hmm", "SELECT * FROM t"]
+        for text in prompts:
+            out = await r.acomplete(msgs(text), max_tokens=4)
+            seen.setdefault((out.router.task, out.router.task_source), []).append(out.router.confidence)
+        out = await r.acomplete(msgs("hello"), task="translation", max_tokens=4)   # a hint
+        seen.setdefault((out.router.task, out.router.task_source), []).append(out.router.confidence)
+        out = await r.acomplete(msgs("hello"), model="sql", max_tokens=4)          # a route named after a task
+        seen.setdefault((out.router.task, out.router.task_source), []).append(out.router.confidence)
+    finally:
+        await r.aclose()
+        await sim.stop()
+    body = prom.render()[0]
+    count = samples(body, "router_classifier_confidence_count")
+    total = samples(body, "router_classifier_confidence_sum")
+    expect = {(("source", src), ("task", task)): v for (task, src), v in seen.items()}
+    assert {k: v for k, v in count.items() if v} == {k: len(v) for k, v in expect.items()}
+    for k, v in expect.items():
+        assert total[k] == pytest.approx(sum(v), abs=1e-12)
+    assert {dict(k)["task"] for k in count} <= {"sql", "translation", "chat"}   # the model's tasks, no others
+    sources = {dict(k)["source"] for k in count}
+    assert {"classifier", "fallback", "hint", "alias"} <= sources, seen
+    assert expect[(("source", "hint"), ("task", "translation"))] == [1.0]
+    assert (("source", "classifier"), ("task", "translation")) in expect   # a custom task, classified
+    # the buckets are cumulative and end with every observation
+    buckets = samples(body, "router_classifier_confidence_bucket")
+    for k, n in count.items():
+        les = sorted((float(dict(b)["le"]), v) for b, v in buckets.items() if dict(b)["le"] and
+                     {x for x in b if x[0] != "le"} == set(k))
+        assert [v for _, v in les] == sorted(v for _, v in les) and les[-1] == (float("inf"), n)

@@ -7,7 +7,10 @@ and the skip says so. The screenshots are kept in .cache/test-artifacts/ (ignore
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import uuid
 
 import aiohttp
 import orjson
@@ -19,6 +22,7 @@ from router.core.meter import MemoryMeter
 from router.core.policy import hash_key
 from router.core.policy_parser import parse_policy
 from router.dev.simulator import ModelConfig, Simulator
+from router.metering.ratelimit import InProcessRateLimiter, RedisRateLimiter
 from router.server.proxy import Proxy
 from router.server.status import StatusPage
 
@@ -46,23 +50,31 @@ retry: {attempts: 1, backoff_s: 0.01}
 timeouts: {connect_s: 1, first_token_s: 2, total_s: 10}
 tenants:
   acme: {keys: ["KEY_HASH"], budget: {daily_usd: 5, on_exhausted: reject},
-          rate_limits: {requests_per_minute: 1000}}
+          rate_limits: {requests_per_minute: 1000, tokens_per_minute: 1000000, concurrent: 20,
+                        per_key: {requests_per_minute: 500}, routes: {general: {requests_per_minute: 800}}}}
 """
+
+
+def policy_for(ds: Simulator, oa: Simulator):
+    text = POLICY.replace("DS_URL", ds.base_url).replace("OA_URL", oa.base_url).replace("KEY_HASH", hash_key(KEY))
+    return parse_policy(text, env={})
+
+
+async def serve_status(router: Router) -> tuple[web.BaseRunner, str]:
+    status = StatusPage(router.engine, loaded_at=lambda: router.loaded_at)
+    proxy = Proxy(router.engine, status=status)
+    runner = web.ServerRunner(proxy.server(), handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 @pytest.fixture
 async def stack():
     ds = await Simulator(models=[ModelConfig("deepseek-chat")], require_api_key="sk-ds-secret").start()
     oa = await Simulator(models=["gpt-4.1-mini"], require_api_key="sk-oa-secret").start()
-    text = POLICY.replace("DS_URL", ds.base_url).replace("OA_URL", oa.base_url).replace("KEY_HASH", hash_key(KEY))
-    policy = parse_policy(text, env={})
-    router = Router(policy, meters=[MemoryMeter()])
-    status = StatusPage(router.engine, loaded_at=lambda: router.loaded_at)
-    proxy = Proxy(router.engine, status=status)
-    runner = web.ServerRunner(proxy.server(), handle_signals=False, shutdown_timeout=1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    router = Router(policy_for(ds, oa), meters=[MemoryMeter()], rate_limiter=InProcessRateLimiter())
+    runner, url = await serve_status(router)
     async with aiohttp.ClientSession() as http:
         yield {"url": url, "ds": ds, "oa": oa, "router": router, "http": http}
     await runner.cleanup()
@@ -71,10 +83,10 @@ async def stack():
     await oa.stop()
 
 
-async def chat(s, n: int = 1) -> list[dict]:
+async def chat(s, n: int = 1, url: str | None = None) -> list[dict]:
     out = []
     for _ in range(n):
-        resp = await s["http"].post(s["url"] + "/v1/chat/completions",
+        resp = await s["http"].post((url or s["url"]) + "/v1/chat/completions",
                                     json={"model": "auto", "messages": [{"role": "user", "content": PROMPT}],
                                           "max_tokens": 50},
                                     headers={"Authorization": f"Bearer {KEY}"})
@@ -100,6 +112,23 @@ async def test_status_json_without_a_key_and_without_text(stack):
     assert acme["spent_today_usd"] == pytest.approx(stack["router"].engine.meters[0].records[-1].cost_usd, rel=1e-4)
     assert acme["left_usd"] == pytest.approx(5 - acme["spent_today_usd"], rel=1e-4)
     assert acme["rate_limits"]["tenant"]["requests_per_minute"] == 1000
+    # the live counts of this minute's window, per scope: the tenant, its key, its route
+    live = acme["rate_limit_usage"]
+    assert live["available"] and live["window_s"] == 60
+    scopes = {r["scope"]: r for r in live["scopes"]}
+    key_scope = f"key {hash_key(KEY)[7:23]}"
+    assert list(scopes) == ["tenant", key_scope, "general"]
+    usage = answers[0]["usage"]
+    assert scopes["tenant"]["requests"] == {"used": 1, "limit": 1000}
+    assert scopes["tenant"]["tokens"] == {"used": usage["prompt_tokens"] + usage["completion_tokens"], "limit": 1000000}
+    assert scopes["tenant"]["concurrent"] == {"used": 0, "limit": 20}   # settled: not in flight any more
+    assert 0 < scopes["tenant"]["requests_reset_s"] <= 60
+    assert scopes[key_scope]["requests"] == {"used": 1, "limit": 500} and scopes[key_scope]["tokens"] is None
+    assert scopes["general"]["requests"] == {"used": 1, "limit": 800}
+    again = orjson.loads(await (await stack["http"].get(stack["url"] + "/status.json")).read())
+    for before, after in zip(live["scopes"], again["tenants"][0]["rate_limit_usage"]["scopes"], strict=True):
+        assert [after[k] for k in ("scope", "requests", "tokens", "concurrent")] == \
+            [before[k] for k in ("scope", "requests", "tokens", "concurrent")]   # reading counts nothing
     [d] = data["decisions"]
     assert d["route"] == "general" and d["tenant"] == "acme" and d["status"] == "ok" and d["model"] == "ds-chat"
     assert d["task"] and 0 <= d["confidence"] <= 1 and d["attempts"] == [{"provider": "ds", "model": "ds-chat",
@@ -125,6 +154,9 @@ async def test_the_page_in_chromium_shows_a_provider_going_down_and_a_budget_fal
             assert await page.title() == "router status"
             ds_row = page.locator('#providers tr[data-provider="ds"]')
             assert (await ds_row.locator("td.state").text_content()) == "healthy"
+            live = page.locator('#tenants tr[data-tenant="acme"] td.usage div.rl[data-scope="tenant"]')
+            assert (await live.get_attribute("data-requests")) == "1"
+            assert (await live.text_content()).startswith("tenant: 1 / 1000 requests, ")
             left_before = _usd(await page.locator('#tenants tr[data-tenant="acme"] td.left').text_content())
             spent_before = _usd(await page.locator('#tenants tr[data-tenant="acme"] td.spent').text_content())
             assert spent_before > 0 and left_before == pytest.approx(5 - spent_before, abs=1e-4)
@@ -139,6 +171,10 @@ async def test_the_page_in_chromium_shows_a_provider_going_down_and_a_budget_fal
             assert (await page.locator('#providers tr[data-provider="oa"] td.state').text_content()) == "healthy"
             left_after = _usd(await page.locator('#tenants tr[data-tenant="acme"] td.left').text_content())
             assert left_after < left_before
+            assert (await live.get_attribute("data-requests")) == "4"   # the live count rose with the requests
+            assert (await live.text_content()).startswith("tenant: 4 / 1000 requests, ")
+            route = page.locator('#tenants tr[data-tenant="acme"] td.usage div.rl[data-scope="general"]')
+            assert (await route.text_content()) == "general: 4 / 800 requests"
             decisions = page.locator("#decisions tbody tr")
             assert await decisions.count() == 4
             newest = await decisions.first.text_content()
@@ -166,3 +202,134 @@ async def test_status_is_404_when_not_enabled(stack):
             assert resp.status == 404 and (await resp.json())["error"]["code"] == "unknown_url"
     finally:
         await runner.cleanup()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_750_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter_and_clock(request):
+    clock = Clock()
+    if request.param == "memory":
+        yield InProcessRateLimiter(wall=clock), clock
+        return
+    url = _redis_url()
+    prefix = "router-test:status-rl:" + uuid.uuid4().hex[:10]
+    backend = RedisRateLimiter(url, prefix=prefix, wall=clock)
+    yield backend, clock
+    await backend.aclose()
+    _drop_keys(url, prefix)
+
+
+def _redis_url() -> str:
+    url = os.environ.get("ROUTER_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("ROUTER_TEST_REDIS_URL is not set")
+    return url
+
+
+def _drop_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=prefix + ":*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+async def test_usage_reads_the_window_without_counting_anything(limiter_and_clock):
+    limiter, clock = limiter_and_clock
+    policy = parse_policy(POLICY.replace("DS_URL", "http://127.0.0.1:9/v1").replace("OA_URL", "http://127.0.0.1:9/v1")
+                          .replace("KEY_HASH", hash_key(KEY)), env={})
+    key_id = hash_key(KEY)[7:23]
+
+    async def used() -> dict[str, tuple[int, int, int]]:
+        rows = await limiter.tenant_usage(policy, "acme", timeout_s=2)
+        return {r.scope.key: (r.usage.requests, r.usage.tokens, r.usage.concurrent) for r in rows}
+
+    assert await used() == {"acme": (0, 0, 0), f"acme:k:{key_id}": (0, 0, 0), "acme:r:general": (0, 0, 0)}
+    leases = [await limiter.admit(policy, "acme", key_id, ["general", "ds-chat"], 100, timeout_s=2) for _ in range(3)]
+    clock.now += 10
+    # the key's scope counts requests only; the route's requests; the tenant's all three
+    assert await used() == {"acme": (3, 300, 3), f"acme:k:{key_id}": (3, 0, 0), "acme:r:general": (3, 0, 0)}
+    assert await used() == {"acme": (3, 300, 3), f"acme:k:{key_id}": (3, 0, 0), "acme:r:general": (3, 0, 0)}
+    [tenant] = [r for r in await limiter.tenant_usage(policy, "acme") if r.scope.key == "acme"]
+    assert tenant.usage.requests_reset_s == pytest.approx(50, abs=0.01)
+    limiter.settle(leases[0], 40)   # the estimate of 100 becomes the 40 used; its slot is free
+    if isinstance(limiter, RedisRateLimiter):
+        await asyncio.gather(*list(limiter.store._tasks))
+    assert (await used())["acme"] == (3, 240, 2)
+    clock.now += 55   # the three admissions (at t=0) left the window; the settled tokens (t=10) did not
+    assert (await used())["acme"] == (0, 40, 2)
+    clock.now += 10
+    assert (await used())["acme"] == (0, 0, 2)
+    # and reading never consumed: the limit still admits exactly what it would have
+    assert await limiter.admit(policy, "acme", key_id, ["general"], 1, timeout_s=2) is not None
+
+
+async def test_replicas_on_one_redis_show_the_same_live_counts():
+    """Two routers sharing the Redis rate limiter: each status page shows the requests of both."""
+    url = _redis_url()
+    prefix = "router-test:status-shared:" + uuid.uuid4().hex[:10]
+    ds = await Simulator(models=[ModelConfig("deepseek-chat")], require_api_key="sk-ds-secret").start()
+    oa = await Simulator(models=["gpt-4.1-mini"], require_api_key="sk-oa-secret").start()
+    routers = [Router(policy_for(ds, oa), meters=[MemoryMeter()], rate_limiter=RedisRateLimiter(url, prefix=prefix))
+               for _ in range(2)]
+    served = [await serve_status(r) for r in routers]
+    try:
+        async with aiohttp.ClientSession() as http:
+            s = {"http": http, "url": served[0][1]}
+            await chat(s, 2)
+            await chat(s, 3, url=served[1][1])
+            for _, base in served:
+                data = orjson.loads(await (await http.get(base + "/status.json")).read())
+                [acme] = data["tenants"]
+                assert acme["requests_today"] in (2, 3)   # this worker's own tally
+                tenant = acme["rate_limit_usage"]["scopes"][0]
+                assert tenant["scope"] == "tenant" and tenant["requests"] == {"used": 5, "limit": 1000}
+                page = await (await http.get(base + "/status")).text()
+                assert 'data-scope="tenant" data-requests="5"' in page
+    finally:
+        for (runner, _), r in zip(served, routers, strict=True):
+            await runner.cleanup()
+            await r.aclose()
+        await ds.stop()
+        await oa.stop()
+        _drop_keys(url, prefix)
+
+
+async def test_a_rate_limit_store_that_does_not_answer_leaves_the_page_up(stack):
+    ds, oa = stack["ds"], stack["oa"]
+    with socket_closed() as port:
+        router = Router(policy_for(ds, oa), meters=[MemoryMeter()],
+                        rate_limiter=RedisRateLimiter(f"redis://127.0.0.1:{port}/0", connect_timeout_s=0.2,
+                                                      op_timeout_s=0.2))
+        runner, base = await serve_status(router)
+        try:
+            data = orjson.loads(await (await stack["http"].get(base + "/status.json")).read())
+            assert data["tenants"][0]["rate_limit_usage"] == {"available": False, "scopes": []}
+            page = await (await stack["http"].get(base + "/status")).text()
+            assert "rate-limit store unavailable" in page
+        finally:
+            await runner.cleanup()
+            await router.aclose()
+
+
+class socket_closed:
+    """A local port nothing listens on."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    def __exit__(self, *exc: object) -> None:
+        pass

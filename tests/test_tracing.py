@@ -348,3 +348,148 @@ async def test_a_reload_turns_tracing_on_and_off(sims, receiver, monkeypatch):
         assert r.engine.tracer is None and tracer is not None
     finally:
         await r.aclose()
+
+
+# --- the C encoder (router.metering._otlp) -----------------------------------------------------------
+# It must write exactly the bytes of the pure-Python reference (`_kv_py`, `_span_py`). The install
+# command builds it (setup.py); these tests fail, rather than skip, when it did not build.
+
+
+def _otlp():
+    try:
+        from router.metering import _otlp
+    except ImportError as exc:  # pragma: no cover - a broken build
+        pytest.fail(f"router.metering._otlp did not build ({exc}): install a C compiler and Python headers, "
+                    "then `pip install -e .`")
+    return _otlp
+
+
+def _same(native, python, *args):
+    """Both return the same bytes, or both raise the same kind of error."""
+    try:
+        want = python(*args)
+    except Exception as e:
+        with pytest.raises(type(e)):
+            native(*args)
+        return
+    got = native(*args)
+    assert type(got) is bytes and got == want, args
+
+
+def test_the_c_encoder_writes_the_python_encoders_bytes_for_every_kind_of_value():
+    import random
+
+    from router.metering import tracing
+
+    otlp = _otlp()
+    assert tracing._kv is otlp.kv and tracing._span is otlp.span   # the C path is the one in use
+    rng = random.Random(16)
+
+    class Odd:
+        def __str__(self) -> str:
+            return "odd value"
+
+    values = ["", "a", "chat gpt-4.1-mini", "x" * 120, "x" * 127, "y" * 128, "z" * 20000, "zyzzyva 🐞 ÉTÉ 中文",
+              "\ud800", True, False, 0, 1, 127, 128, 300, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**70, -1, -128,
+              -(2**63), -(2**63) - 1, 0.0, -0.0, 0.1, 1e-300, 1e300, float("inf"), float("-inf"), float("nan"),
+              [], (), ["stop"], ("stop", "length"), ["a", 1, 2.5, True, ["nested", ("deeper", -3)]],
+              [None], [Odd()], None, Odd(), {"a": 1}, b"bytes"]
+    values += [rng.choice([rng.random() * 10 ** rng.randint(-5, 5), rng.randint(-10**6, 10**12),
+                           "".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(0, 300)))])
+               for _ in range(300)]
+    for key in ("", "router.cost_usd", "k" * 200, "gen_ai.usage.input_tokens", "ключ"):
+        for v in values:
+            _same(otlp.kv, tracing._kv_py, key, v)
+    for _ in range(2000):
+        sid = rng.choice([0, 1, rng.getrandbits(64), 2**64 - 1])
+        start = rng.getrandbits(62)
+        args = (rng.getrandbits(128).to_bytes(16, "big"), sid, rng.choice([None, rng.getrandbits(64), 1]),
+                rng.choice([None, "", "vendor=abc,other=1", "t" * 300]), rng.choice(["chat auto", "", "é" * 200]),
+                rng.randint(0, 3), start, rng.choice([start, start + rng.getrandbits(40), start - 5, 0]),
+                rng.randbytes(rng.choice([0, 10, 127, 128, 5000, 70000])), rng.choice([0, 0, 2]),
+                rng.choice([None, "", "http_503", "m" * 300]), rng.choice([0x101, 0x301, 0, 2**32 - 1]))
+        _same(otlp.span, tracing._span_py, *args)
+
+
+async def test_whole_requests_encode_to_the_same_bytes_in_c_and_in_python(sims, receiver, monkeypatch):
+    """Real requests (a fallback, a failure, a stream with content capture, a client's traceparent):
+    every request's spans encoded by the C path, then again by the Python path, byte for byte."""
+    from router.metering import tracing
+
+    _otlp()
+    r = make_router(sims, f"telemetry: {{endpoint: '{receiver.url}', capture_content: true}}")
+    tracer = r.engine.tracer
+    seen: list[tuple[object, bytes]] = []
+    encode = tracer.writer.spans
+
+    def keep(item):
+        out = encode(item)
+        seen.append((item, b"".join(out)))
+        return out
+
+    monkeypatch.setattr(tracer.writer, "spans", keep)
+    try:
+        await r.acomplete([{"role": "user", "content": "hello"}], max_tokens=20, temperature=0.3)
+        [c async for c in await r.acomplete([{"role": "user", "content": PROMPT}], stream=True)]
+        sims["ds"].set_down()
+        await r.acomplete([{"role": "user", "content": "hello"}], model="general")          # a fallback
+        sims["oa"].set_down()
+        with pytest.raises(UpstreamFailed):
+            await r.acomplete([{"role": "user", "content": "hello"}], model="general")      # every attempt fails
+        await r.engine.complete({"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+                                trace_context={"traceparent": f"00-{CLIENT_TRACE:032x}-{CLIENT_SPAN:016x}-01",
+                                               "tracestate": "vendor=1"})
+    except UpstreamFailed:
+        pass
+    finally:
+        await flush(r)
+        await r.aclose()
+    assert len(seen) == 5
+    monkeypatch.setattr(tracing, "_kv", tracing._kv_py)
+    monkeypatch.setattr(tracing, "_span", tracing._span_py)
+    monkeypatch.setattr(tracing, "_kv_cache", {})
+    python = tracing._SpanWriter(tracer.http, tracer.writer.resource, tracer.writer.scope)   # no cached bytes
+    for item, c_bytes in seen:
+        assert b"".join(python.spans(item)) == c_bytes
+    # and what the receiver decoded was those bytes
+    assert len(receiver.spans) == sum(1 + len(item.trace.attempts) for item, _ in seen)
+
+
+def test_the_batch_queue_posts_full_batches_and_drops_with_one_warning(caplog):
+    """`_Batcher`: the OTEL_BSP_* settings, a POST per full batch from its thread, everything on a flush,
+    and a full queue dropping requests with a count and one warning (not one per span)."""
+    import threading
+    import time
+
+    from router.metering.tracing import _Batcher
+
+    posted: list[int] = []
+    gate = threading.Event()
+
+    def post(batch):
+        gate.wait(10)          # a slow collector: the queue fills meanwhile
+        posted.append(len(batch))
+        return True
+
+    b = _Batcher(post, {"OTEL_BSP_SCHEDULE_DELAY": "60000", "OTEL_BSP_MAX_QUEUE_SIZE": "20",
+                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "8"})
+    assert (b.delay_s, b.max_queue, b.batch) == (60.0, 20, 8)
+    with caplog.at_level("WARNING", logger="router.tracing"):
+        for i in range(8):
+            b.add(b"span %d" % i)
+        deadline = time.monotonic() + 5
+        while b.queue and time.monotonic() < deadline:   # the thread took the first batch, and waits
+            time.sleep(0.01)
+        assert not b.queue
+        for i in range(30):
+            b.add(b"more %d" % i)
+        assert len(b.queue) == 20 and b.dropped == 10
+    assert [r.getMessage() for r in caplog.records].count(
+        "the trace export queue is full (20 requests): dropping spans (1 so far); raise OTEL_BSP_MAX_QUEUE_SIZE "
+        "or check the collector") == 1 and len(caplog.records) == 1
+    gate.set()
+    assert b.flush()
+    assert sum(posted) == 28 and max(posted) <= 8 and not b.queue
+    b.shutdown()
+    b.add(b"late")
+    assert b.dropped == 11 and sum(posted) == 28

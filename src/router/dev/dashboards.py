@@ -138,6 +138,15 @@ FEATURES = Dashboard("router-features", "router / APIs, classifier, cache and fl
         description="Share of classified requests whose confidence was under classifier.min_confidence and "
                     "went to the fallback task. A rising share: the traffic has drifted from what the model "
                     "was trained on."),
+    Panel("Classifier confidence by task (p50 / p10, custom tasks included)", (
+        Target("histogram_quantile(0.5, sum by (le, task) (rate(router_classifier_confidence_bucket"
+               '{source=~"classifier|fallback"}[$__rate_interval])))', "p50 {{task}}"),
+        Target("histogram_quantile(0.1, sum by (le, task) (rate(router_classifier_confidence_bucket"
+               '{source=~"classifier|fallback"}[$__rate_interval])))', "p10 {{task}}")),
+        "percentunit",
+        description="The classifier's probability of the task it picked, for classified requests (source "
+                    "classifier or fallback; hints and task-named routes are always 1). A falling p10: more "
+                    "prompts the model is unsure of."),
     Panel("Response cache hit ratio by route", (Target(
         "sum by (route) (rate(router_cache_hits_total[$__rate_interval])) / (sum by (route) "
         "(rate(router_cache_hits_total[$__rate_interval])) + sum by (route) "

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - prometheus_client < 0.21
 from router.core.meter import LiveView, Meter
 from router.core.response import RouterInfo
 
-__all__ = ["BUCKETS", "PrometheusMeter"]
+__all__ = ["BUCKETS", "CONFIDENCE_BUCKETS", "PrometheusMeter"]
 
 #: latency buckets, 50 ms to 10 minutes
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -43,6 +43,10 @@ NONE = "none"   # the label value for "not set" (e.g. the provider of a request 
 # the provider's prompt cache (already counted in prompt); reasoning is part of completion
 _TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached", "cache_write")
 _BOUNDS = (*BUCKETS, float("inf"))
+#: router_classifier_confidence buckets: the classifier's probability of the task it chose (a hint, or a
+#: route or model named after a task, is 1.0)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_CONFIDENCE_BOUNDS = (*CONFIDENCE_BUCKETS, float("inf"))
 
 
 class _Flush:
@@ -129,6 +133,10 @@ class PrometheusMeter(Meter):
                                     ("provider", "model"), "max")
         self.classifier = Counter("router_classifier_decisions_total", "How each request's task was chosen.",
                                   ("task", "source"), registry=reg)
+        self.confidence = Histogram("router_classifier_confidence",
+                                    "Confidence in each request's task (source: classifier, fallback: the "
+                                    "classifier's probability of its pick; hint, alias: 1).",
+                                    ("task", "source"), buckets=CONFIDENCE_BUCKETS, registry=reg)
         self.ledger_pending_records = gauge("router_ledger_pending_records",
                                             "Records accepted but not yet committed to the ledger.", (), "livesum")
         self.ledger_errors = Counter("router_ledger_errors_total", "Failed ledger writes (each is retried).",
@@ -230,14 +238,16 @@ class PrometheusMeter(Meter):
             if has_provider else None,
             self.cost.labels(route, p, m, *t) if has_provider else None,
             [None, None, None],  # ttft, reference cost, savings: created on first use
+            self.confidence.labels(task, task_source or NONE) if task else None,
         )
         if self.lock_free:
             counter, histogram = self._counter, self._histogram
-            requests, duration, classifier, tokens, cost, lazy = children
+            requests, duration, classifier, tokens, cost, lazy, confidence = children
             children = (counter(requests), histogram(duration),
                         counter(classifier) if classifier is not None else None,
                         tuple(counter(c) for c in tokens) if tokens is not None else None,
-                        counter(cost) if cost is not None else None, lazy)
+                        counter(cost) if cost is not None else None, lazy,
+                        histogram(confidence) if confidence is not None else None)
         if len(self._cache) > 10_000:  # labels are bounded by the policy; this only guards against surprises
             self._cache.clear()
         self._cache[key] = children
@@ -253,7 +263,7 @@ class PrometheusMeter(Meter):
         totals = self._cache.get(key)
         if totals is None:
             totals = self._children(key)
-        requests, duration, classifier, tokens, cost, lazy = totals
+        requests, duration, classifier, tokens, cost, lazy, confidence = totals
         requests[0] += 1
         by_api = self._api_cache.get((info.api, info.status))
         if by_api is None:
@@ -272,6 +282,9 @@ class PrometheusMeter(Meter):
             ttft[bisect_left(_BOUNDS, v) + 1] += 1
         if classifier is not None:
             classifier[0] += 1
+            v = info.confidence
+            confidence[0] += v
+            confidence[bisect_left(_CONFIDENCE_BOUNDS, v) + 1] += 1
         if tokens is not None:
             for total, n in zip(tokens, (info.prompt_tokens, info.completion_tokens, info.reasoning_tokens),
                                 strict=False):
@@ -320,7 +333,7 @@ class PrometheusMeter(Meter):
         children = self._cache.get(key)
         if children is None:
             children = self._children(key)
-        requests, duration, classifier, tokens, cost, lazy = children
+        requests, duration, classifier, tokens, cost, lazy, confidence = children
         requests.inc()
         by_api = self._api_cache.get((info.api, info.status))
         if by_api is None:
@@ -334,6 +347,7 @@ class PrometheusMeter(Meter):
             ttft.observe(info.ttft_s)
         if classifier is not None:
             classifier.inc()
+            confidence.observe(info.confidence)
         if tokens is not None:
             tokens[0].inc(info.prompt_tokens)
             tokens[1].inc(info.completion_tokens)

@@ -20,6 +20,9 @@ exactly). A store that does not answer follows the policy's ``metering.rate_limi
 >>> limiter = open_rate_limiter("redis://127.0.0.1:6379/0?prefix=router:rl")    # doctest: +SKIP
 >>> lease = await limiter.admit(policy, "acme", None, ["general"], 1200, timeout_s=0.5)  # doctest: +SKIP
 >>> limiter.settle(lease, 950)                                                  # doctest: +SKIP
+
+`usage` reads a scope's counts in the current window without counting anything (the status page
+shows them): ``await limiter.tenant_usage(policy, "acme")``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from router.core.policy import Policy, RateLimit
 
 __all__ = ["InProcessRateLimiter", "Lease", "RateLimitMetrics", "RateLimiter", "RedisRateLimiter", "Scope",
-           "format_reset", "open_rate_limiter", "scopes_for"]
+           "ScopeUsage", "Usage", "format_reset", "open_rate_limiter", "scopes_for"]
 
 log = logging.getLogger("router.metering.ratelimit")
 
@@ -112,6 +115,25 @@ def scopes_for(policy: Policy, tenant: str | None, key_id: str | None, targets: 
         if rl is not None and rl.limited:
             out.append(Scope(f"{ten.name}:r:{name}", f"'{name}' for tenant '{ten.name}'", rl))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One scope's counts in the current window (the last minute), as `RateLimiter.usage` reads them."""
+
+    requests: int               # requests admitted in the window
+    tokens: int                 # tokens counted in it: reservations of requests in flight, actual tokens of ended ones
+    concurrent: int             # requests admitted and not yet settled
+    requests_reset_s: float     # until the oldest counted request leaves the window (0: none counted)
+    tokens_reset_s: float       # until the oldest counted tokens leave it
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeUsage:
+    """A scope with its limits and its live counts (`RateLimiter.tenant_usage`)."""
+
+    scope: Scope
+    usage: Usage
 
 
 def format_reset(seconds: float) -> str:
@@ -218,6 +240,34 @@ class RateLimiter(abc.ABC):
                 cache.clear()
             found = cache[key] = scopes_for(policy, tenant, key_id, targets)
         return found
+
+    async def usage(self, scopes: Sequence[Scope], *, timeout_s: float | None = None) -> list[Usage]:
+        """Each scope's counts in the current window, read without admitting or counting anything.
+        Raises `StoreError` when the store does not answer (within `timeout_s`)."""
+        if not scopes:
+            return []
+        return await self._usage(scopes, timeout_s)
+
+    async def tenant_usage(self, policy: Policy, tenant: str, *, timeout_s: float | None = None
+                           ) -> list[ScopeUsage]:
+        """The live counts of every scope of `tenant` the policy limits: the tenant's own, each of its
+        configured keys' (per ``per_key``), each route or model its ``routes`` names."""
+        ten = policy.tenants.get(tenant)
+        limits = ten.rate_limits if ten is not None else None
+        if ten is None or limits is None:
+            return []
+        scopes = list(scopes_for(policy, tenant, None, list(limits.routes)))
+        if limits.per_key is not None and limits.per_key.limited:
+            # the proxy's key id of each configured key: the start of its hash (never the key)
+            at = 1 if scopes and scopes[0].key == ten.name else 0
+            scopes[at:at] = [Scope(f"{ten.name}:k:{h[7:23]}", f"key {h[7:23]} of tenant '{ten.name}'", limits.per_key)
+                             for h in ten.keys]
+        found = await self.usage(scopes, timeout_s=timeout_s)
+        return [ScopeUsage(s, u) for s, u in zip(scopes, found, strict=True)]
+
+    @abc.abstractmethod
+    async def _usage(self, scopes: Sequence[Scope], timeout_s: float | None) -> list[Usage]:
+        """Read each scope's counts, changing nothing but expired entries."""
 
     async def admit(self, policy: Policy, tenant: str | None, key_id: str | None, targets: Sequence[str],
                     tokens: int, *, count_request: bool = True, timeout_s: float | None = None) -> Lease | None:
@@ -372,6 +422,20 @@ class InProcessRateLimiter(RateLimiter):
                     c.inflight.add(rid)
             return True, -1, "", [self._numbers(c, now) for c in counters]
 
+    async def _usage(self, scopes: Sequence[Scope], timeout_s: float | None) -> list[Usage]:
+        now = self.wall()
+        out = []
+        with self._lock:
+            for s in scopes:
+                c = self._counters.get(s.key)
+                if c is None:
+                    out.append(Usage(0, 0, 0, 0.0, 0.0))
+                    continue
+                c.purge(now - self.window_s)   # only what left the window: what admit would forget too
+                n = self._numbers(c, now)
+                out.append(Usage(n.requests, n.tokens, n.concurrent, n.requests_reset_s, n.tokens_reset_s))
+        return out
+
     def settle(self, lease: Lease, tokens: int) -> None:
         now = self.wall()
         tokens = max(0, int(tokens))
@@ -494,6 +558,30 @@ end
 return out
 """
 
+# Read-only: each scope's counts in the window, nothing written (expired entries are skipped, not purged).
+# KEYS: 4 per scope. ARGV: now_ms, window_ms. Returns per scope: requests, tokens, concurrent,
+# requests_reset_ms, tokens_reset_ms.
+_LUA_USAGE = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cutoff = now - window
+local out = {}
+for i = 1, #KEYS / 4 do
+  local rz, tz, th, cz = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local reqs = redis.call('ZCOUNT', rz, '(' .. cutoff, '+inf')
+  local ids = redis.call('ZRANGEBYSCORE', tz, '(' .. cutoff, '+inf', 'WITHSCORES')
+  local toks = 0
+  for j = 1, #ids, 2 do toks = toks + (tonumber(redis.call('HGET', th, ids[j]) or '0')) end
+  local conc = redis.call('ZCOUNT', cz, '(' .. now, '+inf')
+  local ro = redis.call('ZRANGEBYSCORE', rz, '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  out[#out+1] = reqs
+  out[#out+1] = toks
+  out[#out+1] = conc
+  out[#out+1] = #ro > 0 and (tonumber(ro[2]) + window - now) or 0
+  out[#out+1] = #ids > 0 and (tonumber(ids[2]) + window - now) or 0
+end
+return out
+"""
+
 # KEYS: 4 per scope. ARGV: now_ms, id, tokens, ttl_s, then per scope: 1 when it limits tokens, else 0.
 _LUA_SETTLE = """
 local now, id, used, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -582,6 +670,16 @@ class RedisRateLimiter(RateLimiter):
             wait = (wait_ms / 1000 if wait_ms >= 0 else None) if i == index else None
             numbers.append(_Numbers(int(r), int(t), int(c), max(0.0, int(rr) / 1000), max(0.0, int(tr) / 1000), wait))
         return bool(ok), index, kind, numbers
+
+    async def _usage(self, scopes: Sequence[Scope], timeout_s: float | None) -> list[Usage]:
+        keys = self._keys(scopes)
+        args = [int(self.wall() * 1000), int(self.window_s * 1000)]
+        out = await self.store.call("usage", lambda: self.store.script(_LUA_USAGE, keys, args), timeout_s)
+        found = []
+        for i in range(len(scopes)):
+            r, t, c, rr, tr = (int(x) for x in out[5 * i: 5 * i + 5])
+            found.append(Usage(r, t, c, max(0.0, rr / 1000), max(0.0, tr / 1000)))
+        return found
 
     def settle(self, lease: Lease, tokens: int) -> None:
         if not lease.settles:   # requests per minute only: nothing to replace or free, no round trip

@@ -8,29 +8,32 @@ gpt-4o-mini``, kind CLIENT), named and attributed by the OpenTelemetry GenAI sem
 plus ``router.*`` attributes. Prompt and completion text are recorded only with
 ``telemetry.capture_content: true``.
 
-Most of the work is kept off the request path. On it the engine names the spans as plain data
-(`router.core.tracecontext`) and `OtelTracer.end` hands the finished request to the SDK's
-`BatchSpanProcessor` (a deque append). Its export thread writes the OTLP protobuf itself
-(`encode_request`: the wire format of ``ExportTraceServiceRequest``, with the encoding of
-repeated attributes cached) and POSTs the batch over OTLP/HTTP. The SDK's own OTLP exporter built
-``ReadableSpan`` objects and encoded them at about 350 us per request (two spans) on the
-benchmark machine, which its export thread took from the event loop under load (the GIL): 5x
-fewer requests per second at 64 connections. Written here, the two spans cost about 24 us per
-request on that machine: still more than the 20 us aimed at (docs/observability.md#overhead).
-tests/test_tracing.py decodes what is written with opentelemetry-proto.
+The work per request is kept small. On the request path the engine names the spans as plain data
+(`router.core.tracecontext`); when the request ends, `OtelTracer.end` writes its spans as OTLP
+protobuf at once (`_SpanWriter.spans`: the bytes of the attributes many requests share are cached,
+the rest written by the C encoder `router.metering._otlp`, which `setup.py` builds, or by the
+same-bytes Python path without it) and queues those bytes (`_Batcher`). The export thread only
+joins a batch into an ``ExportTraceServiceRequest`` and POSTs it over OTLP/HTTP on a kept-alive
+connection. Encoding on the export thread instead, as this module first did, kept every queued
+request's objects alive and made that thread fight the event loop for the GIL: under load the
+SDK's ``BatchSpanProcessor`` queue overflowed and logged a warning per dropped span, a large
+part of the cost (docs/observability.md#overhead). tests/test_tracing.py decodes what is
+written with opentelemetry-proto, and checks the C and Python encoders write the same bytes.
 """
 
 from __future__ import annotations
 
+import collections
 import gzip
+import http.client
 import importlib.metadata
 import logging
 import os
 import struct
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -38,7 +41,6 @@ from urllib.parse import urlsplit
 import orjson
 from opentelemetry import trace as otel
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from router.core.tracecontext import RequestTrace, SpanContext, parse_traceparent
 
@@ -77,7 +79,7 @@ def tracer_for(policy: Policy, env: Mapping[str, str] | None = None) -> OtelTrac
     if t.endpoint is None and (env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
                                or not (named or t.enabled)):
         return None
-    return OtelTracer(OtlpHttpExporter.from_env(t.endpoint, env), service_name=t.service_name)
+    return OtelTracer(OtlpHttpExporter.from_env(t.endpoint, env), service_name=t.service_name, env=env)
 
 
 def _version() -> str | None:
@@ -141,8 +143,9 @@ _kv_cache: dict[tuple[str, Any], bytes] = {}
 _keys: dict[str, bytes] = {}
 
 
-def _kv(key: str, value: Any) -> bytes:
-    """A ``KeyValue`` as a span's attribute (``Span.attributes``, field 9)."""
+def _kv_py(key: str, value: Any) -> bytes:
+    """A ``KeyValue`` as a span's attribute (``Span.attributes``, field 9). The reference for
+    ``_otlp.kv``, which writes the same bytes (and calls this for what it does not handle)."""
     k = _keys.get(key)
     if k is None:
         k = _keys[key] = _ld(b"\x0a", key.encode())
@@ -153,8 +156,9 @@ def _kv(key: str, value: Any) -> bytes:
             return b"".join((b"\x4a", bytes((n + len(k) + 4,)), k, b"\x12", bytes((n + 2,)), b"\x0a",
                              bytes((n,)), b))
     elif type(value) is float:
-        return b"".join((b"\x4a", bytes((len(k) + 11,)), k, b"\x12\x09\x21", _pack_d(value)))
-    elif type(value) is int and 0 <= value < 128:
+        if len(k) < 117:   # a one-byte length
+            return b"".join((b"\x4a", bytes((len(k) + 11,)), k, b"\x12\x09\x21", _pack_d(value)))
+    elif type(value) is int and 0 <= value < 128 and len(k) < 124:
         return b"".join((b"\x4a", bytes((len(k) + 4,)), k, b"\x12\x02\x18", bytes((value,))))
     v = _any(value)
     payload = k + b"\x12" + _varint(len(v)) + v
@@ -172,8 +176,9 @@ def _kv_cached(key: str, value: str | bool | int) -> bytes:
     return out
 
 
-def _span(trace_id: bytes, span_id: int, parent: int | None, trace_state: str | None, name: str, kind: int,
-          start_ns: int, end_ns: int, attributes: bytes, status: int, message: str | None, flags: int) -> bytes:
+def _span_py(trace_id: bytes, span_id: int, parent: int | None, trace_state: str | None, name: str, kind: int,
+             start_ns: int, end_ns: int, attributes: bytes, status: int, message: str | None, flags: int) -> bytes:
+    """A ``Span`` (``ScopeSpans.spans``, field 2). The reference for ``_otlp.span``: the same bytes."""
     out = [b"\x0a\x10", trace_id, b"\x12\x08", span_id.to_bytes(8, "big")]
     if trace_state:
         out.append(_ld(b"\x1a", trace_state.encode()))
@@ -188,18 +193,35 @@ def _span(trace_id: bytes, span_id: int, parent: int | None, trace_state: str | 
     return _ld(b"\x12", b"".join(out))   # ScopeSpans.spans (field 2)
 
 
+try:   # the C encoder (setup.py builds it when a compiler is there): the same bytes, a few times faster
+    from router.metering import _otlp
+except ImportError:   # pragma: no cover - an install without a C compiler
+    _otlp = None  # type: ignore[assignment]
+if _otlp is not None:
+    _otlp.set_fallback(_kv_py)
+    _kv, _span = _otlp.kv, _otlp.span
+else:   # pragma: no cover
+    _kv, _span = _kv_py, _span_py
+
+
 def encode_request(resource: Mapping[str, Any], scope: tuple[str, str | None], spans: Sequence[bytes]) -> bytes:
-    """An ``ExportTraceServiceRequest``: one resource, one scope, the encoded spans."""
+    """An ``ExportTraceServiceRequest``: one resource, one scope, the encoded spans.
+
+    The spans are copied once, into the result (a batch is hundreds of kilobytes: each extra copy
+    of it costs more than the headers around it)."""
     res = b"".join(_ld(b"\x0a", _ld(b"\x0a", k.encode()) + _ld(b"\x12", _any(v))) for k, v in resource.items())
     sc = _ld(b"\x0a", scope[0].encode()) + (_ld(b"\x12", scope[1].encode()) if scope[1] else b"")
-    scope_spans = _ld(b"\x0a", sc) + b"".join(spans)
-    resource_spans = _ld(b"\x0a", res) + _ld(b"\x12", scope_spans)
-    return _ld(b"\x0a", resource_spans)
+    scope_head = _ld(b"\x0a", sc)
+    scope_len = len(scope_head) + sum(map(len, spans))                       # ScopeSpans
+    resource_head = _ld(b"\x0a", res) + b"\x12" + _varint(scope_len)
+    resource_len = len(resource_head) + scope_len                           # ResourceSpans
+    return b"".join((b"\x0a", _varint(resource_len), resource_head, scope_head, *spans))
 
 
 class OtlpHttpExporter:
     """POSTs encoded batches to an OTLP/HTTP endpoint (``application/x-protobuf``), with the standard
-    headers and compression variables; retries 429, 502, 503, 504 and connection errors twice."""
+    headers and compression variables, over one kept-alive connection (the export thread's);
+    retries 429, 502, 503, 504 and connection errors twice."""
 
     def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, *, gzip_body: bool = False,
                  timeout_s: float = 10.0):
@@ -208,6 +230,10 @@ class OtlpHttpExporter:
                         **(headers or {})}
         if gzip_body:
             self.headers["Content-Encoding"] = "gzip"
+        url = urlsplit(endpoint)
+        self._url = url if url.scheme in ("http", "https") and url.hostname else None
+        self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self._conn: http.client.HTTPConnection | None = None
 
     @classmethod
     def from_env(cls, base: str | None, env: Mapping[str, str]) -> OtlpHttpExporter:
@@ -231,19 +257,44 @@ class OtlpHttpExporter:
                        or env.get("OTEL_EXPORTER_OTLP_COMPRESSION", "")).strip().lower()
         return cls(endpoint, headers, gzip_body=compression == "gzip")
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            url = self._url
+            if url is None:
+                raise http.client.InvalidURL(f"not an http:// or https:// URL: {self.endpoint}")
+            if url.scheme == "https":
+                self._conn = http.client.HTTPSConnection(url.hostname or "", url.port, timeout=self.timeout_s)
+            else:
+                self._conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=self.timeout_s)
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
     def post(self, body: bytes) -> bool:
+        """POST one encoded ``ExportTraceServiceRequest``; True when the endpoint took it. Called from
+        one thread at a time (the export thread, or a flush under the batcher's lock)."""
         data = gzip.compress(body, 6) if self.gzip else body
         for attempt in range(3):
+            reused = self._conn is not None
             try:
-                req = urllib.request.Request(self.endpoint, data=data, headers=self.headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    resp.read()
-                return True
-            except urllib.error.HTTPError as e:
-                if e.code not in (429, 502, 503, 504):
-                    log.warning("the OTLP endpoint refused %d spans' batch: HTTP %d", len(body), e.code)
+                conn = self._connection()
+                conn.request("POST", self._path, body=data, headers=self.headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.will_close:
+                    self.close()
+                if 200 <= resp.status < 300:
+                    return True
+                if resp.status not in (429, 502, 503, 504):
+                    log.warning("the OTLP endpoint refused a batch of %d bytes: HTTP %d", len(body), resp.status)
                     return False
-            except (OSError, ValueError) as e:
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if reused and attempt == 0:   # the endpoint closed the idle kept-alive connection: again, at once
+                    continue
                 if attempt == 2:
                     log.warning("could not export traces to %s: %s", self.endpoint, e)
             if attempt < 2:
@@ -251,49 +302,135 @@ class OtlpHttpExporter:
         return False
 
 
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        value = int(env.get(name, "") or default)
+    except ValueError:
+        log.warning("%s is not an integer: using %d", name, default)
+        return default
+    return value if value > 0 else default
+
+
+class _Batcher:
+    """The batch queue between the requests and the export thread, as the OpenTelemetry SDK's
+    ``BatchSpanProcessor`` behaves (``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``,
+    ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``: the same variables and defaults), for encoded requests.
+
+    Unlike the SDK's, it is built for an event loop that keeps the GIL busy: `add` is a deque append
+    (the export thread is woken once per batch), and a full queue drops requests with one warning a
+    minute and a count (`dropped`), where the SDK logs a warning per span dropped: under load, when
+    the export thread waits for the GIL, that logging cost about half as much as encoding the spans."""
+
+    def __init__(self, post: Any, env: Mapping[str, str] | None = None):
+        env = os.environ if env is None else env
+        self.post = post
+        self.delay_s = _env_int(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        self.max_queue = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        self.batch = min(_env_int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.dropped = 0
+        self._warned = -1e9
+        self._stop = False
+        self._start()
+        if hasattr(os, "register_at_fork"):   # a forked child has the queue but not the thread
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (b := ref()) is not None and b._start())
+
+    def _start(self) -> None:
+        self.queue.clear()
+        self._export_lock = threading.Lock()   # new in a forked child too: the parent's may be held
+        self._wake = threading.Event()
+        self._woken = False
+        self._thread = threading.Thread(target=self._run, name="router-otlp-export", daemon=True)
+        self._thread.start()
+
+    def add(self, spans: bytes) -> None:
+        """Queue one request's spans (never blocks; drops them when the queue is full)."""
+        queue = self.queue
+        if len(queue) >= self.max_queue or self._stop:
+            if self._stop:   # a request that ended after its tracer was shut down (a reload swapped it)
+                self.dropped += 1
+            else:
+                self._drop()
+            return
+        queue.append(spans)
+        if len(queue) >= self.batch and not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._warned >= 60:
+            self._warned = now
+            log.warning("the trace export queue is full (%d requests): dropping spans (%d so far); raise "
+                        "OTEL_BSP_MAX_QUEUE_SIZE or check the collector", self.max_queue, self.dropped)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.delay_s)
+            self._wake.clear()
+            self._woken = False
+            if self._stop:
+                break
+            self._export(everything=False)
+
+    def _export(self, *, everything: bool) -> bool:
+        """POST full batches (and, on a timer or a flush, what is left); False when a POST failed."""
+        ok = True
+        with self._export_lock:
+            first = True
+            while self.queue and (everything or first or len(self.queue) >= self.batch):
+                first = False
+                queue, n = self.queue, min(self.batch, len(self.queue))
+                batch = [queue.popleft() for _ in range(n)]
+                try:
+                    ok = self.post(batch) and ok
+                except Exception:
+                    log.exception("could not export %d requests' spans", n)
+                    ok = False
+        return ok
+
+    def flush(self) -> bool:
+        """Export everything queued now (blocks)."""
+        return self._export(everything=True)
+
+    def shutdown(self) -> None:
+        """Stop the export thread, then export what is left (blocks)."""
+        if self._stop:
+            return
+        self._stop = True
+        self._wake.set()
+        self._thread.join(30)
+        self._export(everything=True)
+
+
 class _Finished:
-    """A finished request waiting in the batch queue; its spans are encoded on the export thread,
-    off the request's path."""
+    """A finished request, as `_SpanWriter.spans` reads it."""
 
     __slots__ = ("capture", "decision", "error", "info", "trace")
-    context = otel.SpanContext(1, 1, False, otel.TraceFlags(otel.TraceFlags.SAMPLED))   # BatchSpanProcessor keeps it
 
     def __init__(self, trace: RequestTrace, info: RouterInfo, decision: Decision | None, error: str | None,
                  capture: bool):
         self.trace, self.info, self.decision, self.error, self.capture = trace, info, decision, error, capture
 
 
-class _SpanWriter(SpanExporter):
-    """The BatchSpanProcessor's exporter: finished requests -> OTLP protobuf -> `OtlpHttpExporter`."""
+class _SpanWriter:
+    """Finished requests -> OTLP protobuf (`spans`, on the request's path); batches of them ->
+    ``ExportTraceServiceRequest`` -> `OtlpHttpExporter` (`export`, on the export thread)."""
 
     def __init__(self, http: OtlpHttpExporter, resource: Mapping[str, Any], scope: tuple[str, str | None]):
         self.http, self.resource, self.scope = http, dict(resource), scope
         self._shared: dict[tuple[Any, ...], bytes] = {}
         # per deployment (keyed by identity: a reloaded policy's objects are new ones)
         self._attempt_attrs: dict[tuple[int, int, str], tuple[Provider, Model, bytes]] = {}
+        self._attempt_cache: dict[tuple[Any, ...], tuple[Provider, Model, bytes, str]] = {}
 
-    def export(self, batch: Sequence[Any]) -> SpanExportResult:
-        spans: list[bytes] = []
-        for n, item in enumerate(batch, 1):
-            try:
-                spans.extend(self.spans(item))
-            except Exception:
-                log.exception("could not encode the spans of request %s", item.info.request_id)
-            if not n % 8:
-                # Hand the GIL back every few requests, so the event loop's thread never waits long for it
-                # while a batch is encoded (a thread that keeps it makes each of the loop's syscalls wait up
-                # to the 5 ms switch interval).
-                time.sleep(0)
-        if not spans:
-            return SpanExportResult.SUCCESS
-        ok = self.http.post(encode_request(self.resource, self.scope, spans))
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    def export(self, batch: Sequence[bytes]) -> bool:
+        """POST a batch of requests' encoded spans as one ``ExportTraceServiceRequest``."""
+        if not batch:
+            return True
+        return self.http.post(encode_request(self.resource, self.scope, batch))
 
     def spans(self, item: _Finished) -> list[bytes]:
         trace, info, decision = item.trace, item.info, item.decision
@@ -301,7 +438,7 @@ class _SpanWriter(SpanExporter):
         parent = trace.parent
         op, body_model = trace.operation, trace.request_model
         end_ns = trace.start_ns + int(info.latency_s * 1e9)
-        reason = _fallback_reason(info.attempts, info.status == "ok")
+        reason = _fallback_reason(info.attempts, info.status == "ok") if len(info.attempts) > 1 else None
         # what many requests share (route, task, tenant, provider, ...): encoded once per combination
         key = (op, info.api, info.status, body_model, trace.request_params, info.task, info.task_source,
                info.route, info.rule, info.tenant, decision.residency if decision is not None else (),
@@ -396,42 +533,72 @@ class _SpanWriter(SpanExporter):
         """One CLIENT span per upstream attempt: each attempt the engine sent, matched in order
         (per deployment) to how it ended in `info.attempts`."""
         trace, info = item.trace, item.info
-        if not trace.attempts:
+        sent = trace.attempts
+        if not sent:
             return []
-        ended: dict[tuple[str, str], list[Attempt]] = {}
-        for a in info.attempts:
-            ended.setdefault((a.provider, a.model), []).append(a)
+        ended_list = info.attempts
+        if len(sent) == 1 and len(ended_list) == 1 and ended_list[0].provider == sent[0].provider.name \
+                and ended_list[0].model == sent[0].model.alias:   # the common case: one attempt
+            matched: list[Attempt | None] = [ended_list[0]]
+        else:
+            ended: dict[tuple[str, str], list[Attempt]] = {}
+            for a in ended_list:
+                ended.setdefault((a.provider, a.model), []).append(a)
+            matched = []
+            for at in sent:
+                queue = ended.get((at.provider.name, at.model.alias))
+                matched.append(queue.pop(0) if queue else None)
         out = []
         previous: str | None = None   # the outcome of the attempt before, when it failed
-        first_model = trace.attempts[0].model.alias
-        c = _kv_cached
-        for number, at in enumerate(trace.attempts, 1):
+        first_model = sent[0].model.alias
+        op, streamed = trace.operation, trace.streamed
+        for number, (at, a) in enumerate(zip(sent, matched, strict=True), 1):
             provider, model = at.provider, at.model
-            queue = ended.get((provider.name, model.alias))
-            a = queue.pop(0) if queue else None
             outcome = a.outcome if a is not None else ("cancelled" if info.status == "cancelled" else "unfinished")
-            attrs = [self._constant(provider, model, trace.operation), c("router.attempt", number),
-                     c("router.attempt.outcome", outcome)]
-            if previous is not None and model.alias != first_model:
-                attrs.append(c("router.fallback_reason", previous))
-            if a is not None and a.status is not None:
-                attrs.append(c("http.response.status_code", a.status))
-            status = STATUS_UNSET
             ok = outcome == "ok"
-            if ok and a is not None and info.provider == provider.name and info.model == model.alias:
-                attrs += (c("gen_ai.response.model", info.upstream_model or model.model), answer)
+            answered = (info.upstream_model or model.model if ok and a is not None and info.provider == provider.name
+                        and info.model == model.alias else None)
+            attrs, name = self._attempt_attributes(
+                provider, model, op, number, outcome,
+                previous if previous is not None and model.alias != first_model else None,
+                a.status if a is not None else None, answered)
+            status = STATUS_UNSET
+            if answered is not None:
+                attrs += answer
             elif not ok:
-                attrs.append(c("error.type", outcome))
                 status = STATUS_ERROR
                 previous = outcome
             # a committed stream lasts until the request ends; anything else until its outcome was known
-            if ok and trace.streamed or a is None:
+            if ok and streamed or a is None:
                 end = request_end_ns
             else:
                 end = at.start_ns + int(a.latency_s * 1e9)
-            out.append(_span(trace_id, at.span_id, trace.span_id, trace.tracestate,
-                             f"{trace.operation} {model.model}", SPAN_CLIENT, at.start_ns, end, b"".join(attrs),
-                             status, outcome if status else None, 0x101))
+            out.append(_span(trace_id, at.span_id, trace.span_id, trace.tracestate, name, SPAN_CLIENT, at.start_ns,
+                             end, attrs, status, outcome if status else None, 0x101))
+        return out
+
+    def _attempt_attributes(self, provider: Provider, model: Model, op: str, number: int, outcome: str,
+                            reason: str | None, code: int | None, answered: str | None) -> tuple[bytes, str]:
+        """An attempt span's attributes but the answer's (usage, finish reasons), and its name: encoded once
+        per deployment, attempt number, outcome, fallback reason, HTTP status and answering model."""
+        key = (id(provider), id(model), op, number, outcome, reason, code, answered)
+        hit = self._attempt_cache.get(key)
+        if hit is not None and hit[0] is provider and hit[1] is model:
+            return hit[2], hit[3]
+        c = _kv_cached
+        attrs = [self._constant(provider, model, op), c("router.attempt", number), c("router.attempt.outcome", outcome)]
+        if reason is not None:
+            attrs.append(c("router.fallback_reason", reason))
+        if code is not None:
+            attrs.append(c("http.response.status_code", code))
+        if answered is not None:
+            attrs.append(c("gen_ai.response.model", answered))
+        elif outcome != "ok":
+            attrs.append(c("error.type", outcome))
+        if len(self._attempt_cache) > 10_000:
+            self._attempt_cache.clear()
+        out = b"".join(attrs), f"{op} {model.model}"
+        self._attempt_cache[key] = (provider, model, *out)
         return out
 
 
@@ -468,11 +635,12 @@ class OtelTracer:
     """`router.core.tracecontext.Tracer` over the OpenTelemetry SDK: batch export over OTLP/HTTP.
 
     The batch settings are the SDK's ``BatchSpanProcessor``'s (``OTEL_BSP_SCHEDULE_DELAY``,
-    ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``); a full queue drops requests'
-    spans, never blocks one. The resource is the SDK's (``OTEL_RESOURCE_ATTRIBUTES``,
+    ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, with its defaults: `_Batcher`);
+    a full queue drops requests' spans, never blocks one. The resource is the SDK's (``OTEL_RESOURCE_ATTRIBUTES``,
     ``OTEL_SERVICE_NAME``), with ``service.name`` from the policy, else ``router``."""
 
-    def __init__(self, http: OtlpHttpExporter, *, service_name: str | None = None):
+    def __init__(self, http: OtlpHttpExporter, *, service_name: str | None = None,
+                 env: Mapping[str, str] | None = None):
         attributes = {"service.name": service_name} if service_name else {}
         resource = Resource.create(attributes)
         if "service.name" not in attributes and str(resource.attributes.get("service.name", "")).startswith(
@@ -480,7 +648,7 @@ class OtelTracer:
             resource = resource.merge(Resource({"service.name": "router"}))
         self.http = http
         self.writer = _SpanWriter(http, resource.attributes, ("router", _version()))
-        self.processor = BatchSpanProcessor(self.writer)
+        self.batcher = _Batcher(self.writer.export, env)
 
     def begin(self, policy: Policy, body: Mapping[str, Any], carrier: Mapping[str, str] | None) -> RequestTrace:
         if carrier is not None:
@@ -511,17 +679,25 @@ class OtelTracer:
 
     def end(self, trace: RequestTrace, info: RouterInfo, policy: Policy, decision: Decision | None,
             error: BaseException | None) -> None:
-        if trace.sampled:
-            self.processor.on_end(_Finished(trace, info, decision,  # type: ignore[arg-type]
-                                            None if error is None else type(error).__name__,
-                                            policy.telemetry.capture_content))
+        """Encode the request's spans now (a few microseconds with `_otlp`) and queue the bytes: the
+        export thread only POSTs, and the request's objects are freed when it ends."""
+        if not trace.sampled:
+            return
+        try:
+            spans = self.writer.spans(_Finished(trace, info, decision, None if error is None else type(error).__name__,
+                                                policy.telemetry.capture_content))
+        except Exception:
+            log.exception("could not encode the spans of request %s", info.request_id)
+            return
+        self.batcher.add(b"".join(spans))
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
-        return self.processor.force_flush(int(timeout_s * 1000))
+        return self.batcher.flush()
 
     def shutdown(self) -> None:
-        """Export what is queued, then stop the export thread (blocks: run it off the event loop)."""
-        self.processor.shutdown()
+        """Stop the export thread, then export what is queued (blocks: run it off the event loop)."""
+        self.batcher.shutdown()
+        self.http.close()
 
 
 _PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),

@@ -744,14 +744,14 @@ class Proxy:
         """``GET /status``: this worker's state as HTML (router.server.status); the same access as /metrics."""
         if self.status is None:
             return _error(NotFound("the status page is not enabled", code="unknown_url"), _request_id(request))
-        return web.Response(body=self.status.html(), headers={"Content-Type": "text/html; charset=utf-8",
+        return web.Response(body=await self.status.ahtml(), headers={"Content-Type": "text/html; charset=utf-8",
                                                               "Cache-Control": "no-store"})
 
     async def status_json(self, request: web.BaseRequest) -> web.StreamResponse:
         """``GET /status.json``: the status page's data."""
         if self.status is None:
             return _error(NotFound("the status page is not enabled", code="unknown_url"), _request_id(request))
-        return web.Response(body=orjson.dumps(self.status.snapshot()),
+        return web.Response(body=orjson.dumps(await self.status.asnapshot()),
                             headers={"Content-Type": _JSON, "Cache-Control": "no-store"})
 
     async def metrics_endpoint(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -3,7 +3,8 @@
 One snapshot of this worker, read when the page is requested (reload to update): the policy and
 when it was loaded; every provider and model with its health (circuit), saturation, scraped queue,
 requests in flight and time-to-first-token estimates; each tenant's spend today and budget left,
-and its rate limits; the last routing decisions (task, confidence, route, the candidates excluded
+its rate limits and how much of each this minute's window has used (read live from the rate
+limiter: this process's counters, or Redis shared by every replica); the last routing decisions (task, confidence, route, the candidates excluded
 and why). Never a prompt, an answer, an error message (which may quote one) or a key.
 
 Server-rendered with the standard library's `html.escape`: no template engine, no script, no
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.core.meter import Meter
 from router.core.response import RouterInfo
+from router.metering.ratelimit import ScopeUsage
 from router.monitor.monitor import Monitor
 
 if TYPE_CHECKING:
@@ -99,10 +101,21 @@ class StatusPage:
             self._seen = (policy, self.wall())
         return self._seen[1]
 
-    def snapshot(self) -> dict[str, Any]:
-        """The page as plain data (``/status.json``)."""
+    async def asnapshot(self) -> dict[str, Any]:
+        """`snapshot` with each tenant's live rate-limit counts (``/status.json``)."""
+        policy = self.engine.policy
+        return self.snapshot(await self.rate_limit_usage(policy), policy=policy)
+
+    async def ahtml(self) -> bytes:
+        """`html` with each tenant's live rate-limit counts (``/status``)."""
+        return self.html(await self.asnapshot())
+
+    def snapshot(self, usage: dict[str, list[ScopeUsage] | None] | None = None, *,
+                 policy: Policy | None = None) -> dict[str, Any]:
+        """The page as plain data; `usage`: the live rate-limit counts by tenant (`rate_limit_usage`),
+        None for a tenant whose store did not answer. Without it, only the configured limits."""
         engine = self.engine
-        policy = engine.policy
+        policy = policy if policy is not None else engine.policy
         now = self.wall()
         self.tally.roll(now)
         return {
@@ -110,9 +123,24 @@ class StatusPage:
             "worker": {"pid": os.getpid(), "up_s": round(now - self.started, 1)},
             "policy": {"source": policy.source, "digest": policy.digest, "loaded_at": _iso(self.loaded_at(policy))},
             "providers": self.providers(policy),
-            "tenants": self.tenants(policy),
+            "tenants": self.tenants(policy, usage),
             "decisions": self.decisions(),
         }
+
+    async def rate_limit_usage(self, policy: Policy) -> dict[str, list[ScopeUsage] | None]:
+        """Each rate-limited tenant's scopes with their counts in the current window, from the engine's
+        rate limiter (nothing is counted by reading); None for a tenant when the store did not answer."""
+        limited = [name for name, t in policy.tenants.items() if t.rate_limits is not None]
+        if not limited:
+            return {}
+        limiter = self.engine.admission.limiter
+        out: dict[str, list[ScopeUsage] | None] = {}
+        for name in limited:
+            try:
+                out[name] = await limiter.tenant_usage(policy, name, timeout_s=policy.metering.rate_limit_timeout_s)
+            except Exception:   # a store that does not answer: the page still renders, marked unavailable
+                out[name] = None
+        return out
 
     def providers(self, policy: Policy) -> list[dict[str, Any]]:
         monitor = self.engine.monitor if isinstance(self.engine.monitor, Monitor) else None
@@ -152,7 +180,8 @@ class StatusPage:
             entry["state"] = worst
         return list(out.values())
 
-    def tenants(self, policy: Policy) -> list[dict[str, Any]]:
+    def tenants(self, policy: Policy, usage: dict[str, list[ScopeUsage] | None] | None = None
+                ) -> list[dict[str, Any]]:
         budget = self.engine.budget
         tally = self.tally
         limited: dict[str, int] = {}
@@ -164,7 +193,8 @@ class StatusPage:
             row: dict[str, Any] = {"name": name, "spent_today_usd": round(tally.spent.get(name, 0.0), 6),
                                    "requests_today": tally.requests.get(name, 0), "daily_usd": None,
                                    "monthly_usd": None, "left_usd": None, "on_exhausted": None,
-                                   "rate_limits": None, "rate_limited_recent": limited.get(name, 0)}
+                                   "rate_limits": None, "rate_limit_usage": None,
+                                   "rate_limited_recent": limited.get(name, 0)}
             if t.budget is not None:
                 row.update(daily_usd=t.budget.daily_usd, monthly_usd=t.budget.monthly_usd,
                            on_exhausted=t.budget.on_exhausted)
@@ -182,6 +212,11 @@ class StatusPage:
                                                    "concurrent": x.concurrent}
                 row["rate_limits"] = {"tenant": limit(rl.tenant), "per_key": limit(rl.per_key),
                                       "routes": {k: limit(v) for k, v in rl.routes.items()}}
+                if usage is not None and name in usage:
+                    scopes = usage[name]
+                    row["rate_limit_usage"] = (
+                        {"available": False, "scopes": []} if scopes is None else
+                        {"available": True, "window_s": 60, "scopes": [_usage_row(name, su) for su in scopes]})
             out.append(row)
         return out
 
@@ -214,8 +249,8 @@ class StatusPage:
 
     # ------------------------------------------------------------------ the page
 
-    def html(self) -> bytes:
-        s = self.snapshot()
+    def html(self, snapshot: dict[str, Any] | None = None) -> bytes:
+        s = snapshot if snapshot is not None else self.snapshot()
         e = html.escape
         p = s["policy"]
         parts = [_HEAD, f"<h1>router status</h1><p class=meta>worker {s['worker']['pid']}, up "
@@ -254,10 +289,11 @@ class StatusPage:
                         f"<td class=\"num spent\">${t['spent_today_usd']:.4f}</td>"
                         f"<td class=num>{t['requests_today']}</td><td>{e(budget)}</td>"
                         f"<td class=\"num left\">{e(left)}</td><td>{e(_limits(t['rate_limits']))}</td>"
+                        f"<td class=usage>{_usage_html(t['rate_limit_usage'])}</td>"
                         f"<td class=num>{t['rate_limited_recent']}</td></tr>")
         parts.append("<section id=tenants><h2>Tenants</h2><table><thead><tr><th>tenant</th><th>spent today "
                      "(this worker)</th><th>requests today</th><th>budget</th><th>budget left</th>"
-                     "<th>rate limits</th><th>rate-limited (recent)</th></tr></thead><tbody>" + "".join(rows)
+                     "<th>rate limits</th><th>used / limit this minute</th><th>rate-limited (recent)</th></tr></thead><tbody>" + "".join(rows)
                      + "</tbody></table>" + ("" if rows else "<p>No tenants in the policy.</p>") + "</section>")
         rows = []
         for d in s["decisions"]:
@@ -276,6 +312,44 @@ class StatusPage:
                      + "".join(rows) + "</tbody></table>"
                      + ("" if rows else "<p>No requests yet.</p>") + "</section></body></html>")
         return "".join(parts).encode()
+
+
+def _usage_row(tenant: str, su: ScopeUsage) -> dict[str, Any]:
+    """One scope's live counts against its limits, for the page: ``{"used", "limit"}`` per limited kind."""
+    key, lim, u = su.scope.key, su.scope.limit, su.usage
+    rest = key[len(tenant):]
+    if not rest:
+        scope = "tenant"
+    elif rest.startswith(":k:"):
+        scope = f"key {rest[3:]}"
+    else:
+        scope = rest[3:]   # ":r:<route or model>"
+    row: dict[str, Any] = {"scope": scope}
+    for kind, used, limit in (("requests", u.requests, lim.requests_per_minute),
+                              ("tokens", u.tokens, lim.tokens_per_minute),
+                              ("concurrent", u.concurrent, lim.concurrent)):
+        row[kind] = None if limit is None else {"used": used, "limit": limit}
+    row["requests_reset_s"], row["tokens_reset_s"] = round(u.requests_reset_s, 3), round(u.tokens_reset_s, 3)
+    return row
+
+
+def _usage_html(usage: dict[str, Any] | None) -> str:
+    if usage is None:
+        return ""
+    if not usage["available"]:
+        return "<span class=unavailable>rate-limit store unavailable</span>"
+    e = html.escape
+    lines = []
+    for r in usage["scopes"]:
+        parts, attrs = [], []
+        for kind, word in (("requests", "requests"), ("tokens", "tokens"), ("concurrent", "in flight")):
+            x = r[kind]
+            if x is not None:
+                parts.append(f"{x['used']} / {x['limit']} {word}")
+                attrs.append(f" data-{kind}=\"{x['used']}\"")
+        lines.append(f"<div class=rl data-scope=\"{e(r['scope'])}\"{''.join(attrs)}>{e(r['scope'])}: "
+                     f"{e(', '.join(parts))}</div>")
+    return "".join(lines)
 
 
 def _secs(v: float | None) -> str:
