@@ -333,3 +333,30 @@ class socket_closed:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def test_spend_today_resets_at_utc_midnight_and_ignores_earlier_days() -> None:
+    from router.core.response import RouterInfo
+    from router.server.status import _SpendToday
+
+    midnight = 1_796_342_400.0            # 2026-12-04T00:00:00Z
+    tally = _SpendToday(lambda: midnight - 10)
+    assert tally.day == "2026-12-03"
+
+    def spend(ts: float, usd: float) -> None:
+        info = RouterInfo.__new__(RouterInfo)
+        object.__setattr__(info, "created", ts)
+        object.__setattr__(info, "tenant", "acme")
+        object.__setattr__(info, "cost_usd", usd)
+        tally.record(info)
+
+    spend(midnight - 5, 1.0)
+    spend(midnight - 0.001, 2.0)
+    assert (tally.day, tally.spent, tally.requests) == ("2026-12-03", {"acme": 3.0}, {"acme": 1 + 1})
+    spend(midnight, 4.0)                  # the first instant of the new day starts a new tally
+    assert (tally.day, tally.spent) == ("2026-12-04", {"acme": 4.0})
+    spend(midnight - 1, 8.0)              # a late report from yesterday is not counted today
+    spend(midnight + 86_399.5, 16.0)
+    assert (tally.day, tally.spent, tally.requests) == ("2026-12-04", {"acme": 20.0}, {"acme": 2})
+    spend(midnight + 86_400, 32.0)
+    assert (tally.day, tally.spent) == ("2026-12-05", {"acme": 32.0})
