@@ -1,6 +1,7 @@
 """Latency of ``router.classifier.classify`` per request, one core, model already loaded.
 
     python benchmarks/bench_classifier.py [--repeat 3000] [--no-baseline]
+    python benchmarks/bench_classifier.py --shape-ab     # the shape markers' cost: on vs off, same run
 
 Inputs of about 50, 1,000 and 20,000 characters are built from the shipped training data (a mix
 of prose, code and maths), plus an agent conversation with tools and a stack trace. Prints p50 and
@@ -10,6 +11,10 @@ characters and < 1 ms at 20,000.
 The run measures the classifier as installed (with its C accelerator, ``router.classify._features``, when it
 was built) and, as the baseline in the same run, its pure-Python path (a child process with
 ``ROUTER_CLASSIFIER_NATIVE=0``); both compute the same results. Exits 1 when a target is missed.
+
+``--shape-ab`` measures what the last user turn's shape markers (``features.shape_features``)
+cost: the shipped model as loaded, against the same model with its shape weights removed (so the
+markers are not computed), in alternating rounds of ``--repeat`` calls in one process.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from router.classify.classifier import _default_model, classify  # noqa: E402
+from router.classify.classifier import Classifier, _default_model, classify  # noqa: E402
 
 TARGETS_US = {"short (50)": 200, "medium (1,000)": 200, "long (20,000)": 1000, "agent (tools)": 1000}
 
@@ -61,31 +66,59 @@ def agent_conversation() -> tuple[list[dict], list[dict]]:
     return messages, tools
 
 
-def measure(cases: list[tuple[list[dict], list[dict] | None]], repeat: int) -> tuple[float, float]:
+def samples_of(cases: list[tuple[list[dict], list[dict] | None]], repeat: int, fn=classify) -> list[float]:
     samples = []
     gc.disable()
     try:
         for r in range(repeat):
             messages, tools = cases[r % len(cases)]
             t0 = time.perf_counter_ns()
-            classify(messages, tools)
+            fn(messages, tools)
             samples.append((time.perf_counter_ns() - t0) / 1000)
     finally:
         gc.enable()
-    samples.sort()
+    return samples
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
     return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def run(repeat: int) -> dict[str, tuple[float, float]]:
-    classify([{"role": "user", "content": "warm up"}])
-    suites = {
+def measure(cases: list[tuple[list[dict], list[dict] | None]], repeat: int) -> tuple[float, float]:
+    return percentiles(samples_of(cases, repeat))
+
+
+def suites() -> dict[str, list[tuple[list[dict], list[dict] | None]]]:
+    return {
         "short (50)": [(m, None) for m in inputs(50)],
         "medium (1,000)": [(m, None) for m in inputs(1000)],
         "long (20,000)": [(m, None) for m in inputs(20000)],
         "agent (tools)": [agent_conversation()],
     }
+
+
+def shape_ab(repeat: int, rounds: int = 6) -> None:
+    """The shape markers on and off: alternating rounds, one process, the same model otherwise."""
+    on, off = Classifier.load(), Classifier.load()
+    off._shape = {}  # no shape weights: logits() skips the markers
+    print(f"shape markers on vs off, {rounds} alternating rounds of {repeat} calls; scoring: "
+          f"{'C accelerator' if on.native else 'pure Python'}")
+    print(f"{'input':<16} {'on p50':>8} {'on p99':>8} {'off p50':>8} {'off p99':>8} {'p50 +us':>8} {'p99 on/off':>10}")
+    for name, cases in suites().items():
+        got: dict[str, list[float]] = {"on": [], "off": []}
+        for r in range(rounds):
+            for label, clf in ((("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))):
+                got[label] += samples_of(cases, repeat, clf.classify)
+        a50, a99 = percentiles(got["on"])
+        b50, b99 = percentiles(got["off"])
+        print(f"{name:<16} {a50:>8.1f} {a99:>8.1f} {b50:>8.1f} {b99:>8.1f} {a50 - b50:>8.1f} {a99 / b99:>9.2f}x")
+
+
+def run(repeat: int) -> dict[str, tuple[float, float]]:
+    classify([{"role": "user", "content": "warm up"}])
     results = {}
-    for name, cases in suites.items():
+    for name, cases in suites().items():
         for m, t in cases[:5]:  # warm caches for these inputs
             classify(m, t)
         results[name] = measure(cases, repeat)
@@ -96,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3000)
     ap.add_argument("--no-baseline", action="store_true", help="skip the pure-Python baseline")
+    ap.add_argument("--shape-ab", action="store_true", help="the shape markers' cost: on vs off in one run")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the baseline child's output
     args = ap.parse_args(argv)
+    if args.shape_ab:
+        shape_ab(args.repeat)
+        return 0
 
     t0 = time.perf_counter()
     native = _default_model().native

@@ -425,14 +425,32 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
         if (c >= 128 || is_ascii_alnum(c)) {
             Py_ssize_t start = i;
             uint64_t h = tag_bytes;
+            int ascii = 0, wide = 0;
             for (; i < size && (raw[i] >= 128 || is_ascii_alnum(raw[i])); i++) {
                 unsigned char w = raw[i];
                 if (w >= '1' && w <= '9')
                     w = '0';
                 words[i] = w;
                 h = fnv_byte(h, w);
+                ascii |= w < 128;
+                wide |= w >= 0xe0;
             }
             feature(st, h, words + start, i - start);
+            if (ascii && wide) {
+                /* A Latin term glued to a CJK (or other wide script's) particle, "vue에서": each
+                 * of the word's ASCII runs is a word too (features.text_keys). */
+                for (Py_ssize_t j = start; j < i;) {
+                    if (words[j] >= 128) {
+                        j++;
+                        continue;
+                    }
+                    Py_ssize_t run = j;
+                    uint64_t hr = tag_bytes;
+                    for (; j < i && words[j] < 128; j++)
+                        hr = fnv_byte(hr, words[j]);
+                    feature(st, hr, words + run, j - run);
+                }
+            }
             if (npairs < PAIR_WORDS) {
                 pairs[npairs].start = start;
                 pairs[npairs].len = i - start;

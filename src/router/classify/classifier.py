@@ -8,10 +8,12 @@ trained by ``router train`` / ``scripts/train_classifier.py`` and shipped as
 the same results: the model is read once, on the first :func:`classify` call (importing this module
 reads nothing), and every request costs a bounded amount of work however long it is.
 
-A conversation is read as two texts: the last user turn, and the context (system prompt, earlier
-turns, tool calls and results, tool definitions). Each is scored and normalised on its own; the
-context's scores are added with a weight that is larger when the last turn is short (a follow-up
-such as "and now in Go?" inherits the conversation's task; a full new request decides itself).
+A conversation is read as the last user turn and parts (:data:`PARTS`): the whole context as one
+text (system prompt, earlier turns, tool calls and results, tool definitions), and the system
+prompt, the earlier user turns and the tools offered again on their own. Each is scored and
+normalised on its own; the parts' scores are added with weights (:class:`ConversationWeights`)
+that are larger when the last turn is short (a follow-up such as "and now in Go?" inherits the
+conversation's task; a full new request decides itself).
 
 >>> classify([{"role": "user", "content": "fix this: TypeError: 'NoneType' object is not iterable"}]).task
 'coding'
@@ -22,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +32,21 @@ from itertools import repeat
 from pathlib import Path
 
 from router.classify.features import (
+    _JSON_SYNTAX,
     CJK_HEAD,
+    SHAPE_PREFIX,
+    SHAPE_VALUE,
+    TOOLS_BUDGET,
+    _clip,
+    _message_text,
+    _tool_name,
+    _tools_text,
     announces_new_topic,
     canonical_name,
     content_text,
     feature_key,
     names,
+    shape_features,
     split_conversation,
     stem,
     text_keys,
@@ -46,11 +58,13 @@ __all__ = [
     "DEFAULT_CONVERSATION",
     "DEFAULT_MODEL_PATH",
     "MODEL_FORMAT",
+    "PARTS",
     "TASKS",
     "Classification",
     "Classifier",
     "ConversationWeights",
     "classify",
+    "conversation_parts",
     "detect_language",
     "extract_features",
     "load_model",
@@ -83,30 +97,168 @@ class Classification:
     scores: tuple[tuple[str, float], ...] = ()
 
 
+PARTS = ("context", "system", "history", "assistant", "actions", "tools")
+"""What a conversation is read as, besides the last user turn: the whole ``context`` as one text
+(system prompt, earlier turns, tool calls and results, tools offered:
+:func:`router.classify.features.split_conversation`), and each role on its own: the system prompt,
+the earlier user turns, the code in the assistant's answers, the agent's actions (tool calls and
+their results) and the tools offered (names and descriptions). Each is scored on its own and
+weighted by its kind; a part weighted 0 is not read."""
+
+# Characters read from each role's part (most recent messages first; the system prompt from the start).
+PART_BUDGET, PART_PER_MESSAGE = 600, 400
+_ASSISTANT_SCAN = 3000  # characters of an assistant answer searched for code (head and tail)
+_CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+_TOOLS_PART = 5  # the part that carries the tools-offered marker (as does the whole context)
+_TOOLS_HEADER = "__tools\n"  # what introduces the tools in split_conversation's context
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationWeights:
-    """How much the context counts beside the last user turn: ``context`` when the last turn has at
-    least ``short_turn`` distinct features, ``follow_up`` when it has fewer (a bare "and in Go?"),
-    ``switch`` when it opens with a change of topic ("unrelated:", "btw", "話変わるけど";
-    :func:`router.classify.features.announces_new_topic`)."""
+    """How much each part of a conversation counts beside the last user turn.
 
-    context: float = 0.3
-    follow_up: float = 0.6
+    Each part (:data:`PARTS`) is scored on its own, its sums divided by its distinct-feature count
+    to the power ``norm``, and added with weight ``gate x part weight``. The gate is ``context``
+    when the last turn has at least ``short_turn`` distinct features, ``follow_up`` when it has
+    fewer (a bare "and in Go?"), ``switch`` when it opens with a change of topic ("unrelated:",
+    "btw", "話変わるけど"; :func:`router.classify.features.announces_new_topic`). The part weights:
+    ``combined`` for the whole context as one text, then ``system``, ``history``, ``assistant``,
+    ``actions`` and ``tools`` for each role again on its own (the system prompt and the tools
+    offered say what kind of agent it is, beyond what its tools returned)."""
+
+    context: float = 0.25
+    follow_up: float = 0.5
     short_turn: int = 32
-    norm: float = 0.5  # the context's sums are divided by (its distinct features) ** norm
-    switch: float = 0.0  # the context weight when the last turn announces a new topic
+    norm: float = 0.5  # each part's sums are divided by (its distinct features) ** norm
+    switch: float = 0.0  # the gate when the last turn announces a new topic
+    combined: float = 1.0
+    system: float = 0.5
+    history: float = 0.25
+    assistant: float = 0.0
+    actions: float = 0.0
+    tools: float = 0.5
 
     def weight(self, n_main: int, switch: bool = False) -> float:
+        """The gate: how much the context as a whole counts."""
         if switch:
             return self.switch
         return self.follow_up if n_main < self.short_turn else self.context
 
+    def parts(self) -> tuple[float, ...]:
+        """Each part's weight, in the order of :data:`PARTS`."""
+        return (self.combined, self.system, self.history, self.assistant, self.actions, self.tools)
+
+    def part_weights(self, n_main: int, switch: bool = False) -> tuple[float, ...]:
+        g = self.weight(n_main, switch)
+        return tuple(g * w for w in self.parts())
+
     def to_json(self) -> dict:
         return {"context": self.context, "follow_up": self.follow_up, "short_turn": self.short_turn,
-                "norm": self.norm, "switch": self.switch}
+                "norm": self.norm, "switch": self.switch, "combined": self.combined, "system": self.system,
+                "history": self.history, "assistant": self.assistant, "actions": self.actions, "tools": self.tools}
+
+    @classmethod
+    def from_json(cls, data: Mapping | None) -> ConversationWeights:
+        """From a model file's ``conversation``. A file written before the parts existed (no
+        ``combined`` key) used the whole context alone: its gates, and no role parts."""
+        data = dict(data or {})
+        if "combined" not in data:
+            data.update(combined=1.0, system=0.0, history=0.0, assistant=0.0, actions=0.0, tools=0.0)
+        d = cls()
+        return cls(**{name: type(getattr(d, name))(data.get(name, getattr(d, name))) for name in d.to_json()})
 
 
 DEFAULT_CONVERSATION = ConversationWeights()
+
+
+def _last_user(messages: Sequence[Mapping]) -> int:
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if isinstance(m, Mapping) and m.get("role", "user") == "user":
+            return i
+    return len(messages) - 1
+
+
+def conversation_parts(messages: Sequence[Mapping], tools: Sequence | None,
+                       weights: ConversationWeights = DEFAULT_CONVERSATION) -> tuple[str, tuple[str | None, ...]]:
+    """(the last user turn, clipped; each part of :data:`PARTS`, clipped, or None when absent or
+    weighted 0 in ``weights``).
+
+    The whole context is :func:`router.classify.features.split_conversation`'s. In each role's part,
+    most recent messages first, each message at most PART_PER_MESSAGE characters
+    (its head and tail) and each part at most PART_BUDGET; the system prompt from its start. The
+    assistant part is the code in the answers (fenced blocks and inline code), not their prose:
+    an answer full of numbers is what was asked, not what kind of ask it was. JSON's punctuation in
+    tool calls and results is dropped (the protocol is no evidence of the task), and a tool call
+    reads as its name's words and its arguments. The tools part is their names and descriptions
+    (an empty string when ``tools`` has none that can be read).
+
+    >>> conversation_parts([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], None)
+    ('hi', ('be brief', 'be brief', None, None, None, None))
+    """
+    main, combined = split_conversation(messages, tools)
+    tools_text = None
+    if tools and weights.tools:
+        # the whole context ends with the tools' text (split_conversation): don't build it twice
+        tools_text = (combined.rpartition(_TOOLS_HEADER)[2] if combined and _TOOLS_HEADER in combined
+                      else _tools_text(tools)[:TOOLS_BUDGET])
+    if not weights.combined:
+        combined = None
+    if not (weights.system or weights.history or weights.assistant or weights.actions):
+        return main, (combined, None, None, None, None, tools_text)
+    last = _last_user(messages)
+    parts: list[list[str]] = [[], [], [], []]
+    budget = [PART_BUDGET if w else 0 for w in (weights.system, weights.history, weights.assistant, weights.actions)]
+    pieces: list[tuple[int, str]] = []
+    systems: list[str] = []
+    for i in range(len(messages) - 1, -1, -1):  # most recent first
+        m = messages[i]
+        if i == last or not isinstance(m, dict | Mapping):
+            continue
+        role = m.get("role", "user")
+        if role in ("system", "developer"):
+            if budget[0]:
+                systems.append(content_text(m.get("content")))
+        elif role in ("tool", "function"):
+            if budget[3]:
+                text = content_text(m.get("content"))
+                pieces.append((3, text.translate(_JSON_SYNTAX) if text.lstrip()[:1] in ("{", "[") else text))
+        elif role == "assistant":
+            if budget[2] and isinstance(content := m.get("content"), str | list) and "`" in (
+                    answer := _clip(content_text(content), _ASSISTANT_SCAN * 2 // 3, _ASSISTANT_SCAN // 3)):
+                pieces.append((2, "\n".join(_CODE.findall(answer))))
+            if budget[3]:
+                pieces.append((3, _calls_text(m)))
+        elif budget[1]:
+            pieces.append((1, _message_text(m)))
+    # the system prompt from its start, the other parts most recent first
+    for k, text in [(0, t) for t in reversed(systems)] + pieces:
+        if not text or budget[k] <= 0:
+            continue
+        share = min(budget[k], PART_PER_MESSAGE)
+        text = _clip(text, share * 2 // 3, share // 3)
+        parts[k].append(text)
+        budget[k] -= len(text)
+    return main, (combined, *("\n".join(p) if p else None for p in parts), tools_text)
+
+
+def _calls_text(message: Mapping) -> str:
+    """An assistant message's tool calls: each as its name's words and its arguments, no JSON syntax."""
+    calls = message.get("tool_calls")
+    out = []
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                out.append(f"{_tool_name(fn.get('name', ''))} {str(fn.get('arguments', ''))[:200].translate(_JSON_SYNTAX)}")
+    return "\n".join(out)
+
+
+def _part_keys(text: str, tools: bool) -> tuple[set, set]:
+    tokens, pairs = text_keys(text)
+    if tools:
+        tokens.add("__tool")
+    return tokens, pairs
 
 
 def _vector(keys: tuple[set, set]) -> tuple[dict[str, float], int]:
@@ -120,27 +272,28 @@ def extract_features(messages: Sequence[Mapping], tools: Sequence | None = None,
     """Feature name -> value, as the model sees a conversation: the last user turn's features
     divided by the square root of their number (stems, named ``name~``, count the long tokens that
     share them, and concepts, named ``@name``, count their members present: neither adds to that
-    number; see :mod:`router.classify.lexicon`), plus the context's, normalised the same way and
-    scaled by the context weight.
+    number; see :mod:`router.classify.lexicon`), plus each part of the context's, normalised the
+    same way and scaled by its weight.
 
     >>> sorted((name, round(v, 3)) for name, v in extract_features([{"role": "user", "content": "sunny day"}]).items())
     [('day', 0.577), ('sunny', 0.577), ('sunny day', 0.577)]
     """
-    main, context = split_conversation(messages, tools)
+    main, parts = conversation_parts(messages, tools, weights)
     out, n = _vector(text_keys(main)) if main else ({}, 0)
-    switch = context is not None and announces_new_topic(main)
     if n:
         scale = 1.0 / math.sqrt(n)
         out = {k: v * scale for k, v in out.items()}
-    if context is not None:
-        tokens, pairs = text_keys(context)
-        if tools:
-            tokens.add("__tool")
-        ctx, m = _vector((tokens, pairs))
-        if m:
-            scale = weights.weight(n, switch) / m ** weights.norm
-            for k, v in ctx.items():
-                out[k] = out.get(k, 0.0) + v * scale
+    out.update(dict.fromkeys(shape_features(main), SHAPE_VALUE))  # not size-normalised (features.py)
+    if any(p is not None for p in parts):
+        gates = weights.part_weights(n, announces_new_topic(main))
+        for k, (text, g) in enumerate(zip(parts, gates, strict=True)):
+            if text is None or not g:
+                continue
+            ctx, m = _vector(_part_keys(text, bool(tools) and k in (0, _TOOLS_PART)))
+            if m:
+                scale = g / m ** weights.norm
+                for name, v in ctx.items():
+                    out[name] = out.get(name, 0.0) + v * scale
     return out
 
 
@@ -177,7 +330,7 @@ class Classifier:
     "concepts": {concept: [member features]}}``.
     """
 
-    __slots__ = ("_bias", "_native", "_scale", "_stems", "_table", "_weights", "bias", "classes",
+    __slots__ = ("_bias", "_native", "_scale", "_shape", "_stems", "_table", "_weights", "bias", "classes",
                  "conversation", "temperature", "trained_on")
 
     def __init__(
@@ -215,8 +368,14 @@ class Classifier:
         # iteration order, which varies with PYTHONHASHSEED).
         if any(len(w) != k for w in weights.values()):
             raise ValueError(f"every feature needs {k} weights, one per class")
-        diffs = {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()}
+        diffs = {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()
+                 if not name.startswith(SHAPE_PREFIX)}
         diffs = fold(diffs, concepts or {})
+        # The last user turn's shape markers (features.shape_features) are scored in shared Python on
+        # both paths, at their training value SHAPE_VALUE and outside the size normalisation; each
+        # marker's K-1 fixed-point differences packed in one int, as on the Python path.
+        self._shape = {name: _pack([round((x - w[0]) * SHAPE_VALUE * _FIXED) for x in w[1:]])
+                       for name, w in weights.items() if name.startswith(SHAPE_PREFIX)}
         if diffs and max(max(map(max, diffs.values())), -min(map(min, diffs.values()))) > _WEIGHT_LIMIT * _FIXED:
             raise ValueError(f"a weight difference beyond +-{_WEIGHT_LIMIT} (concepts folded in)")
         self._weights: dict[object, int] = {}
@@ -251,11 +410,7 @@ class Classifier:
             found = data.get("format") if isinstance(data, dict) else None
             raise ValueError(f"{path}: not a {MODEL_FORMAT} model (format={found!r}); "
                              "train one with `router train`")
-        conv = data.get("conversation") or {}
-        d = DEFAULT_CONVERSATION
-        weights = ConversationWeights(float(conv.get("context", d.context)), float(conv.get("follow_up", d.follow_up)),
-                                      int(conv.get("short_turn", d.short_turn)), float(conv.get("norm", d.norm)),
-                                      float(conv.get("switch", d.switch)))
+        weights = ConversationWeights.from_json(data.get("conversation"))
         try:
             return cls(data["classes"], data["bias"], data["weights"], data.get("temperature", 1.0), weights,
                        native=native, trained_on=data.get("trained_on"), concepts=data.get("concepts"))
@@ -269,31 +424,39 @@ class Classifier:
         return self._native
 
     def _sums(self, messages: Sequence[Mapping], tools: Sequence | None
-              ) -> tuple[tuple[int, ...], int, tuple[int, ...] | None, int]:
-        """The fixed-point weight sums (each class against class 0) and distinct-feature counts of
-        the last user turn and of the context (None without context)."""
-        return self._split_sums(*split_conversation(messages, tools), tools)
+              ) -> tuple[tuple[int, ...], int, tuple[tuple[tuple[int, ...], int] | None, ...]]:
+        """The fixed-point weight sums (each class against class 0) and distinct-feature count of
+        the last user turn, and (sums, count) of each part of the context (None where absent)."""
+        return self._split_sums(*conversation_parts(messages, tools, self.conversation), bool(tools))
 
-    def _split_sums(self, main: str, context: str | None, tools: Sequence | None
-                    ) -> tuple[tuple[int, ...], int, tuple[int, ...] | None, int]:
+    def _split_sums(self, main: str, parts: tuple[str | None, ...], tools: bool
+                    ) -> tuple[tuple[int, ...], int, tuple[tuple[tuple[int, ...], int] | None, ...]]:
+        marked = (tools, False, False, False, False, tools)  # the tools-offered marker goes with these
         if self._table is not None:
+            table = self._table
             lowered = main.lower()
-            if context is None:
-                return _native_score(self._table, lowered.encode("utf-8", "surrogatepass"), lowered, None, None, False)
-            ctx = context.lower()
-            return _native_score(self._table, lowered.encode("utf-8", "surrogatepass"), lowered,
-                                 ctx.encode("utf-8", "surrogatepass"), ctx, bool(tools))
+            s, n, c, m = _native_score(table, lowered.encode("utf-8", "surrogatepass"), lowered, *_pair(parts[0]),
+                                       marked[0])
+            out: list = [None] * len(parts)
+            out[0] = None if c is None else (c, m)
+            for a, b in ((1, 5), (2, 3), (4, None)):  # two texts a call: the marker goes with the second
+                second = None if b is None else parts[b]
+                if parts[a] is None and second is None:
+                    continue
+                first = (parts[a] or "").lower()
+                c1, m1, c2, m2 = _native_score(table, first.encode("utf-8", "surrogatepass"), first, *_pair(second),
+                                               b is not None and marked[b])
+                if parts[a] is not None:
+                    out[a] = (c1, m1)
+                if c2 is not None:
+                    out[b] = (c2, m2)
+            return s, n, tuple(out)
         # The reference path. Features are binary (stems: counts), and a text's sums are divided
         # by the square root of its number of distinct non-stem features, known to the model or not.
         width = len(self.classes) - 1
         s, n = self._text_sums(text_keys(main) if main else (set(), set()), width)
-        if context is None:
-            return s, n, None, 0
-        tokens, pairs = text_keys(context)
-        if tools:
-            tokens.add("__tool")
-        c, m = self._text_sums((tokens, pairs), width)
-        return s, n, c, m
+        return s, n, tuple(None if text is None else self._text_sums(_part_keys(text, marked[k]), width)
+                           for k, text in enumerate(parts))
 
     def _text_sums(self, keys: tuple[set, set], width: int) -> tuple[tuple[int, ...], int]:
         weights, zero = self._weights, repeat(0)
@@ -306,14 +469,23 @@ class Classifier:
     def logits(self, messages: Sequence[Mapping], tools: Sequence | None = None) -> list[float]:
         """Each class's score against class 0 (class 0's is 0), calibrated: softmax gives the
         probabilities."""
-        main, context = split_conversation(messages, tools)
-        s, n, c, m = self._split_sums(main, context, tools)
+        main, parts = conversation_parts(messages, tools, self.conversation)
+        s, n, part_sums = self._split_sums(main, parts, bool(tools))
         scale = self._scale / math.sqrt(n) if n else self._scale
         z = [0.0] + [v * scale + b for v, b in zip(s, self._bias, strict=True)]
-        if c is not None and m:
-            g = self.conversation.weight(n, announces_new_topic(main)) * self._scale / m ** self.conversation.norm
-            for k, v in enumerate(c, 1):
-                z[k] += v * g
+        if self._shape:
+            shape = sum(map(self._shape.get, shape_features(main), repeat(0)))
+            for k, v in enumerate(_unpack(shape, len(z) - 1), 1):
+                z[k] += v * self._scale
+        if any(p is not None for p in part_sums):
+            conv = self.conversation
+            for ps, g in zip(part_sums, conv.part_weights(n, announces_new_topic(main)), strict=True):
+                if ps is None or not ps[1] or not g:
+                    continue
+                c, m = ps
+                f = g * self._scale / m ** conv.norm
+                for k, v in enumerate(c, 1):
+                    z[k] += v * f
         return z
 
     def _probabilities(self, messages: Sequence[Mapping], tools: Sequence | None) -> list[float]:
@@ -341,6 +513,13 @@ class Classifier:
 _NativeTable = _native_score = None
 if (_features := native_module()) is not None:
     _NativeTable, _native_score = _features.Table, _features.score
+
+
+def _pair(text: str | None) -> tuple[bytes | None, str | None]:
+    if text is None:
+        return None, None
+    low = text.lower()
+    return low.encode("utf-8", "surrogatepass"), low
 
 
 def _native_table(diffs: Mapping[str, tuple[int, ...]], width: int) -> object | None:

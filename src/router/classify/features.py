@@ -6,13 +6,18 @@ compare the two on every data text and on random text in many scripts).
 Features, all binary, computed on the UTF-8 bytes of the lower-cased text:
 
 * words (runs of ASCII letters and digits and non-ASCII bytes; digits 1-9 read as 0, so numbers
-  count by length), symbol runs (``();``, ``=>``, fences) and each symbol on its own;
+  count by length; a word that glues ASCII to a CJK or other wide script's characters, such as
+  ``vue에서`` or ``pythonで``, also counts each of its ASCII runs as a word), symbol runs
+  (``();``, ``=>``, fences) and each symbol on its own;
 * pairs of adjacent words (from the first :data:`PAIR_WORDS` words);
 * CJK text (Han, kana, Hangul), which spaces don't split into words: characters and character
   pairs from the first :data:`CJK_HEAD` CJK characters;
 * a stem for every token longer than six bytes (its first five letters, or ten bytes outside
   ASCII), so ``functions``/``Funktionen``/``функцию`` share weight;
-* markers: indented lines (``__tab``), error text (``__err``), and tools offered (``__tool``).
+* markers: indented lines (``__tab``), error text (``__err``), and tools offered (``__tool``);
+* the last user turn's shape (:func:`shape_features`): its length, how many numbers it holds and
+  how dense they are, its lines and blank lines, whether it asks a question (``__d:num12``,
+  ``__d:endq``...). These are not divided by the text's size: they say what the text is as a whole.
 
 >>> sorted(names(text_keys("Hi there, functions!")))
 ['!', ',', 'c:!', 'c:,', 'functions', 'funct~', 'hi', 'hi there', 'there', 'there functions']
@@ -21,12 +26,15 @@ Features, all binary, computed on the UTF-8 bytes of the lower-cased text:
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "CJK_HEAD",
     "MARKERS",
     "PAIR_WORDS",
+    "SHAPE_PREFIX",
+    "SHAPE_VALUE",
     "Keys",
     "announces_new_topic",
     "canonical_name",
@@ -34,6 +42,7 @@ __all__ = [
     "feature_key",
     "feature_name",
     "names",
+    "shape_features",
     "split_conversation",
     "stem",
     "text_keys",
@@ -64,6 +73,7 @@ _WORD_TABLE, _SYMBOL_TABLE = bytes(_WORD_BYTES), bytes(_SYMBOL_BYTES)
 del _WORD_BYTES, _SYMBOL_BYTES, _i, _c
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 _OTHER_SYMBOL = re.compile(r"[^\x00-\x7f\w]")  # non-ASCII, not a letter or digit: €, ×, ≤, 。
+_ASCII_RUN = re.compile(rb"[a-z0-9]+")  # in a word (ASCII punctuation is gone): its Latin runs
 
 Keys = tuple[set, set]
 """(tokens, pairs): ``bytes`` words and symbol runs, ``str`` symbols, CJK characters and pairs and
@@ -100,6 +110,12 @@ def text_keys(text: str) -> Keys:
     tokens.update(b"".join(symbols).decode())  # each ASCII symbol on its own, as a str
     pairs = set(zip(words[:PAIR_WORDS], words[1:PAIR_WORDS], strict=False))
     if len(raw) != len(lowered):  # not ASCII
+        # A Latin term glued to a CJK (or other wide script's) particle, "vue에서", "pythonで", also
+        # counts as the term: each ASCII run of a word that holds a character of three or more
+        # UTF-8 bytes is a word too (not "código": accented Latin letters take two).
+        for word in words:
+            if max(word) >= 0xE0 and _ASCII_RUN.search(word):
+                tokens.update(_ASCII_RUN.findall(word))
         tokens.update(_OTHER_SYMBOL.findall(lowered))
         for run in _cjk_head(lowered):
             tokens.update(run)
@@ -109,6 +125,67 @@ def text_keys(text: str) -> Keys:
     if b"error:" in raw or b"exception" in raw:
         tokens.add("__err")
     return tokens, pairs
+
+
+# The shape of the last user turn: dense markers that say what the text is as a whole, beside
+# what its words say. Named ``__d:...`` (no text produces such a token). Their value in the feature
+# vector is SHAPE_VALUE, not 1, and they are not divided by the text's size: a small value makes
+# the L2 penalty hold them back, so they correct the words (a pasted document full of numbers is
+# not a word problem) without standing in for them. Chosen by source-grouped cross-validation
+# (docs/classifier.md).
+SHAPE_PREFIX = "__d:"
+SHAPE_VALUE = 0.1
+_SHAPE_LENGTHS = (80, 200, 500, 1000, 2000)
+_SHAPE_NUMBERS = (1, 3, 6, 12, 25)
+_SHAPE_DENSITY = (0.05, 0.1, 0.2, 0.4)
+_SHAPE_LINES = (3, 6, 12)
+# Byte tables for counting runs: a word byte (as in words) or a digit -> "a", anything else -> " ".
+# Words are counted as b" a" occurrences (plus one for a leading run), without a list of them;
+# numbers, fewer, by splitting.
+_RUN_OF_WORDS = bytes(32 if b == 32 else 97 for b in _WORD_TABLE)
+_RUN_OF_DIGITS = bytes(97 if 48 <= i <= 57 else 32 for i in range(256))
+_LEN_NAMES = tuple(f"{SHAPE_PREFIX}len{t}" for t in _SHAPE_LENGTHS)
+_NUM_NAMES = tuple(f"{SHAPE_PREFIX}num{t}" for t in _SHAPE_NUMBERS)
+_DENSITY_NAMES = tuple(f"{SHAPE_PREFIX}nr{t}" for t in _SHAPE_DENSITY)
+_LINE_NAMES = tuple(f"{SHAPE_PREFIX}lines{t}" for t in _SHAPE_LINES)
+_ENDQ, _Q, _PARA = SHAPE_PREFIX + "endq", SHAPE_PREFIX + "q", SHAPE_PREFIX + "para"
+
+
+def _runs(marked: bytes) -> int:
+    """The number of runs of ``a`` in a string of ``a`` and spaces."""
+    return marked.count(b" a") + (marked[:1] == b"a")
+
+
+def shape_features(text: str) -> list[str]:
+    """The shape markers of a user turn (as :func:`split_conversation` clips it), cumulative:
+    length at least 80/200/500/1000/2000 characters (``len80``...), at least 1/3/6/12/25 numbers
+    (``num1``...; a number is a run of digits), numbers per word at least 0.05/0.1/0.2/0.4
+    (``nr0.05``...), at least 3/6/12 non-empty lines (``lines3``...), a question mark anywhere
+    (``q``) or at the end (``endq``), and a blank line (``para``).
+
+    >>> shape_features("is 1001 prime?")
+    ['__d:num1', '__d:nr0.05', '__d:nr0.1', '__d:nr0.2', '__d:endq', '__d:q']
+    """
+    if not text:
+        return []
+    out = list(_LEN_NAMES[:bisect_right(_SHAPE_LENGTHS, len(text))])
+    raw = text.encode("utf-8", "surrogatepass")
+    numbers = len(raw.translate(_RUN_OF_DIGITS).split())
+    if numbers:
+        out += _NUM_NAMES[:bisect_right(_SHAPE_NUMBERS, numbers)]
+        ratio = numbers / _runs(raw.translate(_RUN_OF_WORDS))  # a digit is a word byte: never 0 words
+        out += _DENSITY_NAMES[:bisect_right(_SHAPE_DENSITY, ratio)]
+    body = text.strip()
+    if body.count("\n") >= 2:  # at least 3 lines, maybe non-empty
+        lines = sum(1 for line in body.split("\n") if line and not line.isspace())
+        out += _LINE_NAMES[:bisect_right(_SHAPE_LINES, lines)]
+    if body[-1:] in ("?", "\uff1f"):
+        out.append(_ENDQ)
+    if "?" in text or "\uff1f" in text:
+        out.append(_Q)
+    if "\n\n" in body:
+        out.append(_PARA)
+    return out
 
 
 def _decode(key: bytes) -> str:

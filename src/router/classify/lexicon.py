@@ -112,7 +112,7 @@ _RAW: dict[str, dict[str, str]] = {
     },
     "@server": {
         "en": "server servers api endpoint deploy docker", "es": "servidor", "ru": "серве~", "tr": "sunucu",
-        "ko": "c:서버 c:배포", "zh": "c:部署",
+        "ja": "c:デプ", "ko": "c:서버 c:배포 c:도커 c:쿠버", "zh": "c:部署",
     },
     "@framework": {
         "en": "framework frameworks module react vue angular django flask laravel rails svelte unity godot pygame "
@@ -128,11 +128,12 @@ _RAW: dict[str, dict[str, str]] = {
     "@process": {"en": "pid thread threads async await", "ja": "c:スレ", "ko": "c:스레", "zh": "c:进程 c:线程"},
     "@tools": {
         "en": "git github gitlab rebase pip npm yarn conda apt brew vim emacs powershell cli kubectl terraform",
+        "ko": "c:깃허 c:리눅",
     },
     "@device": {"en": "arduino esp32 raspberry homeassistant microcontroller"},
     "@shell": {"en": "bash", "ko": "c:셸 c:쉘", "zh": "c:脚本 c:腳本"},
     "@language": {
-        "en": "python javascript java typescript golang rust kotlin swift", "ja": "c:イソ", "ko": "c:이썬 c:자바",
+        "en": "python javascript java typescript golang rust kotlin swift", "ja": "c:イソ", "ko": "c:이썬 c:자바 c:코틀",
     },
     "@spreadsheet": {"en": "excel spreadsheet vlookup xlookup", "ko": "c:엑셀"},
     # --- problems to work out ------------------------------------------------------------------
@@ -162,7 +163,7 @@ _RAW: dict[str, dict[str, str]] = {
         "ar": "أثبت", "ja": "c:証明", "ko": "c:증명", "zh": "c:证明 c:證明",
     },
     "@probability": {
-        "en": "probability", "de": "wahrscheinlichkeit", "fr": "probabilité", "es": "probabilidad",
+        "en": "probability", "de": "wahrscheinlichkeit", "fr": "probabilité proba", "es": "probabilidad",
         "pt": "probabilidade", "it": "probabilità", "ru": "вероя~", "uk": "ймові~",
         "pl": "prawdopodobieństwo", "tr": "olasılık", "id": "peluang", "vi": "xác suất", "ar": "احتمال",
         "ja": "c:確率", "ko": "c:확률", "zh": "c:概率 c:機率",
@@ -172,8 +173,10 @@ _RAW: dict[str, dict[str, str]] = {
         "ja": "c:並べ", "ko": "c:조합 c:순열", "zh": "c:排列 c:组合",
     },
     "@number_theory": {
-        "en": "divisible remainder integer integers digits", "de": "primzahl teilbar", "es": "residuo",
-        "ru": "делит", "ja": "c:素数 c:余り c:整数 c:約数 c:倍数", "ko": "c:나머 c:약수 c:배수",
+        "en": "divisible remainder integer integers digits", "de": "primzahl teilbar",
+        "es": "residuo número primo", "fr": "nombre premier", "pt": "número primo", "it": "numero primo",
+        "ru": "делит простым числом простое число", "pl": "liczba pierwsza liczbą pierwszą", "tr": "asal sayı",
+        "id": "bilangan prima", "vi": "nguyên tố", "ja": "c:素数 c:余り c:整数 c:約数 c:倍数", "ko": "c:나머 c:약수 c:배수",
         "zh": "c:素数 c:质数 c:余数 c:整数 c:约数 c:倍数",
     },
     "@geometry": {
@@ -310,7 +313,9 @@ def _build() -> dict[str, tuple[str, ...]]:
 
 _PAIRS = frozenset({"linked list", "binary tree", "cover letter", "expression régulière", "expresión regular", "lập trình",
                     "thuật toán", "phương trình", "chứng minh", "xác suất", "bài thơ", "câu chuyện", "tóm tắt",
-                    "xin chào", "cảm ơn", "triển khai", "pull out"})
+                    "xin chào", "cảm ơn", "triển khai", "pull out", "número primo", "nombre premier", "numero primo",
+                    "простым числом", "простое число", "liczba pierwsza", "liczbą pierwszą", "asal sayı",
+                    "bilangan prima", "nguyên tố"})
 
 
 def _split(text: str) -> list[str]:
