@@ -420,14 +420,19 @@ async def test_whole_requests_encode_to_the_same_bytes_in_c_and_in_python(sims, 
     r = make_router(sims, f"telemetry: {{endpoint: '{receiver.url}', capture_content: true}}")
     tracer = r.engine.tracer
     seen: list[tuple[object, bytes]] = []
-    encode = tracer.writer.spans
+    encode = tracer.writer.encode
+    writer = tracer.writer
 
-    def keep(item):
-        out = encode(item)
-        seen.append((item, b"".join(out)))
+    def keep(trace, info, decision, error, capture):
+        out = encode(trace, info, decision, error, capture)
+        # written by the C encoder in one call, not left to the Python path
+        assert tracing._otlp.request(trace, info, decision, error, writer._captured(trace) if capture else b"",
+                                     writer._shared, writer._shared_attributes, writer._attempt_cache,
+                                     writer._attempt_attributes) == out
+        seen.append((tracing._Finished(trace, info, decision, error, capture), out))
         return out
 
-    monkeypatch.setattr(tracer.writer, "spans", keep)
+    monkeypatch.setattr(tracer.writer, "encode", keep)
     try:
         await r.acomplete([{"role": "user", "content": "hello"}], max_tokens=20, temperature=0.3)
         [c async for c in await r.acomplete([{"role": "user", "content": PROMPT}], stream=True)]
@@ -447,12 +452,102 @@ async def test_whole_requests_encode_to_the_same_bytes_in_c_and_in_python(sims, 
     assert len(seen) == 5
     monkeypatch.setattr(tracing, "_kv", tracing._kv_py)
     monkeypatch.setattr(tracing, "_span", tracing._span_py)
+    monkeypatch.setattr(tracing, "_request", None)
     monkeypatch.setattr(tracing, "_kv_cache", {})
     python = tracing._SpanWriter(tracer.http, tracer.writer.resource, tracer.writer.scope)   # no cached bytes
     for item, c_bytes in seen:
-        assert b"".join(python.spans(item)) == c_bytes
+        assert b"".join(python.spans_py(item)) == c_bytes
+        assert python.encode(item.trace, item.info, item.decision, item.error, item.capture) == c_bytes
     # and what the receiver decoded was those bytes
     assert len(receiver.spans) == sum(1 + len(item.trace.attempts) for item, _ in seen)
+
+
+def test_the_c_request_encoder_matches_python_on_random_requests(monkeypatch):
+    """`_otlp.request` (both spans of a request in one call) against `spans_py` on generated requests:
+    fallbacks, retries, attempts never answered (unfinished, cancelled), streams, errors, a client's
+    parent and tracestate, resumed and cached answers; values the C encoder leaves to Python (an int
+    past 64 bits, a latency that is not finite) give None there and the same bytes from `encode`."""
+    import random
+
+    from router.core.decision import Decision
+    from router.core.response import Attempt, RouterInfo
+    from router.core.tracecontext import SpanContext
+    from router.metering import tracing
+
+    otlp = _otlp()
+    policy = parse_policy(POLICY.format(telemetry="", ds="http://127.0.0.1:9/v1", oa="https://api.openai.com/v1"),
+                          env={})
+    deployments = [(policy.providers[m.provider], m) for m in policy.models.values()]
+    writer = tracing._SpanWriter(tracing.OtlpHttpExporter("http://127.0.0.1:9/v1/traces"), {}, ("router", None))
+    rng = random.Random(1616)
+    left_to_python = 0
+    for n in range(3000):
+        parent = rng.choice([None, SpanContext(rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, True,
+                                               rng.choice([None, "vendor=1"]))])
+        trace = tracing._Trace.begin(parent, remote=rng.random() < 0.5)
+        trace.request_model = rng.choice([None, "auto", "general", "ds-chat"])
+        trace.operation = rng.choice(["chat", "chat", "embeddings"])
+        trace.request_params = rng.choice([(), (("gen_ai.request.max_tokens", 64),),
+                                           (("gen_ai.request.temperature", 0.3), ("gen_ai.request.top_p", 1))])
+        sent = [rng.choice(deployments) for _ in range(rng.choice([0, 1, 1, 1, 2, 3, 4]))]
+        for provider, model in sent:
+            trace.attempt(UpstreamCallFor(provider), provider, model, rng.random() < 0.4)
+        status = rng.choice(["ok", "ok", "error", "cancelled"])
+        info = RouterInfo(f"r{n}", rng.choice(["", "coding", "general"]), rng.choice(["", "classifier", "hint"]),
+                          rng.random(), None, rng.choice(["", "general"]), rng.choice([None, 0, 3]),
+                          tenant=rng.choice([None, "acme"]), status=status, latency_s=rng.random() / 10)
+        for provider, model in sent:
+            if rng.random() < 0.85:
+                outcome = rng.choice(["ok", "http_503", "timeout", "http_429"])
+                info.attempts.append(Attempt(provider.name, model.alias, outcome, rng.random() / 20,
+                                             rng.choice([None, 200, 503])))
+        rng.shuffle(info.attempts) if rng.random() < 0.2 else None
+        if info.attempts and status == "ok":
+            last = info.attempts[-1]
+            info.provider, info.model = last.provider, last.model
+            info.upstream_model = rng.choice([None, "gpt-4.1-mini", "deepseek-chat"])
+            info.region = rng.choice([None, "us"])
+        info.prompt_tokens, info.completion_tokens = rng.choice([0, 12, 2**40]), rng.choice([0, 5])
+        info.cost_usd, info.cache_saved_usd = rng.random() / 1000, rng.choice([0.0, 0.001])
+        info.resumed, info.hedge = rng.choice([0, 0, 1, 2]), rng.choice([None, "won"])
+        info.response_cache, info.pick = rng.choice([None, "hit", "miss"]), rng.choice([None, "least_loaded"])
+        if rng.random() < 0.3:
+            trace.finish_reasons.append(rng.choice(["stop", "length"]))
+        trace.response_id = rng.choice([None, "", "chatcmpl-1"])
+        if rng.random() < 0.01:
+            info.prompt_tokens = 2**70          # past 64 bits: the Python path's
+        if rng.random() < 0.01:
+            info.latency_s = float("nan")       # not finite: the Python path's (which raises)
+        decision = rng.choice([None, Decision("coding", "classifier", 0.9, None, "general", 0, [], 10, 64,
+                                              residency=rng.choice([(), ("eu", "us")]))])
+        error = None if status == "ok" else rng.choice(["UpstreamFailed", "CancelledError", ""])
+        capture = rng.random() < 0.1
+        if capture:
+            trace.body, trace.output = {"messages": [{"role": "user", "content": "hi"}]}, ["hello"]
+        item = tracing._Finished(trace, info, decision, error, capture)
+        try:
+            want = b"".join(writer.spans_py(item))
+        except Exception as e:
+            with pytest.raises(type(e)):
+                writer.encode(trace, info, decision, error, capture)
+            left_to_python += 1
+            continue
+        got = otlp.request(trace, info, decision, error, writer._captured(trace) if capture else b"",
+                           writer._shared, writer._shared_attributes, writer._attempt_cache,
+                           writer._attempt_attributes)
+        if got is None:
+            left_to_python += 1
+            assert info.prompt_tokens == 2**70, n
+        else:
+            assert got == want, n
+        assert writer.encode(trace, info, decision, error, capture) == want
+    assert 0 < left_to_python < 150
+
+
+def UpstreamCallFor(provider):   # noqa: N802 - reads as the value it makes
+    from router.core.translate import UpstreamCall
+
+    return UpstreamCall(provider.base_url + "/chat/completions", {"Content-Type": "application/json"}, {})
 
 
 def test_the_batch_queue_posts_full_batches_and_drops_with_one_warning(caplog):

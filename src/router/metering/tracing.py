@@ -29,6 +29,7 @@ import http.client
 import importlib.metadata
 import logging
 import os
+import random
 import struct
 import threading
 import time
@@ -42,7 +43,8 @@ import orjson
 from opentelemetry import trace as otel
 from opentelemetry.sdk.resources import Resource
 
-from router.core.tracecontext import RequestTrace, SpanContext, parse_traceparent
+from router.core.tracecontext import AttemptTrace, RequestTrace, SpanContext, parse_traceparent
+from router.core.translate import UpstreamCall
 
 if TYPE_CHECKING:
     from router.core.decision import Decision
@@ -199,9 +201,9 @@ except ImportError:   # pragma: no cover - an install without a C compiler
     _otlp = None  # type: ignore[assignment]
 if _otlp is not None:
     _otlp.set_fallback(_kv_py)
-    _kv, _span = _otlp.kv, _otlp.span
+    _kv, _span, _request = _otlp.kv, _otlp.span, _otlp.request
 else:   # pragma: no cover
-    _kv, _span = _kv_py, _span_py
+    _kv, _span, _request = _kv_py, _span_py, None
 
 
 def encode_request(resource: Mapping[str, Any], scope: tuple[str, str | None], spans: Sequence[bytes]) -> bytes:
@@ -405,6 +407,37 @@ class _Batcher:
         self._export(everything=True)
 
 
+class _Trace(RequestTrace):
+    """`RequestTrace` as `OtelTracer` makes it, with a cheaper `attempt`: the attempt's ``traceparent`` goes
+    into the call's own headers dict rather than into a copy of the call. That dict is the leg's own
+    (`router.core.translate.build_call` makes one per call, and the engine sends a call's attempts one after
+    another, never two at once), so each attempt overwrites the one before; any other ``headers`` mapping
+    is copied as `RequestTrace.attempt` does."""
+
+    __slots__ = ("_traceparent",)
+
+    def attempt(self, call: UpstreamCall, provider: Provider, model: Model, stream: bool) -> UpstreamCall:
+        self.streamed = stream
+        span_id = _getrandbits(64) or 1
+        self.attempts.append(_tuple_new(AttemptTrace, (span_id, _time_ns(), provider, model)))
+        try:
+            head, tail = self._traceparent
+        except AttributeError:   # the first attempt
+            head, tail = self._traceparent = f"00-{self.trace_id:032x}-", "-01" if self.sampled else "-00"
+        headers = call.headers
+        if type(headers) is not dict:
+            headers = dict(headers)
+            call = UpstreamCall(call.url, headers, call.payload, call.dropped, call.kind, call.base_url)
+        headers["traceparent"] = head + format(span_id, "016x") + tail
+        if self.tracestate:
+            headers["tracestate"] = self.tracestate
+        return call
+
+
+# span ids: unique, not secret (as RequestTrace's and OpenTelemetry's RandomIdGenerator)
+_getrandbits, _time_ns, _tuple_new = random.Random().getrandbits, time.time_ns, tuple.__new__
+
+
 class _Finished:
     """A finished request, as `_SpanWriter.spans` reads it."""
 
@@ -432,7 +465,20 @@ class _SpanWriter:
             return True
         return self.http.post(encode_request(self.resource, self.scope, batch))
 
-    def spans(self, item: _Finished) -> list[bytes]:
+    def encode(self, trace: RequestTrace, info: RouterInfo, decision: Decision | None, error: str | None,
+               capture: bool) -> bytes:
+        """A finished request's spans, encoded and joined: by the C encoder in one call (`_otlp.request`,
+        which reads the same fields and uses the same caches), else by `spans_py`; the same bytes."""
+        if _request is not None:
+            out = _request(trace, info, decision, error,
+                           self._captured(trace) if capture else b"",
+                           self._shared, self._shared_attributes, self._attempt_cache, self._attempt_attributes)
+            if out is not None:
+                return out   # else a value the C encoder leaves to Python (an int past 64 bits, another type)
+        return b"".join(self.spans_py(_Finished(trace, info, decision, error, capture)))
+
+    def spans_py(self, item: _Finished) -> list[bytes]:
+        """The reference for `_otlp.request`: the request's span, then one per attempt."""
         trace, info, decision = item.trace, item.info, item.decision
         trace_id = trace.trace_id.to_bytes(16, "big")
         parent = trace.parent
@@ -465,12 +511,7 @@ class _SpanWriter:
         if info.resumed:
             a.append(_kv("router.resumed", info.resumed))
         if item.capture:
-            if trace.body is not None:
-                a.append(_kv("gen_ai.input.messages", _messages_json(trace.body.get("messages"))))
-            if trace.output:
-                a.append(_kv("gen_ai.output.messages", orjson.dumps(
-                    [{"role": "assistant", "parts": [{"type": "text", "content": "".join(trace.output)}],
-                      "finish_reason": trace.finish_reasons[0] if trace.finish_reasons else None}]).decode()))
+            a.append(self._captured(trace))
         status = STATUS_ERROR if item.error is not None else STATUS_UNSET
         name = f"{op} {body_model}" if body_model else op
         # flags: the W3C flags (sampled), and whether the parent is known to be remote (0x100) and is (0x200)
@@ -480,6 +521,18 @@ class _SpanWriter:
                      status, item.error, flags)]
         out.extend(self.attempt_spans(item, trace_id, end_ns, usage + answer))
         return out
+
+    @staticmethod
+    def _captured(trace: RequestTrace) -> bytes:
+        """``gen_ai.input.messages`` and ``gen_ai.output.messages``: only with ``telemetry.capture_content``."""
+        a = []
+        if trace.body is not None:
+            a.append(_kv("gen_ai.input.messages", _messages_json(trace.body.get("messages"))))
+        if trace.output:
+            a.append(_kv("gen_ai.output.messages", orjson.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": "".join(trace.output)}],
+                  "finish_reason": trace.finish_reasons[0] if trace.finish_reasons else None}]).decode()))
+        return b"".join(a)
 
     def _shared_attributes(self, key: tuple[Any, ...]) -> bytes:
         (op, api, status, body_model, params, task, task_source, route, rule, tenant, residency, provider, model,
@@ -653,15 +706,14 @@ class OtelTracer:
     def begin(self, policy: Policy, body: Mapping[str, Any], carrier: Mapping[str, str] | None) -> RequestTrace:
         if carrier is not None:
             tp = carrier.get("traceparent")
-            trace = RequestTrace.begin(parse_traceparent(tp, carrier.get("tracestate")) if tp else None,
-                                       remote=True)
+            trace = _Trace.begin(parse_traceparent(tp, carrier.get("tracestate")) if tp else None, remote=True)
         else:   # the library: under the caller's current span, if any
             current = otel.get_current_span().get_span_context()
             parent = None
             if current.is_valid:
                 state = current.trace_state.to_header() if current.trace_state else None
                 parent = SpanContext(current.trace_id, current.span_id, current.trace_flags.sampled, state or None)
-            trace = RequestTrace.begin(parent)
+            trace = _Trace.begin(parent)
         model = body.get("model")
         trace.request_model = model if isinstance(model, str) else None
         if "messages" not in body:
@@ -684,12 +736,12 @@ class OtelTracer:
         if not trace.sampled:
             return
         try:
-            spans = self.writer.spans(_Finished(trace, info, decision, None if error is None else type(error).__name__,
-                                                policy.telemetry.capture_content))
+            spans = self.writer.encode(trace, info, decision, None if error is None else type(error).__name__,
+                                       policy.telemetry.capture_content)
         except Exception:
             log.exception("could not encode the spans of request %s", info.request_id)
             return
-        self.batcher.add(b"".join(spans))
+        self.batcher.add(spans)
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         return self.batcher.flush()
