@@ -7,7 +7,7 @@ prompt each call and stores it). The fleet variants (docs/routing.md) stream fro
 has a replicated model, a hedged and a resumable route: ``fleet-off`` uses none of them (compare it
 with ``stream``), ``replicas`` and ``stream+replicas`` pick one of two replicas (least loaded, prefix
 affinity), ``stream+hedge`` races the first chunk against a 30 s hedge delay (set up, never fired)
-and ``stream+resume`` keeps the text streamed so far. ``auto+trace``, ``auto+traceparent`` (a client's
+and ``stream+resume`` keeps the text streamed so far. ``pinned+trace``, ``auto+trace``, ``auto+traceparent`` (a client's
 W3C traceparent continued, as the proxy does) and ``stream+trace`` are ``auto`` and ``stream`` with
 OpenTelemetry tracing on, exporting to an OTLP/HTTP sink (benchmarks/otlp_sink.py, in a process of its
 own, as a collector would be), each timed loop ending with a flush so the export is counted. A checkout without those features skips them.
@@ -218,6 +218,9 @@ def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
     if traced is not None and traced.tracer is not None:
         carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 
+        async def pinned_traced() -> None:   # no classifier: tracing's cost alone
+            await traced.complete({"model": "m", "messages": MESSAGES, "max_tokens": 64}, task="coding")
+
         async def auto_traced() -> None:
             await traced.complete({"model": "auto", "messages": MESSAGES, "max_tokens": 64})
 
@@ -228,9 +231,9 @@ def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
             async for _ in traced.stream({"model": "m", "messages": MESSAGES, "stream": True}, task="coding"):
                 pass
 
-        variants += [("auto+trace", auto_traced), ("auto+traceparent", auto_traceparent),
-                     ("stream+trace", stream_traced)]
-        for name in ("auto+trace", "auto+traceparent", "stream+trace"):
+        variants += [("pinned+trace", pinned_traced), ("auto+trace", auto_traced),
+                     ("auto+traceparent", auto_traceparent), ("stream+trace", stream_traced)]
+        for name in ("pinned+trace", "auto+trace", "auto+traceparent", "stream+trace"):
             flushes[name] = traced.tracer
 
     clock = time.process_time if cpu else time.perf_counter
