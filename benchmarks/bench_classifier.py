@@ -1,7 +1,7 @@
 """Latency of ``router.classifier.classify`` per request, one core, model already loaded.
 
     python benchmarks/bench_classifier.py [--repeat 3000] [--no-baseline]
-    python benchmarks/bench_classifier.py --shape-ab     # the shape markers' cost: on vs off, same run
+    python benchmarks/bench_classifier.py --shape-ab     # the shape markers' cost: C, Python, off, same run
 
 Inputs of about 50, 1,000 and 20,000 characters are built from the shipped training data (a mix
 of prose, code and maths), plus an agent conversation with tools and a stack trace. Prints p50 and
@@ -13,8 +13,10 @@ was built) and, as the baseline in the same run, its pure-Python path (a child p
 ``ROUTER_CLASSIFIER_NATIVE=0``); both compute the same results. Exits 1 when a target is missed.
 
 ``--shape-ab`` measures what the last user turn's shape markers (``features.shape_features``)
-cost: the shipped model as loaded, against the same model with its shape weights removed (so the
-markers are not computed), in alternating rounds of ``--repeat`` calls in one process.
+cost, in alternating rounds of ``--repeat`` calls in one process: the shipped model as loaded
+(with the accelerator, the markers come from its tokenizer's pass), the same model with the
+markers computed in Python beside the C scoring (how they were computed before 2026-12-04's move
+to C), and the same model with its shape weights removed (no markers computed).
 """
 
 from __future__ import annotations
@@ -99,20 +101,25 @@ def suites() -> dict[str, list[tuple[list[dict], list[dict] | None]]]:
 
 
 def shape_ab(repeat: int, rounds: int = 6) -> None:
-    """The shape markers on and off: alternating rounds, one process, the same model otherwise."""
-    on, off = Classifier.load(), Classifier.load()
-    off._shape = {}  # no shape weights: logits() skips the markers
-    print(f"shape markers on vs off, {rounds} alternating rounds of {repeat} calls; scoring: "
-          f"{'C accelerator' if on.native else 'pure Python'}")
-    print(f"{'input':<16} {'on p50':>8} {'on p99':>8} {'off p50':>8} {'off p99':>8} {'p50 +us':>8} {'p99 on/off':>10}")
+    """The shape markers as loaded, computed in Python, and off: alternating rounds (each round in
+    a rotated order), one process, the same model otherwise."""
+    on, python, off = Classifier.load(), Classifier.load(), Classifier.load()
+    python._native_shape = False  # native scoring, markers by features.shape_features
+    off._native_shape, off._shape = False, {}  # no shape weights: no markers computed
+    arms = [("on", on), ("python", python), ("off", off)]
+    where = "C pass" if on._native_shape else "Python"
+    print(f"shape markers as loaded ({where}) vs in Python vs off, {rounds} rounds of {repeat} calls each, "
+          f"order rotated; scoring: {'C accelerator' if on.native else 'pure Python'}")
+    print(f"{'input':<16} {'on p50':>7} {'on p99':>7} {'py p50':>7} {'py p99':>7} {'off p50':>7} {'off p99':>7} "
+          f"{'on-off p50':>10} {'py-off p50':>10} {'p99 on/off':>10} {'p99 py/off':>10}")
     for name, cases in suites().items():
-        got: dict[str, list[float]] = {"on": [], "off": []}
+        got: dict[str, list[float]] = {label: [] for label, _ in arms}
         for r in range(rounds):
-            for label, clf in ((("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))):
+            for label, clf in arms[r % 3:] + arms[:r % 3]:
                 got[label] += samples_of(cases, repeat, clf.classify)
-        a50, a99 = percentiles(got["on"])
-        b50, b99 = percentiles(got["off"])
-        print(f"{name:<16} {a50:>8.1f} {a99:>8.1f} {b50:>8.1f} {b99:>8.1f} {a50 - b50:>8.1f} {a99 / b99:>9.2f}x")
+        (a50, a99), (p50, p99), (b50, b99) = (percentiles(got[label]) for label, _ in arms)
+        print(f"{name:<16} {a50:>7.1f} {a99:>7.1f} {p50:>7.1f} {p99:>7.1f} {b50:>7.1f} {b99:>7.1f} "
+              f"{a50 - b50:>10.1f} {p50 - b50:>10.1f} {a99 / b99:>9.2f}x {p99 / b99:>9.2f}x")
 
 
 def run(repeat: int) -> dict[str, tuple[float, float]]:
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3000)
     ap.add_argument("--no-baseline", action="store_true", help="skip the pure-Python baseline")
-    ap.add_argument("--shape-ab", action="store_true", help="the shape markers' cost: on vs off in one run")
+    ap.add_argument("--shape-ab", action="store_true",
+                    help="the shape markers' cost: as loaded, in Python, off, in one run")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the baseline child's output
     args = ap.parse_args(argv)
     if args.shape_ab:

@@ -2,8 +2,9 @@
  *
  * An optional accelerator for router/classify/classifier.py. It computes exactly what the pure-Python
  * path computes (`features.text_keys` + the look-ups in `Classifier._sums`): the fixed-point weight
- * sums and feature counts of the last user turn and of the context, so the probabilities are the
- * same floats either way. tests/test_classifier.py checks the two paths agree on every data text
+ * sums and feature counts of the last user turn and of the context, and the last user turn's shape
+ * markers (`features.shape_features`, gathered in the same pass over its bytes) and their sums, so
+ * the probabilities are the same floats either way. tests/test_classifier.py checks the two paths agree on every data text
  * and on random text in many scripts. When this module does not build (no compiler), the package
  * works unchanged, on the Python path.
  *
@@ -32,6 +33,10 @@
 #define PAIR_WORDS 80 /* word pairs come from the first 80 words (features.PAIR_WORDS) */
 #define LATIN_CHARS 160 /* language evidence from the first 160 characters (language._LATIN_CHARS) */
 #define MAX_WIDTH 31  /* weights per feature: classes - 1 (classifier.MAX_TASKS - 1) */
+#define SHAPE_GROUPS 4 /* shape thresholds: length, numbers, numbers per word, lines (features.SHAPE_STEPS) */
+#define SHAPE_FLAGS 3  /* then the markers endq, q, para */
+#define MAX_STEPS 8    /* thresholds per group */
+#define MAX_MARKERS (SHAPE_GROUPS * MAX_STEPS + SHAPE_FLAGS)
 
 static inline uint64_t
 fnv(uint64_t h, const unsigned char *p, Py_ssize_t n)
@@ -172,30 +177,129 @@ fail:
     return -1;
 }
 
+/* The shape markers of the last user turn (features.shape_features): each group's thresholds,
+ * ascending (a marker is set when the value reaches its threshold, as bisect_right counts them),
+ * and each marker's `width` fixed-point weights, already scaled by SHAPE_VALUE. Markers are
+ * numbered as features.SHAPE_NAMES: the groups' in order, then endq, q, para. */
+typedef struct {
+    int nsteps[SHAPE_GROUPS];
+    double steps[SHAPE_GROUPS][MAX_STEPS]; /* integers but for numbers per word: exact as doubles */
+    int nmarkers;
+    int64_t weights[MAX_MARKERS][MAX_WIDTH];
+} shape_spec_t;
+
 typedef struct {
     PyObject_HEAD
     table_t weights;
     table_t stems;
     int width;
     Py_ssize_t cjk_head; /* features.CJK_HEAD */
+    shape_spec_t *shape; /* NULL: the model has no shape weights */
 } TableObject;
+
+/* Read `spec` = (lengths, numbers, per_word, lines, weights) into a new shape_spec_t; NULL with an
+ * exception set. */
+static shape_spec_t *
+shape_build(PyObject *spec, int width)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != SHAPE_GROUPS + 1) {
+        PyErr_SetString(PyExc_TypeError, "shape is (lengths, numbers, per_word, lines, weights) or None");
+        return NULL;
+    }
+    shape_spec_t *sh = PyMem_Calloc(1, sizeof(shape_spec_t));
+    if (sh == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *seq = NULL;
+    for (int g = 0; g < SHAPE_GROUPS; g++) {
+        seq = PySequence_Fast(PyTuple_GET_ITEM(spec, g), "shape thresholds must be a sequence of numbers");
+        if (seq == NULL)
+            goto fail;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        if (n > MAX_STEPS) {
+            PyErr_Format(PyExc_ValueError, "at most %d shape thresholds a group", MAX_STEPS);
+            goto fail;
+        }
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *v = PySequence_Fast_GET_ITEM(seq, k);
+            double d;
+            if (g == 2) {
+                d = PyFloat_AsDouble(v);
+            }
+            else {
+                long long i = PyLong_AsLongLong(v);
+                if (i == -1 && PyErr_Occurred())
+                    goto fail;
+                if (i < 1 || i > (1LL << 52)) {
+                    PyErr_SetString(PyExc_ValueError, "shape thresholds for counts are 1 to 2**52");
+                    goto fail;
+                }
+                d = (double)i;
+            }
+            if (d == -1.0 && PyErr_Occurred())
+                goto fail;
+            if (!(d > 0) || (k > 0 && d < sh->steps[g][k - 1])) {
+                PyErr_SetString(PyExc_ValueError, "shape thresholds must be positive and ascending");
+                goto fail;
+            }
+            sh->steps[g][k] = d;
+        }
+        sh->nsteps[g] = (int)n;
+        sh->nmarkers += (int)n;
+        Py_CLEAR(seq);
+    }
+    sh->nmarkers += SHAPE_FLAGS;
+    seq = PySequence_Fast(PyTuple_GET_ITEM(spec, SHAPE_GROUPS), "shape weights must be a sequence of tuples");
+    if (seq == NULL)
+        goto fail;
+    if (PySequence_Fast_GET_SIZE(seq) != sh->nmarkers) {
+        PyErr_Format(PyExc_ValueError, "%d shape markers need %d weight tuples", sh->nmarkers, sh->nmarkers);
+        goto fail;
+    }
+    for (int m = 0; m < sh->nmarkers; m++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, m);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != width) {
+            PyErr_Format(PyExc_TypeError, "each shape marker's weights are a tuple of %d ints", width);
+            goto fail;
+        }
+        for (int j = 0; j < width; j++) {
+            long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(item, j));
+            if (v == -1 && PyErr_Occurred())
+                goto fail;
+            if (v < -(1LL << 40) || v > (1LL << 40)) { /* the Python path's packed fields hold 2**39 */
+                PyErr_SetString(PyExc_OverflowError, "shape weight out of range");
+                goto fail;
+            }
+            sh->weights[m][j] = v;
+        }
+    }
+    Py_DECREF(seq);
+    return sh;
+fail:
+    Py_XDECREF(seq);
+    PyMem_Free(sh);
+    return NULL;
+}
 
 static void
 Table_dealloc(TableObject *self)
 {
     PyMem_Free(self->weights.slots);
     PyMem_Free(self->stems.slots);
+    PyMem_Free(self->shape);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int
 Table_init(TableObject *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *weights, *stems;
+    PyObject *weights, *stems, *shape = Py_None;
     int width;
     Py_ssize_t cjk_head;
-    static char *kwlist[] = {"width", "weights", "stems", "cjk_head", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOn:Table", kwlist, &width, &weights, &stems, &cjk_head))
+    static char *kwlist[] = {"width", "weights", "stems", "cjk_head", "shape", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOn|O:Table", kwlist, &width, &weights, &stems, &cjk_head,
+                                     &shape))
         return -1;
     if (cjk_head < 0) {
         PyErr_SetString(PyExc_ValueError, "cjk_head must be >= 0");
@@ -215,14 +319,18 @@ Table_init(TableObject *self, PyObject *args, PyObject *kwds)
         return -1;
     if (table_build(&self->stems, stems, width) < 0)
         return -1;
+    if (shape != Py_None && (self->shape = shape_build(shape, width)) == NULL)
+        return -1;
     return 0;
 }
 
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "router.classify._features.Table",
-    .tp_doc = PyDoc_STR("Table(width, weights, stems, cjk_head): the model's fixed-point weights by feature\n"
-                        "hash, and how many CJK characters the features read."),
+    .tp_doc = PyDoc_STR("Table(width, weights, stems, cjk_head, shape=None): the model's fixed-point weights by\n"
+                        "feature hash, how many CJK characters the features read, and the shape markers'\n"
+                        "thresholds and weights: (lengths, numbers, per_word, lines, weights), weights one\n"
+                        "tuple of `width` ints per marker in the order of features.SHAPE_NAMES."),
     .tp_basicsize = sizeof(TableObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -236,6 +344,21 @@ static PyTypeObject TableType = {
 
 #define SEEN_STACK 1024
 
+/* What the shape markers are made of, gathered in the tokenizer's pass over a text's bytes. The
+ * lower-cased text has the same word and digit runs, lines, white space and question marks as
+ * the text (tests/test_classifier_shape.py checks every code point); only its length may differ
+ * (İ), so the caller gives the length. */
+typedef struct {
+    Py_ssize_t words;   /* runs of word bytes (as in words) */
+    Py_ssize_t numbers; /* runs of ASCII digits */
+    Py_ssize_t lines;   /* lines (split at \n) holding a character that is not white space */
+    int q;              /* a ? or a full-width ？ */
+    int endq;           /* the last character that is not white space is one */
+    int para;           /* \n\n with a non-space character before it and after it (in text.strip()) */
+    int in_line;        /* the current line has a non-space character */
+    int pending;        /* \n\n seen after a non-space character: the next one makes `para` */
+} shape_t;
+
 typedef struct {
     const table_t *weights, *stems;
     int width;
@@ -247,6 +370,7 @@ typedef struct {
     int64_t sum[MAX_WIDTH]; /* sums of the text being read */
     Py_ssize_t n;           /* its distinct features */
     int failed;             /* out of memory */
+    shape_t shape;          /* of the text being read */
 } state_t;
 
 static void
@@ -260,6 +384,7 @@ state_reset(state_t *st)
     st->seen_count = 0;
     memset(st->sum, 0, sizeof(st->sum));
     st->n = 0;
+    memset(&st->shape, 0, sizeof(st->shape));
 }
 
 static int
@@ -387,6 +512,82 @@ utf8(Py_UCS4 c, unsigned char *out)
     return 4;
 }
 
+/* The code point whose UTF-8 (surrogatepass, as Python encodes) starts at p[0], `n` bytes
+ * available; its length in *len. */
+static inline Py_UCS4
+decode_utf8(const unsigned char *p, Py_ssize_t n, int *len)
+{
+    unsigned char c = p[0];
+    int need = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    if (need > n || (c >= 0x80 && c < 0xc0)) { /* not from Python's encoder: no white space */
+        *len = 1;
+        return 0xfffd;
+    }
+    *len = need;
+    switch (need) {
+    case 1:
+        return c;
+    case 2:
+        return ((Py_UCS4)(c & 0x1f) << 6) | (p[1] & 0x3f);
+    case 3:
+        return ((Py_UCS4)(c & 0x0f) << 12) | ((Py_UCS4)(p[1] & 0x3f) << 6) | (p[2] & 0x3f);
+    default:
+        return ((Py_UCS4)(c & 0x07) << 18) | ((Py_UCS4)(p[1] & 0x3f) << 12) | ((Py_UCS4)(p[2] & 0x3f) << 6)
+               | (p[3] & 0x3f);
+    }
+}
+
+/* Whether UTF-8 text (whole characters) holds a character that is not white space (str.isspace). */
+static int
+has_non_space(const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < n;) {
+        int len;
+        if (!Py_UNICODE_ISSPACE(decode_utf8(p + k, n - k, &len)))
+            return 1;
+        k += len;
+    }
+    return 0;
+}
+
+/* A character that is not white space: the line has one (and a blank line before it, after an
+ * earlier one, makes `para`). */
+static inline void
+shape_non_space(shape_t *sh)
+{
+    if (!sh->in_line) {
+        sh->in_line = 1;
+        sh->lines++;
+        sh->para |= sh->pending;
+    }
+}
+
+/* Whether the last character of UTF-8 text that is not white space is ? or ？ (features:
+ * text.strip()[-1:]). Reads backwards over the trailing white space only. */
+static int
+ends_with_question(const unsigned char *raw, Py_ssize_t size)
+{
+    Py_ssize_t j = size;
+    while (j > 0) {
+        unsigned char c = raw[j - 1];
+        if (c < 128) {
+            if (!is_py_space(c))
+                return c == '?';
+            j--;
+            continue;
+        }
+        Py_ssize_t k = j - 1;
+        while (k > 0 && (raw[k] & 0xc0) == 0x80) /* back to the character's first byte */
+            k--;
+        int len;
+        Py_UCS4 cp = decode_utf8(raw + k, j - k, &len);
+        if (!Py_UNICODE_ISSPACE(cp))
+            return cp == 0xff1f;
+        j = k;
+    }
+    return 0;
+}
+
 typedef struct {
     Py_ssize_t start, len;
 } span_t;
@@ -416,6 +617,7 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
     int npairs = 0;
     const uint64_t tag_bytes = fnv_byte(FNV_OFFSET, TAG_BYTES);
     const uint64_t tag_str = fnv_byte(FNV_OFFSET, TAG_STR);
+    shape_t *sh = &st->shape;
 
     /* Words: runs of ASCII letters and digits and non-ASCII bytes, digits 1-9 read as 0. Symbol
      * runs: runs of other ASCII bytes but whitespace; each of their bytes is also a feature. */
@@ -425,16 +627,23 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
         if (c >= 128 || is_ascii_alnum(c)) {
             Py_ssize_t start = i;
             uint64_t h = tag_bytes;
-            int ascii = 0, wide = 0;
+            int ascii = 0, wide = 0, digit = 0;
             for (; i < size && (raw[i] >= 128 || is_ascii_alnum(raw[i])); i++) {
                 unsigned char w = raw[i];
-                if (w >= '1' && w <= '9')
+                int d = (unsigned char)(w - '0') < 10;
+                sh->numbers += d & !digit; /* a run of digits starts */
+                digit = d;
+                if (d)
                     w = '0';
                 words[i] = w;
                 h = fnv_byte(h, w);
                 ascii |= w < 128;
                 wide |= w >= 0xe0;
             }
+            sh->words++;
+            /* ASCII bytes in a word are letters and digits; other bytes may be white space (U+3000) */
+            if (!sh->in_line && (ascii || has_non_space(raw + start, i - start)))
+                shape_non_space(sh);
             feature(st, h, words + start, i - start);
             if (ascii && wide) {
                 /* A Latin term glued to a CJK (or other wide script's) particle, "vue에서": each
@@ -462,14 +671,22 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
             uint64_t h = tag_bytes;
             for (; i < size && raw[i] < 128 && !is_ascii_alnum(raw[i]) && !is_py_space(raw[i]); i++) {
                 h = fnv_byte(h, raw[i]);
+                sh->q |= raw[i] == '?';
                 feature(st, fnv_byte(tag_str, raw[i]), NULL, 0);
             }
+            shape_non_space(sh);
             feature(st, h, raw + start, i - start);
         }
         else {
+            if (c == '\n') {
+                /* a blank line counts (para) once a non-space character came before it */
+                sh->pending |= sh->lines && i + 1 < size && raw[i + 1] == '\n';
+                sh->in_line = 0;
+            }
             i++;
         }
     }
+    sh->endq = ends_with_question(raw, size);
     for (int k = 0; k + 1 < npairs; k++) {
         uint64_t h = fnv(fnv_byte(FNV_OFFSET, TAG_PAIR), words + pairs[k].start, pairs[k].len);
         h = fnv(fnv_byte(h, ' '), words + pairs[k + 1].start, pairs[k + 1].len);
@@ -497,6 +714,7 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
                 have_prev = 0;
                 continue;
             }
+            sh->q |= c == 0xff1f; /* a full-width question mark */
             if (!Py_UNICODE_ISALNUM(c) && c != '_')  /* (the CJK blocks hold a few such marks) */
                 feature(st, fnv(tag_str, buf, utf8(c, buf)), NULL, 0);
             if (budget > 0 && is_cjk(c)) {
@@ -525,11 +743,64 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
     return 0;
 }
 
+/* The shape markers of a text read by read_text, as bits numbered like features.SHAPE_NAMES
+ * (features.shape_features, exactly): `length` is the text's length in characters before
+ * lower-casing. */
+static uint64_t
+shape_mask(const shape_spec_t *spec, const shape_t *sh, Py_ssize_t length)
+{
+    if (length == 0)
+        return 0;
+    double value[SHAPE_GROUPS] = {(double)length, (double)sh->numbers, 0.0, (double)sh->lines};
+    int have[SHAPE_GROUPS] = {1, sh->numbers > 0, sh->numbers > 0, 1};
+    if (sh->numbers) /* a digit is a word byte: words >= 1; the same double division as Python's */
+        value[2] = (double)sh->numbers / (double)sh->words;
+    uint64_t mask = 0;
+    int bit = 0;
+    for (int g = 0; g < SHAPE_GROUPS; g++) {
+        for (int k = 0; have[g] && k < spec->nsteps[g] && spec->steps[g][k] <= value[g]; k++)
+            mask |= 1ULL << (bit + k); /* cumulative: every threshold reached (bisect_right) */
+        bit += spec->nsteps[g];
+    }
+    if (sh->endq)
+        mask |= 1ULL << bit;
+    if (sh->q)
+        mask |= 1ULL << (bit + 1);
+    if (sh->para)
+        mask |= 1ULL << (bit + 2);
+    return mask;
+}
+
+/* The fixed-point sums of the markers in `mask`. */
+static PyObject *
+shape_sums(const shape_spec_t *spec, uint64_t mask, int width)
+{
+    int64_t sum[MAX_WIDTH] = {0};
+    for (int m = 0; m < spec->nmarkers; m++)
+        if (mask >> m & 1)
+            for (int j = 0; j < width; j++)
+                sum[j] += spec->weights[m][j];
+    PyObject *t = PyTuple_New(width);
+    if (t == NULL)
+        return NULL;
+    for (int j = 0; j < width; j++) {
+        PyObject *v = PyLong_FromLongLong(sum[j]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, j, v);
+    }
+    return t;
+}
+
 PyDoc_STRVAR(score_doc,
-"score(table, raw, lowered, ctx_raw, ctx_lowered, tools) -> (sums, n, ctx_sums, ctx_n)\n\n"
+"score(table, raw, lowered, ctx_raw, ctx_lowered, tools[, length]) -> (sums, n, ctx_sums, ctx_n[, shape])\n\n"
 "Fixed-point weight sums (a tuple of `width` ints) and distinct-feature counts of the last user\n"
 "turn and of the context (`ctx_raw`/`ctx_lowered` may both be None: then ctx_sums is None and\n"
-"ctx_n 0; `tools` adds the tools marker to the context).");
+"ctx_n 0; `tools` adds the tools marker to the context). Given `length`, the last user turn's\n"
+"length in characters before lower-casing, also the sums of its shape markers' weights (None\n"
+"when the table has no shape markers).");
 
 static PyObject *
 sums_tuple(const state_t *st)
@@ -555,8 +826,9 @@ score(PyObject *module, PyObject *args)
     TableObject *table;
     PyObject *raw, *lowered, *ctx_raw, *ctx_lowered;
     int tools;
-    if (!PyArg_ParseTuple(args, "O!SUOOp:score", &TableType, &table, &raw, &lowered, &ctx_raw, &ctx_lowered,
-                          &tools))
+    Py_ssize_t length = -1;
+    if (!PyArg_ParseTuple(args, "O!SUOOp|n:score", &TableType, &table, &raw, &lowered, &ctx_raw, &ctx_lowered,
+                          &tools, &length))
         return NULL;
     if (table->weights.slots == NULL || table->stems.slots == NULL) {
         PyErr_SetString(PyExc_ValueError, "Table is not built");
@@ -575,13 +847,17 @@ score(PyObject *module, PyObject *args)
     st.seen = st.stack;
     st.failed = 0;
     state_reset(&st);
-    PyObject *main_sums = NULL, *ctx_sums = NULL;
+    PyObject *main_sums = NULL, *ctx_sums = NULL, *shape = NULL;
     Py_ssize_t n = 0, ctx_n = 0;
     int rc = read_text(&st, raw, lowered);
     if (rc == 0 && !st.failed) {
         main_sums = sums_tuple(&st);
         n = st.n;
         rc = main_sums == NULL ? -1 : 0;
+    }
+    if (rc == 0 && !st.failed && length >= 0 && table->shape != NULL) {
+        shape = shape_sums(table->shape, shape_mask(table->shape, &st.shape, length), st.width);
+        rc = shape == NULL ? -1 : 0;
     }
     if (rc == 0 && !st.failed && has_ctx) {
         state_reset(&st); /* the context is read on its own: every feature it has counts */
@@ -599,13 +875,57 @@ score(PyObject *module, PyObject *args)
     if (rc < 0 || st.failed) {
         Py_XDECREF(main_sums);
         Py_XDECREF(ctx_sums);
+        Py_XDECREF(shape);
         return rc < 0 ? NULL : PyErr_NoMemory();
     }
     if (ctx_sums == NULL) {
         Py_INCREF(Py_None);
         ctx_sums = Py_None;
     }
-    return Py_BuildValue("(NnNn)", main_sums, n, ctx_sums, ctx_n);
+    if (length < 0)
+        return Py_BuildValue("(NnNn)", main_sums, n, ctx_sums, ctx_n);
+    if (shape == NULL) {
+        Py_INCREF(Py_None);
+        shape = Py_None;
+    }
+    return Py_BuildValue("(NnNnN)", main_sums, n, ctx_sums, ctx_n, shape);
+}
+
+PyDoc_STRVAR(shape_doc,
+"shape(table, raw, lowered, length) -> int\n\n"
+"The shape markers of a text as bits numbered like features.SHAPE_NAMES (what `score` sums for\n"
+"the last user turn): `raw` is the UTF-8 (surrogatepass) of `lowered`, the lower-cased text, and\n"
+"`length` the text's length in characters before lower-casing.");
+
+static PyObject *
+shape(PyObject *module, PyObject *args)
+{
+    (void)module;
+    TableObject *table;
+    PyObject *raw, *lowered;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "O!SUn:shape", &TableType, &table, &raw, &lowered, &length))
+        return NULL;
+    if (table->weights.slots == NULL || table->shape == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Table is not built with shape markers");
+        return NULL;
+    }
+    state_t st;
+    st.weights = &table->weights;
+    st.stems = &table->stems;
+    st.width = table->width;
+    st.cjk_head = table->cjk_head;
+    st.seen = st.stack;
+    st.failed = 0;
+    state_reset(&st);
+    int rc = read_text(&st, raw, lowered);
+    if (st.seen != st.stack)
+        PyMem_Free(st.seen);
+    if (rc < 0)
+        return NULL;
+    if (st.failed)
+        return PyErr_NoMemory();
+    return PyLong_FromUnsignedLongLong(shape_mask(table->shape, &st.shape, length));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1322,6 +1642,7 @@ strip_noise(PyObject *module, PyObject *arg)
 
 static PyMethodDef methods[] = {
     {"score", score, METH_VARARGS, score_doc},
+    {"shape", shape, METH_VARARGS, shape_doc},
     {"language", language, METH_VARARGS, language_doc},
     {"strip_noise", strip_noise, METH_O, strip_noise_doc},
     {NULL, NULL, 0, NULL},

@@ -34,7 +34,9 @@ from pathlib import Path
 from router.classify.features import (
     _JSON_SYNTAX,
     CJK_HEAD,
+    SHAPE_NAMES,
     SHAPE_PREFIX,
+    SHAPE_STEPS,
     SHAPE_VALUE,
     TOOLS_BUDGET,
     _clip,
@@ -330,8 +332,8 @@ class Classifier:
     "concepts": {concept: [member features]}}``.
     """
 
-    __slots__ = ("_bias", "_native", "_scale", "_shape", "_stems", "_table", "_weights", "bias", "classes",
-                 "conversation", "temperature", "trained_on")
+    __slots__ = ("_bias", "_native", "_native_shape", "_scale", "_shape", "_stems", "_table", "_weights", "bias",
+                 "classes", "conversation", "temperature", "trained_on")
 
     def __init__(
         self,
@@ -371,17 +373,21 @@ class Classifier:
         diffs = {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()
                  if not name.startswith(SHAPE_PREFIX)}
         diffs = fold(diffs, concepts or {})
-        # The last user turn's shape markers (features.shape_features) are scored in shared Python on
-        # both paths, at their training value SHAPE_VALUE and outside the size normalisation; each
-        # marker's K-1 fixed-point differences packed in one int, as on the Python path.
-        self._shape = {name: _pack([round((x - w[0]) * SHAPE_VALUE * _FIXED) for x in w[1:]])
-                       for name, w in weights.items() if name.startswith(SHAPE_PREFIX)}
+        # The last user turn's shape markers (features.shape_features), at their training value
+        # SHAPE_VALUE and outside the size normalisation, as fixed-point differences: the C table
+        # computes and sums them in its tokenizer's pass; the Python path packs each marker's K-1
+        # differences in one int.
+        shape = {name: [round((x - w[0]) * SHAPE_VALUE * _FIXED) for x in w[1:]]
+                 for name, w in weights.items() if name.startswith(SHAPE_PREFIX)}
+        self._shape = {name: _pack(d) for name, d in shape.items()}
         if diffs and max(max(map(max, diffs.values())), -min(map(min, diffs.values()))) > _WEIGHT_LIMIT * _FIXED:
             raise ValueError(f"a weight difference beyond +-{_WEIGHT_LIMIT} (concepts folded in)")
         self._weights: dict[object, int] = {}
         self._stems: dict[bytes, int] = {}
-        self._table = _native_table(diffs, k - 1) if native is not False else None
+        self._table = _native_table(diffs, k - 1, shape) if native is not False else None
         self._native = self._table is not None
+        # (an accelerator built before it computed the markers: they are computed in Python)
+        self._native_shape = self._native and bool(shape) and _native_has_shape
         if native and self._table is None:
             raise RuntimeError("router.classify._features, the classifier's C accelerator, is not built")
         if self._table is not None:  # the C table holds everything scoring needs
@@ -423,20 +429,23 @@ class Classifier:
         the pure-Python path. Both give the same probabilities."""
         return self._native
 
-    def _sums(self, messages: Sequence[Mapping], tools: Sequence | None
-              ) -> tuple[tuple[int, ...], int, tuple[tuple[tuple[int, ...], int] | None, ...]]:
+    def _sums(self, messages: Sequence[Mapping], tools: Sequence | None) -> _Sums:
         """The fixed-point weight sums (each class against class 0) and distinct-feature count of
-        the last user turn, and (sums, count) of each part of the context (None where absent)."""
+        the last user turn, (sums, count) of each part of the context (None where absent), and
+        the sums of the last user turn's shape markers' weights (None when the model has none)."""
         return self._split_sums(*conversation_parts(messages, tools, self.conversation), bool(tools))
 
-    def _split_sums(self, main: str, parts: tuple[str | None, ...], tools: bool
-                    ) -> tuple[tuple[int, ...], int, tuple[tuple[tuple[int, ...], int] | None, ...]]:
+    def _split_sums(self, main: str, parts: tuple[str | None, ...], tools: bool) -> _Sums:
         marked = (tools, False, False, False, False, tools)  # the tools-offered marker goes with these
         if self._table is not None:
             table = self._table
             lowered = main.lower()
-            s, n, c, m = _native_score(table, lowered.encode("utf-8", "surrogatepass"), lowered, *_pair(parts[0]),
-                                       marked[0])
+            raw = lowered.encode("utf-8", "surrogatepass")
+            if self._native_shape:  # the markers come from the same pass (features.shape_features' meaning)
+                s, n, c, m, shape = _native_score(table, raw, lowered, *_pair(parts[0]), marked[0], len(main))
+            else:
+                s, n, c, m = _native_score(table, raw, lowered, *_pair(parts[0]), marked[0])
+                shape = self._shape_sums(main)
             out: list = [None] * len(parts)
             out[0] = None if c is None else (c, m)
             for a, b in ((1, 5), (2, 3), (4, None)):  # two texts a call: the marker goes with the second
@@ -450,13 +459,19 @@ class Classifier:
                     out[a] = (c1, m1)
                 if c2 is not None:
                     out[b] = (c2, m2)
-            return s, n, tuple(out)
+            return s, n, tuple(out), shape
         # The reference path. Features are binary (stems: counts), and a text's sums are divided
         # by the square root of its number of distinct non-stem features, known to the model or not.
         width = len(self.classes) - 1
         s, n = self._text_sums(text_keys(main) if main else (set(), set()), width)
         return s, n, tuple(None if text is None else self._text_sums(_part_keys(text, marked[k]), width)
-                           for k, text in enumerate(parts))
+                           for k, text in enumerate(parts)), self._shape_sums(main)
+
+    def _shape_sums(self, main: str) -> tuple[int, ...] | None:
+        """The reference: the fixed-point sums of the last user turn's shape markers' weights."""
+        if not self._shape:
+            return None
+        return tuple(_unpack(sum(map(self._shape.get, shape_features(main), repeat(0))), len(self.classes) - 1))
 
     def _text_sums(self, keys: tuple[set, set], width: int) -> tuple[tuple[int, ...], int]:
         weights, zero = self._weights, repeat(0)
@@ -470,12 +485,11 @@ class Classifier:
         """Each class's score against class 0 (class 0's is 0), calibrated: softmax gives the
         probabilities."""
         main, parts = conversation_parts(messages, tools, self.conversation)
-        s, n, part_sums = self._split_sums(main, parts, bool(tools))
+        s, n, part_sums, shape = self._split_sums(main, parts, bool(tools))
         scale = self._scale / math.sqrt(n) if n else self._scale
         z = [0.0] + [v * scale + b for v, b in zip(s, self._bias, strict=True)]
-        if self._shape:
-            shape = sum(map(self._shape.get, shape_features(main), repeat(0)))
-            for k, v in enumerate(_unpack(shape, len(z) - 1), 1):
+        if shape is not None:  # the shape markers: not size-normalised
+            for k, v in enumerate(shape, 1):
                 z[k] += v * self._scale
         if any(p is not None for p in part_sums):
             conv = self.conversation
@@ -513,6 +527,9 @@ class Classifier:
 _NativeTable = _native_score = None
 if (_features := native_module()) is not None:
     _NativeTable, _native_score = _features.Table, _features.score
+_native_has_shape = hasattr(_features, "shape")  # the shape markers in C (a build of 2026-12-04 or later)
+
+_Sums = tuple[tuple[int, ...], int, tuple[tuple[tuple[int, ...], int] | None, ...], tuple[int, ...] | None]
 
 
 def _pair(text: str | None) -> tuple[bytes | None, str | None]:
@@ -522,10 +539,12 @@ def _pair(text: str | None) -> tuple[bytes | None, str | None]:
     return low.encode("utf-8", "surrogatepass"), low
 
 
-def _native_table(diffs: Mapping[str, tuple[int, ...]], width: int) -> object | None:
+def _native_table(diffs: Mapping[str, tuple[int, ...]], width: int,
+                  shape: Mapping[str, Sequence[int]] | None = None) -> object | None:
     """The model as a router.classify._features table, built from the feature names (no Python keys),
     or None without the accelerator. Stems are folded into the long words and symbol runs the model
-    knows, as the Python path does."""
+    knows, as the Python path does. `shape`: the shape markers' fixed-point differences (those the
+    model has; features.SHAPE_NAMES lists them all), computed and summed in C."""
     if _NativeTable is None:
         return None
     features: dict[bytes, tuple[int, ...]] = {}
@@ -539,9 +558,13 @@ def _native_table(diffs: Mapping[str, tuple[int, ...]], width: int) -> object | 
                 s = stems.get(stem(canonical[1:]))
                 if s is not None:
                     features[canonical] = tuple(a + b for a, b in zip(d, s, strict=True))
+    spec = None
+    if shape and _native_has_shape:
+        zero = (0,) * width
+        spec = (*SHAPE_STEPS, [tuple(shape.get(name, zero)) for name in SHAPE_NAMES])
     try:
         return _NativeTable(width, [(key, *d) for key, d in features.items()], [(key, *d) for key, d in stems.items()],
-                            CJK_HEAD)
+                            CJK_HEAD, *(() if spec is None else (spec,)))
     except (ValueError, OverflowError):  # a fingerprint collision or a huge weight: score in Python
         return None
 

@@ -33,7 +33,9 @@ __all__ = [
     "CJK_HEAD",
     "MARKERS",
     "PAIR_WORDS",
+    "SHAPE_NAMES",
     "SHAPE_PREFIX",
+    "SHAPE_STEPS",
     "SHAPE_VALUE",
     "Keys",
     "announces_new_topic",
@@ -149,6 +151,10 @@ _NUM_NAMES = tuple(f"{SHAPE_PREFIX}num{t}" for t in _SHAPE_NUMBERS)
 _DENSITY_NAMES = tuple(f"{SHAPE_PREFIX}nr{t}" for t in _SHAPE_DENSITY)
 _LINE_NAMES = tuple(f"{SHAPE_PREFIX}lines{t}" for t in _SHAPE_LINES)
 _ENDQ, _Q, _PARA = SHAPE_PREFIX + "endq", SHAPE_PREFIX + "q", SHAPE_PREFIX + "para"
+SHAPE_STEPS = (_SHAPE_LENGTHS, _SHAPE_NUMBERS, _SHAPE_DENSITY, _SHAPE_LINES)
+"""The thresholds of the cumulative markers, as the C accelerator takes them (``_features.Table``)."""
+SHAPE_NAMES = (*_LEN_NAMES, *_NUM_NAMES, *_DENSITY_NAMES, *_LINE_NAMES, _ENDQ, _Q, _PARA)
+"""Every shape marker, in the order :func:`shape_features` lists them (the C accelerator's bits)."""
 
 
 def _runs(marked: bytes) -> int:
@@ -162,6 +168,9 @@ def shape_features(text: str) -> list[str]:
     (``num1``...; a number is a run of digits), numbers per word at least 0.05/0.1/0.2/0.4
     (``nr0.05``...), at least 3/6/12 non-empty lines (``lines3``...), a question mark anywhere
     (``q``) or at the end (``endq``), and a blank line (``para``).
+
+    This is the reference: the C accelerator computes the same markers in its tokenizer's pass
+    (``_features.c``, ``shape_mask``); tests compare the two on every data text and random text.
 
     >>> shape_features("is 1001 prime?")
     ['__d:num1', '__d:nr0.05', '__d:nr0.1', '__d:nr0.2', '__d:endq', '__d:q']
