@@ -387,6 +387,19 @@ state_reset(state_t *st)
     memset(&st->shape, 0, sizeof(st->shape));
 }
 
+/* A fresh scan state over `table`'s weights (the seen-set on the stack). */
+static void
+state_init(state_t *st, TableObject *table)
+{
+    st->weights = &table->weights;
+    st->stems = &table->stems;
+    st->width = table->width;
+    st->cjk_head = table->cjk_head;
+    st->seen = st->stack;
+    st->failed = 0;
+    state_reset(st);
+}
+
 static int
 seen_grow(state_t *st)
 {
@@ -840,13 +853,7 @@ score(PyObject *module, PyObject *args)
         return NULL;
     }
     state_t st;
-    st.weights = &table->weights;
-    st.stems = &table->stems;
-    st.width = table->width;
-    st.cjk_head = table->cjk_head;
-    st.seen = st.stack;
-    st.failed = 0;
-    state_reset(&st);
+    state_init(&st, table);
     PyObject *main_sums = NULL, *ctx_sums = NULL, *shape = NULL;
     Py_ssize_t n = 0, ctx_n = 0;
     int rc = read_text(&st, raw, lowered);
@@ -911,13 +918,7 @@ shape(PyObject *module, PyObject *args)
         return NULL;
     }
     state_t st;
-    st.weights = &table->weights;
-    st.stems = &table->stems;
-    st.width = table->width;
-    st.cjk_head = table->cjk_head;
-    st.seen = st.stack;
-    st.failed = 0;
-    state_reset(&st);
+    state_init(&st, table);
     int rc = read_text(&st, raw, lowered);
     if (st.seen != st.stack)
         PyMem_Free(st.seen);
