@@ -544,6 +544,40 @@ def test_the_c_request_encoder_matches_python_on_random_requests(monkeypatch):
     assert 0 < left_to_python < 150
 
 
+def test_the_c_encoder_rounds_the_confidence_as_round_does():
+    """`router.confidence` is `round(confidence, 4)`; the C encoder rounds without the builtin where the
+    answer is sure (away from a tie) and must write the same bytes as `spans_py` everywhere: exact and
+    near ties (the float just below and above k + 0.5 ten-thousandths, where the binary value decides),
+    negatives, -0.0, large values, infinities, NaN."""
+    import math
+    import random
+
+    from router.core.response import RouterInfo
+    from router.metering import tracing
+
+    otlp = _otlp()
+    writer = tracing._SpanWriter(tracing.OtlpHttpExporter("http://127.0.0.1:9/v1/traces"), {}, ("router", None))
+    rng = random.Random(16)
+    values = [0.0, -0.0, 0.5, 1.0, 5e-05, 1.5e-05, -4e-05, -5e-05, 0.12345, 0.99995, 65535.99995, 65536.00005,
+              1e6 + 0.12345, 1e300, math.inf, -math.inf, math.nan]
+    for _ in range(4000):
+        values.append(rng.random())
+        values.append(rng.uniform(-70000, 70000))
+        tie = (rng.randrange(-700_000_000, 700_000_000) + 0.5) / 1e4
+        values += [tie, math.nextafter(tie, math.inf), math.nextafter(tie, -math.inf)]
+    trace = tracing._Trace.begin(None)
+    differs = 0
+    for n, confidence in enumerate(values):
+        info = RouterInfo(f"r{n}", "coding", "classifier", confidence, None, "general", None, status="ok",
+                          latency_s=0.01)
+        want = b"".join(writer.spans_py(tracing._Finished(trace, info, None, None, False)))
+        got = otlp.request(trace, info, None, None, b"", writer._shared, writer._shared_attributes,
+                           writer._attempt_cache, writer._attempt_attributes)
+        assert got == want, (n, confidence)
+        differs += round(confidence, 4) != confidence
+    assert differs > len(values) // 2   # the values were rounded, not written as they came
+
+
 def UpstreamCallFor(provider):   # noqa: N802 - reads as the value it makes
     from router.core.translate import UpstreamCall
 

@@ -97,7 +97,7 @@ class RequestTrace:
     def __init__(self, trace_id: int, span_id: int, parent: SpanContext | None, sampled: bool, start_ns: int,
                  remote: bool = False, tracestate: str | None = None):
         self.trace_id, self.span_id, self.parent, self.sampled = trace_id, span_id, parent, sampled
-        self.start_ns, self.remote, self.tracestate = start_ns, remote, tracestate
+        self.start_ns, self.tracestate = start_ns, tracestate
         self.remote = remote                          # the parent came over the wire (the proxy): a SERVER span
         self.attempts: list[AttemptTrace] = []
         self.finish_reasons: list[str] = []

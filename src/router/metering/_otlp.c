@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 static PyObject *fallback_kv = NULL;   /* router.metering.tracing._kv_py */
@@ -511,6 +512,24 @@ u64(PyObject *o, unsigned char out[8])
     return be64(o, out);
 }
 
+/* `round(x, 4)` of a float, the same float: CPython rounds the exact binary value correctly (dtoa, then
+ * strtod of the digits). When x * 10**4 is not within 1e-6 of a tie (its float error is below 1e-7
+ * for |x| < 2**16), the nearest integer k is the correctly rounded one, and k / 10**4 (one IEEE
+ * division, correctly rounded) is the float nearest k * 10**-4: strtod's answer. Ties, NaN, infinities
+ * and large values go to the builtin. */
+static PyObject *
+round4(PyObject *f)
+{
+    double x = PyFloat_AS_DOUBLE(f);
+    if (fabs(x) < 65536.0) {
+        double d = x * 1e4, k = nearbyint(d);
+        if (fabs(fabs(d - k) - 0.5) > 1e-6)
+            return PyFloat_FromDouble(k / 1e4);
+    }
+    PyObject *rargs[2] = {f, four};
+    return PyObject_Vectorcall(round_fn, rargs, 2, NULL);
+}
+
 static PyObject *
 otlp_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -531,6 +550,13 @@ otlp_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     buf_init(&attrs);
     buf_init(&ans);
     buf_init(&name);
+    /* a request's spans are 1-2 kB, its span's attributes about 700 bytes: one allocation each, not a
+     * chain of reallocations */
+    if (buf_reserve(&out, 4096) < 0 || buf_reserve(&attrs, 2048) < 0) {
+        buf_free(&out);
+        buf_free(&attrs);
+        return NULL;
+    }
     unsigned char *used = NULL;
     PyObject **matched = NULL, **ended_provider = NULL, **ended_model = NULL;
     PyObject *result = NULL;
@@ -685,9 +711,7 @@ otlp_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         GET(o, info, confidence)
         if ((o = keep(&h, PyNumber_Float(o))) == NULL)
             goto bail;
-        PyObject *rargs[2] = {o, four};
-        if ((o = keep(&h, PyObject_Vectorcall(round_fn, rargs, 2, NULL))) == NULL
-            || put_kv(&attrs, "router.confidence", o) != 1)
+        if ((o = keep(&h, round4(o))) == NULL || put_kv(&attrs, "router.confidence", o) != 1)
             goto bail;
     }
     GET(o, info, cache_saved_usd)

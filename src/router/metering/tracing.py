@@ -714,17 +714,19 @@ class OtelTracer:
                 state = current.trace_state.to_header() if current.trace_state else None
                 parent = SpanContext(current.trace_id, current.span_id, current.trace_flags.sampled, state or None)
             trace = _Trace.begin(parent)
-        model = body.get("model")
-        trace.request_model = model if isinstance(model, str) else None
+        get = body.get
+        model = get("model")
+        if isinstance(model, str):
+            trace.request_model = model
         if "messages" not in body:
             trace.operation = "embeddings"
-        params = None
-        for key, name in _PARAMS:
-            v = body.get(key)
-            if v is not None and type(v) in (int, float):
-                params = [*(params or ()), (name, v)]
+        params = ()
+        for key, name in _PARAMS:   # usually one or none: a tuple grown by one, no list
+            v = get(key)
+            if v is not None and type(v) in _NUMBERS:
+                params += ((name, v),)
         if params:
-            trace.request_params = tuple(params)
+            trace.request_params = params
         if policy.telemetry.capture_content:
             trace.body, trace.output = body, []
         return trace
@@ -752,5 +754,6 @@ class OtelTracer:
         self.http.close()
 
 
+_NUMBERS = (int, float)
 _PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
            ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
