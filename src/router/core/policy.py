@@ -48,6 +48,7 @@ __all__ = [
     "Tenant",
     "Timeouts",
     "hash_key",
+    "key_id_of",
 ]
 
 PROVIDER_KINDS = ("vllm", "openai", "deepseek", "mistral", "litellm")
@@ -85,6 +86,16 @@ class Secret:
 def hash_key(key: str) -> str:
     """The form a tenant key takes in a policy: ``sha256:<hex>``."""
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_of(hashed: str) -> str:
+    """A key's id for per-key rate limits and the status page: 16 hex digits of its hash
+    (`hash_key`), never the key.
+
+    >>> key_id_of(hash_key("sk-test"))
+    'f3abf2a6cc4f0098'
+    """
+    return hashed[7:23]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from router.core.errors import RateLimited, RateLimitUnavailable
+from router.core.policy import key_id_of
 from router.metering.redis_store import RedisStore, StoreError, split_prefix
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Scope:
     key: str
     what: str              # for messages: "tenant acme", "route reasoning of tenant acme", ...
     limit: RateLimit
+    label: str = "tenant"  # for the status page: "tenant", "key <id>", or the route or model's name
 
 
 @dataclass(slots=True)
@@ -109,12 +111,16 @@ def scopes_for(policy: Policy, tenant: str | None, key_id: str | None, targets: 
     if limits.tenant.limited:
         out.append(Scope(ten.name, f"tenant '{ten.name}'", limits.tenant))
     if limits.per_key is not None and limits.per_key.limited and key_id:
-        out.append(Scope(f"{ten.name}:k:{key_id}", f"this API key of tenant '{ten.name}'", limits.per_key))
+        out.append(_key_scope(ten.name, key_id, limits.per_key, f"this API key of tenant '{ten.name}'"))
     for name in dict.fromkeys(targets):
         rl = limits.routes.get(name)
         if rl is not None and rl.limited:
-            out.append(Scope(f"{ten.name}:r:{name}", f"'{name}' for tenant '{ten.name}'", rl))
+            out.append(Scope(f"{ten.name}:r:{name}", f"'{name}' for tenant '{ten.name}'", rl, name))
     return tuple(out)
+
+
+def _key_scope(tenant: str, key_id: str, limit: RateLimit, what: str) -> Scope:
+    return Scope(f"{tenant}:k:{key_id}", what, limit, f"key {key_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +266,8 @@ class RateLimiter(abc.ABC):
         if limits.per_key is not None and limits.per_key.limited:
             # the proxy's key id of each configured key: the start of its hash (never the key)
             at = 1 if scopes and scopes[0].key == ten.name else 0
-            scopes[at:at] = [Scope(f"{ten.name}:k:{h[7:23]}", f"key {h[7:23]} of tenant '{ten.name}'", limits.per_key)
-                             for h in ten.keys]
+            scopes[at:at] = [_key_scope(ten.name, kid, limits.per_key, f"key {kid} of tenant '{ten.name}'")
+                             for kid in map(key_id_of, ten.keys)]
         found = await self.usage(scopes, timeout_s=timeout_s)
         return [ScopeUsage(s, u) for s, u in zip(scopes, found, strict=True)]
 

@@ -41,7 +41,7 @@ from router.core.errors import (
     RateLimited,
     RequestError,
 )
-from router.core.policy import Policy, Tenant, hash_key
+from router.core.policy import Policy, Tenant, hash_key, key_id_of
 from router.core.response import ChatCompletion, Embeddings, RouterInfo
 from router.engine.engine import ChunkStream, Engine, new_request_id
 from router.engine.replicas import session_from_headers
@@ -206,7 +206,7 @@ def _key_id(request: web.BaseRequest) -> str | None:
     """Which API key sent the request, for per-key rate limits: the start of its hash, never the key."""
     auth = request.headers.get("Authorization")
     key = auth.partition(" ")[2].strip() if auth else request.headers.get("x-api-key", "").strip()
-    return hash_key(key)[7:23] if key else None
+    return key_id_of(hash_key(key)) if key else None
 
 
 def _admission(request: web.BaseRequest, tenant: Tenant | None) -> dict[str, Any]:

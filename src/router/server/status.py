@@ -223,7 +223,7 @@ class StatusPage:
                     scopes = usage[name]
                     row["rate_limit_usage"] = (
                         {"available": False, "scopes": []} if scopes is None else
-                        {"available": True, "window_s": 60, "scopes": [_usage_row(name, su) for su in scopes]})
+                        {"available": True, "window_s": 60, "scopes": [_usage_row(su) for su in scopes]})
             out.append(row)
         return out
 
@@ -321,17 +321,10 @@ class StatusPage:
         return "".join(parts).encode()
 
 
-def _usage_row(tenant: str, su: ScopeUsage) -> dict[str, Any]:
+def _usage_row(su: ScopeUsage) -> dict[str, Any]:
     """One scope's live counts against its limits, for the page: ``{"used", "limit"}`` per limited kind."""
-    key, lim, u = su.scope.key, su.scope.limit, su.usage
-    rest = key[len(tenant):]
-    if not rest:
-        scope = "tenant"
-    elif rest.startswith(":k:"):
-        scope = f"key {rest[3:]}"
-    else:
-        scope = rest[3:]   # ":r:<route or model>"
-    row: dict[str, Any] = {"scope": scope}
+    lim, u = su.scope.limit, su.usage
+    row: dict[str, Any] = {"scope": su.scope.label}
     for kind, used, limit in (("requests", u.requests, lim.requests_per_minute),
                               ("tokens", u.tokens, lim.tokens_per_minute),
                               ("concurrent", u.concurrent, lim.concurrent)):
