@@ -39,9 +39,9 @@ from router.classify.features import (
     SHAPE_STEPS,
     SHAPE_VALUE,
     TOOLS_BUDGET,
+    _calls_text,
     _clip,
     _message_text,
-    _tool_name,
     _tools_text,
     announces_new_topic,
     canonical_name,
@@ -242,18 +242,6 @@ def conversation_parts(messages: Sequence[Mapping], tools: Sequence | None,
         parts[k].append(text)
         budget[k] -= len(text)
     return main, (combined, *("\n".join(p) if p else None for p in parts), tools_text)
-
-
-def _calls_text(message: Mapping) -> str:
-    """An assistant message's tool calls: each as its name's words and its arguments, no JSON syntax."""
-    calls = message.get("tool_calls")
-    out = []
-    if isinstance(calls, list):
-        for call in calls:
-            fn = call.get("function") if isinstance(call, Mapping) else None
-            if isinstance(fn, Mapping):
-                out.append(f"{_tool_name(fn.get('name', ''))} {str(fn.get('arguments', ''))[:200].translate(_JSON_SYNTAX)}")
-    return "\n".join(out)
 
 
 def _part_keys(text: str, tools: bool) -> tuple[set, set]:

@@ -294,14 +294,20 @@ def _tool_name(name: object) -> str:
 
 def _message_text(message: Mapping) -> str:
     text = content_text(message.get("content"))
+    calls = _calls_text(message)
+    return f"{text}\n{calls}" if calls else text
+
+
+def _calls_text(message: Mapping) -> str:
+    """A message's tool calls, a line each: the name's words and the arguments, no JSON syntax."""
     calls = message.get("tool_calls")
+    out = []
     if isinstance(calls, list):
         for call in calls:
             fn = call.get("function") if isinstance(call, Mapping) else None
             if isinstance(fn, Mapping):
-                args = str(fn.get("arguments", ""))[:200].translate(_JSON_SYNTAX)
-                text += f"\n{_tool_name(fn.get('name', ''))} {args}"
-    return text
+                out.append(f"{_tool_name(fn.get('name', ''))} {str(fn.get('arguments', ''))[:200].translate(_JSON_SYNTAX)}")
+    return "\n".join(out)
 
 
 def _clip(text: str, head: int, tail: int) -> str:
