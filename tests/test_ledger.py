@@ -130,6 +130,19 @@ async def test_writes_are_idempotent_and_summaries_group(ledger_factory):
     ledger.close()
 
 
+@pytest.mark.parametrize("limit", [None, 999])   # 999: SQLite's parameter limit before 3.32
+def test_sqlite_writes_large_batches_in_multi_row_statements(tmp_path, limit):
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    if limit:   # statements are sized by the connection's limit
+        ledger._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+    batch = [_rec(i, tenant=f"t{i % 7}", cost_usd=i / 1000) for i in range(777)]
+    ledger.write(batch)
+    ledger.write(batch[100:400] + [_rec(777), _rec(778)])   # overlapping rows are ignored, new ones kept
+    got = {r.id: r for r in ledger.records()}
+    assert len(got) == 779 and got["req_555"] == batch[555] and got["req_778"].tenant == "acme"
+    ledger.close()
+
+
 def test_sqlite_uses_wal(tmp_path):
     SQLiteLedger(tmp_path / "l.db").close()
     with sqlite3.connect(tmp_path / "l.db") as conn:

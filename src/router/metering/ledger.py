@@ -24,6 +24,7 @@ import atexit
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import operator
 import os
@@ -35,6 +36,7 @@ import urllib.parse
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -257,6 +259,15 @@ _INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (ts)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_client_id ON {TABLE} (client_request_id)")
 
 
+_CHUNK = 256   # rows per INSERT at most (fewer where SQLite allows fewer parameters per statement)
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    one = f"({', '.join('?' * len(COLUMNS))})"
+    return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {', '.join([one] * rows)}"
+
+
 class SQLiteLedger(Ledger):
     """An embedded ledger in one SQLite file: WAL journal, `synchronous=FULL` (a committed batch survives
     a power cut), one connection shared under a lock."""
@@ -293,11 +304,21 @@ class SQLiteLedger(Ledger):
             self._conn.execute("COMMIT")
 
     def write(self, records: Sequence[LedgerRecord]) -> None:
-        sql = f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        """One transaction; the rows in multi-row INSERTs of up to `_CHUNK` rows, then powers of two
+        (a handful of statements, each prepared once). Not `executemany`: sqlite3 releases the GIL
+        around every row's step, and on a busy event loop each of those hand-offs cost more than the
+        row's own work (benchmarks/README.md#the-ledger-writer-and-the-gil)."""
+        rows = list(map(_row, records))
         with self._lock:
+            per_statement = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(COLUMNS)
+            chunk = 1 << (min(_CHUNK, per_statement).bit_length() - 1)   # a power of two
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(sql, [_row(r) for r in records])
+                i, n = 0, len(rows)
+                while i < n:
+                    k = chunk if n - i >= chunk else 1 << ((n - i).bit_length() - 1)
+                    self._conn.execute(_insert_sql(k), list(chain.from_iterable(rows[i:i + k])))
+                    i += k
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
