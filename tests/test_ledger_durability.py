@@ -109,6 +109,21 @@ async def test_a_tenant_cannot_claim_another_tenants_ids(sims, tmp_path):
     assert sum(r.tenant == "acme" for r in rows) == len(guesses)
 
 
+def test_request_ids_drawn_ahead_are_not_shared_with_a_forked_child():
+    new_request_id()   # the random parts of the next few hundred ids are drawn now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: its next ids, to the parent
+        os.write(write, " ".join(new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode().split()
+    os.close(read)
+    parent = [new_request_id() for _ in range(3)]
+    assert len(child) == 3 and not {c[16:] for c in child} & {p[16:] for p in parent}
+
+
 def test_generated_ids_are_unguessable_and_in_time_order():
     ids = [new_request_id() for _ in range(10_000)]
     assert len(set(ids)) == 10_000 and all(RID.fullmatch(i) for i in ids)
