@@ -34,6 +34,8 @@ from pathlib import Path
 from router.classify.features import (
     _JSON_SYNTAX,
     CJK_HEAD,
+    LAST_HEAD,
+    LAST_TAIL,
     SHAPE_NAMES,
     SHAPE_PREFIX,
     SHAPE_STEPS,
@@ -100,6 +102,7 @@ class Classification:
 
 
 PARTS = ("context", "system", "history", "assistant", "actions", "tools")
+_NO_PARTS = (None,) * len(PARTS)
 """What a conversation is read as, besides the last user turn: the whole ``context`` as one text
 (system prompt, earlier turns, tool calls and results, tools offered:
 :func:`router.classify.features.split_conversation`), and each role on its own: the system prompt,
@@ -198,6 +201,11 @@ def conversation_parts(messages: Sequence[Mapping], tools: Sequence | None,
     >>> conversation_parts([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], None)
     ('hi', ('be brief', 'be brief', None, None, None, None))
     """
+    if not tools and len(messages) == 1:   # the common request, one user message: what the rest would give
+        m = messages[0]
+        if type(m) is dict and type(text := m.get("content")) is str and m.get("role", "user") == "user" \
+                and not m.get("tool_calls"):
+            return _clip(text, LAST_HEAD, LAST_TAIL), _NO_PARTS
     main, combined = split_conversation(messages, tools)
     tools_text = None
     if tools and weights.tools:
@@ -434,6 +442,8 @@ class Classifier:
             else:
                 s, n, c, m = _native_score(table, raw, lowered, *_pair(parts[0]), marked[0])
                 shape = self._shape_sums(main)
+            if parts is _NO_PARTS:   # a lone user message
+                return s, n, _NO_PARTS, shape
             out: list = [None] * len(parts)
             out[0] = None if c is None else (c, m)
             for a, b in ((1, 5), (2, 3), (4, None)):  # two texts a call: the marker goes with the second
@@ -479,7 +489,7 @@ class Classifier:
         if shape is not None:  # the shape markers: not size-normalised
             for k, v in enumerate(shape, 1):
                 z[k] += v * self._scale
-        if any(p is not None for p in part_sums):
+        if part_sums is not _NO_PARTS and any(p is not None for p in part_sums):
             conv = self.conversation
             for ps, g in zip(part_sums, conv.part_weights(n, announces_new_topic(main)), strict=True):
                 if ps is None or not ps[1] or not g:
