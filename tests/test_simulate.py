@@ -8,7 +8,7 @@ import time
 import pytest
 
 from router.cli import main
-from router.core.policy_parser import load_policy
+from router.core.policy_parser import load_policy, parse_policy
 from router.tools.simulate import SpecError, format_table, load_spec, parse_spec, simulate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -47,6 +47,32 @@ def test_api_cost_matches_the_hand_computed_price() -> None:
     hand = 100 * (share_in * 0.28 + (1 - share_in) * 0.42)
     assert r.monthly_cost_usd == pytest.approx(hand, rel=0.15)
     assert r.self_hosted_tokens == 0 and r.spilled == 0
+
+
+def test_time_of_day_prices_order_the_candidates_at_their_hour() -> None:
+    # B is dearer than A except in its off-peak window (16:30-00:30 UTC), when it is the cheapest:
+    # the simulated requests must go where decide() sends them at that hour, and not count as spilled
+    p = parse_policy("""
+version: 1
+providers:
+  a: {kind: openai, base_url: "https://a.example/v1", region: us}
+  b: {kind: deepseek, base_url: "https://api.deepseek.com/v1", region: cn}
+models:
+  a: {provider: a, model: a, price: {input_per_mtok: 0.20, output_per_mtok: 0.30}}
+  b: {provider: b, model: b, price: {input_per_mtok: 0.28, output_per_mtok: 0.42,
+      windows: [{from: "16:30", to: "00:30", input_per_mtok: 0.07, output_per_mtok: 0.105}]}}
+routes:
+  general: {targets: [a, b], strategy: cheapest}
+rules:
+  - {route: general}
+""")
+    spec = load_spec(SPECS / "100m.yaml")
+    r = simulate(p, spec, days=1)
+    evening = [h for h in range(24) if h >= 17]     # entirely inside the window
+    daytime = [h for h in range(1, 16)]             # entirely outside
+    assert all(r.hourly.get("a", [0.0] * 24)[h] == 0 and r.hourly["b"][h] > 0 for h in evening)
+    assert all(r.hourly["a"][h] > 0 and r.hourly.get("b", [0.0] * 24)[h] == 0 for h in daytime)
+    assert r.spilled == 0
 
 
 def test_small_volume_fits_on_the_gpus_large_volume_spills() -> None:

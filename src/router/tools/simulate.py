@@ -252,7 +252,8 @@ def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str |
     hedging = _Hedging(policy, spec, noise)
     saturated: frozenset[str] = frozenset()
     body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": "simulated request"}]}
-    first_choice: dict[str, str] = {}
+    first_choice: dict[tuple[str, int], str] = {}
+    windowed = any(m.price.windows for m in policy.models.values())
     hours = int(math.ceil(days * 24))
     for step in range(steps):
         t = step * spec.step_s
@@ -277,16 +278,18 @@ def simulate(policy: Policy, spec: TrafficSpec, *, days: float = 30, name: str |
             body["max_tokens"] = tout
             res.samples += 1
             try:
-                d = decide(policy, body, task=task, state=state)
+                d = decide(policy, body, task=task, state=state, now=t)
             except RouterError as e:
                 res.failed += w
                 res.requests += w
                 if getattr(e, "status", None) == 503:   # every candidate saturated: over capacity
                     res.overflow += w
                 continue
-            preferred = first_choice.get(d.route)
+            # the route's first choice with nothing saturated, at this minute's prices (their windows)
+            choice = (d.route, int(t // 60) % 1440 if windowed else 0)
+            preferred = first_choice.get(choice)
             if preferred is None:
-                preferred = first_choice[d.route] = decide(policy, body, task=task).candidates[0].model
+                preferred = first_choice[choice] = decide(policy, body, task=task, now=t).candidates[0].model
             # The requests this sample stands for are a flow: a deployment takes what fits in its throughput
             # for the step (the rest goes on to its next replica or candidate, as the engine spills a
             # saturated or full deployment), and a failed attempt fails over like the engine does.
