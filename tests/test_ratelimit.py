@@ -5,6 +5,7 @@ each API's shape with the headers OpenAI's SDK reads; and a store that does not 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
 import time
 import uuid
@@ -301,6 +302,52 @@ async def test_a_limited_request_gets_429_with_retry_headers_in_each_apis_shape(
     errors = sum(v for (name, labels), v in s.items() if name == "router_requests_total"
                  and ("status", "error") in labels and ("provider", "none") in labels)
     assert errors == 4
+
+
+async def test_admitted_requests_say_what_is_left_in_each_apis_headers():
+    # OpenAI's x-ratelimit-* on every answer (JSON and streams), Anthropic's anthropic-ratelimit-* too on
+    # /v1/messages: the tightest scope of each kind, counting down; none for a tenant without limits
+    async with Simulator(models=["model-m"]) as sim:
+        px = await start_proxy(proxy_policy(sim.base_url, "{requests_per_minute: 10, tokens_per_minute: 100000}"))
+        try:
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+                remaining = []
+                async with http.post(px.url + "/v1/chat/completions", json=chat) as r:
+                    assert r.status == 200
+                    assert r.headers["x-ratelimit-limit-requests"] == "10"
+                    assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+                    assert int(r.headers["x-ratelimit-remaining-tokens"]) < 100000
+                    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+                    remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+                async with http.post(px.url + "/v1/chat/completions", json={**chat, "stream": True}) as r:
+                    await r.read()
+                    assert r.status == 200
+                    remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+                async with http.post(px.url + "/v1/responses", json={"model": "auto", "input": "hi"}) as r:
+                    assert r.status == 200
+                    remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+                    assert "anthropic-ratelimit-requests-limit" not in r.headers
+                before = time.time()
+                async with http.post(px.url + "/v1/messages", json={
+                        "model": "auto", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}) as r:
+                    assert r.status == 200
+                    remaining.append(int(r.headers["anthropic-ratelimit-requests-remaining"]))
+                    assert r.headers["x-ratelimit-remaining-requests"] == str(remaining[-1])
+                    assert r.headers["anthropic-ratelimit-tokens-limit"] == "100000"
+                    reset = datetime.datetime.strptime(r.headers["anthropic-ratelimit-requests-reset"],
+                                                       "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+                    assert before < reset.timestamp() <= before + 62
+                assert remaining == [9, 8, 7, 6]
+        finally:
+            await px.stop()
+        free = await start_proxy(proxy_policy(sim.base_url, "{}").replace(", rate_limits: {}", ""))
+        try:
+            async with aiohttp.ClientSession(headers=AUTH) as http, http.post(free.url + "/v1/chat/completions", json={
+                    "model": "auto", "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200 and not [h for h in r.headers if "ratelimit" in h.lower()]
+        finally:
+            await free.stop()
 
 
 async def test_the_openai_sdk_waits_for_retry_after_and_then_succeeds():

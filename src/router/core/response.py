@@ -122,6 +122,9 @@ class RouterInfo:
     hedge: str | None = None
     hedge_cost_usd: float = 0.0
     resumed: int = 0
+    # the tenant's rate limits at admission, the scope with the least left of each kind:
+    # {"requests": (limit, remaining, reset_s), "tokens": (...)}; None when none applies
+    rate_limit: dict[str, tuple[int, int, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -147,6 +147,8 @@ class Admission:
                 policy, info.tenant, entry.key_id, targets, tokens,
                 count_request=found is None or ten.rate_limits.cache_hits,
                 timeout_s=min(policy.metering.rate_limit_timeout_s, max(req.remaining(), 0.0)))
+            if entry.lease is not None:   # what is left, for the response's x-ratelimit-* headers
+                info.rate_limit = entry.lease.state or None
         if entry.cache is not None:
             info.response_cache = "miss" if found is None else "hit"
         if found is None:

@@ -35,7 +35,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from router.core.policy import Policy, RateLimit
 
 __all__ = ["InProcessRateLimiter", "Lease", "RateLimitMetrics", "RateLimiter", "RedisRateLimiter", "Scope",
-           "ScopeUsage", "Usage", "format_reset", "open_rate_limiter", "scopes_for"]
+           "ScopeUsage", "Usage", "format_reset", "open_rate_limiter", "ratelimit_headers", "scopes_for",
+           "tightest"]
 
 log = logging.getLogger("router.metering.ratelimit")
 
@@ -97,6 +98,11 @@ class Lease:
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of the admission (the tightest scope of each kind)."""
         return _headers(self.scopes, self.numbers) if self.numbers else {}
+
+    @property
+    def state(self) -> dict[str, tuple[int, int, float]]:
+        """`tightest` at admission: ``{"requests": (limit, remaining, reset_s), "tokens": (...)}``."""
+        return tightest(self.scopes, self.numbers) if self.numbers else {}
 
 
 def scopes_for(policy: Policy, tenant: str | None, key_id: str | None, targets: Sequence[str] = ()
@@ -171,24 +177,38 @@ class _Numbers:
     wait_s: float | None = None  # refused: until the request would fit (None: never, or unknown)
 
 
+def tightest(scopes: Sequence[Scope], numbers: Sequence[_Numbers]) -> dict[str, tuple[int, int, float]]:
+    """For requests and for tokens per minute, the scope with the least left: ``{"requests": (limit,
+    remaining, seconds until the oldest counted entry leaves the window), "tokens": (...)}``; a kind
+    no scope limits is absent."""
+    out: dict[str, tuple[int, int, float]] = {}
+    req = [(s.limit.requests_per_minute - n.requests, s.limit.requests_per_minute, n.requests_reset_s)
+           for s, n in zip(scopes, numbers, strict=True) if s.limit.requests_per_minute is not None]
+    if req:
+        left, limit, reset = min(req, key=lambda t: t[0])
+        out["requests"] = (limit, max(0, left), reset)
+    tok = [(s.limit.tokens_per_minute - n.tokens, s.limit.tokens_per_minute, n.tokens_reset_s)
+           for s, n in zip(scopes, numbers, strict=True) if s.limit.tokens_per_minute is not None]
+    if tok:
+        left, limit, reset = min(tok, key=lambda t: t[0])
+        out["tokens"] = (limit, max(0, left), reset)
+    return out
+
+
+def ratelimit_headers(state: Mapping[str, tuple[int, int, float]]) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for `tightest`'s result: limit, remaining and reset (``1.5s``,
+    ``6m0s``) for requests and for tokens."""
+    h: dict[str, str] = {}
+    for kind, (limit, left, reset) in state.items():
+        h[f"x-ratelimit-limit-{kind}"] = str(limit)
+        h[f"x-ratelimit-remaining-{kind}"] = str(left)
+        h[f"x-ratelimit-reset-{kind}"] = format_reset(reset)
+    return h
+
+
 def _headers(scopes: Sequence[Scope], numbers: Sequence[_Numbers]) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the tightest scope of each kind."""
-    h: dict[str, str] = {}
-    req = [(s.limit.requests_per_minute - n.requests, s, n) for s, n in zip(scopes, numbers, strict=True)
-           if s.limit.requests_per_minute is not None]
-    if req:
-        left, s, n = min(req, key=lambda t: t[0])
-        h["x-ratelimit-limit-requests"] = str(s.limit.requests_per_minute)
-        h["x-ratelimit-remaining-requests"] = str(max(0, left))
-        h["x-ratelimit-reset-requests"] = format_reset(n.requests_reset_s)
-    tok = [(s.limit.tokens_per_minute - n.tokens, s, n) for s, n in zip(scopes, numbers, strict=True)
-           if s.limit.tokens_per_minute is not None]
-    if tok:
-        left, s, n = min(tok, key=lambda t: t[0])
-        h["x-ratelimit-limit-tokens"] = str(s.limit.tokens_per_minute)
-        h["x-ratelimit-remaining-tokens"] = str(max(0, left))
-        h["x-ratelimit-reset-tokens"] = format_reset(n.tokens_reset_s)
-    return h
+    return ratelimit_headers(tightest(scopes, numbers))
 
 
 def _refusal(tenant: str, scopes: Sequence[Scope], numbers: Sequence[_Numbers], index: int, kind: str,

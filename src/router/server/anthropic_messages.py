@@ -35,6 +35,7 @@ What maps to what (docs/agents.md has the full table):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +46,26 @@ from router.core.decision import estimate_prompt_tokens
 from router.core.errors import InvalidRequest, RequestError
 from router.server.openai_chat import Usage, arguments_object, reasoning_text, usage_of
 
-__all__ = ["API", "MessagesStream", "Reply", "count_tokens", "error_body", "from_chat", "to_chat"]
+__all__ = ["API", "MessagesStream", "Reply", "count_tokens", "error_body", "from_chat", "ratelimit_headers", "to_chat"]
 
 API = "messages"
+
+
+def ratelimit_headers(state: Mapping[str, tuple[int, int, float]], now: float) -> dict[str, str]:
+    """Anthropic's ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`` for a tenant's
+    rate limits (`RouterInfo.rate_limit`: kind -> (limit, remaining, seconds to reset)); the reset
+    is a moment in RFC 3339, UTC, as Anthropic sends it.
+
+    >>> ratelimit_headers({"requests": (60, 59, 1.2)}, 1767225600.0)["anthropic-ratelimit-requests-reset"]
+    '2026-01-01T00:00:02Z'
+    """
+    h: dict[str, str] = {}
+    for kind, (limit, left, reset) in state.items():
+        h[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+        h[f"anthropic-ratelimit-{kind}-remaining"] = str(left)
+        h[f"anthropic-ratelimit-{kind}-reset"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                               time.gmtime(math.ceil(now + reset)))
+    return h
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",

@@ -45,6 +45,7 @@ from router.core.policy import Policy, Tenant, hash_key, key_id_of
 from router.core.response import ChatCompletion, Embeddings, RouterInfo
 from router.engine.engine import ChunkStream, Engine, new_request_id
 from router.engine.replicas import session_from_headers
+from router.metering.ratelimit import ratelimit_headers
 from router.server import anthropic_messages as messages_api
 from router.server import openai_responses as responses_api
 from router.server.connections import GuardedServer
@@ -153,6 +154,10 @@ def _routed_headers(info: RouterInfo, rid: str, content_type: str) -> dict[str, 
         h["x-router-provider"] = info.provider
     if info.response_cache is not None:
         h["x-router-cache"] = info.response_cache
+    if info.rate_limit:   # the tenant's limits: what is left, as OpenAI (and for Messages, Anthropic) send it
+        h.update(ratelimit_headers(info.rate_limit))
+        if info.api == messages_api.API:
+            h.update(messages_api.ratelimit_headers(info.rate_limit, time.time()))
     return h
 
 
