@@ -10,11 +10,18 @@ affinity), ``stream+hedge`` races the first chunk against a 30 s hedge delay (se
 and ``stream+resume`` keeps the text streamed so far. ``pinned+trace``, ``auto+trace``, ``auto+traceparent`` (a client's
 W3C traceparent continued, as the proxy does) and ``stream+trace`` are ``auto`` and ``stream`` with
 OpenTelemetry tracing on, exporting to an OTLP/HTTP sink (benchmarks/otlp_sink.py, in a process of its
-own, as a collector would be), each timed loop ending with a flush so the export is counted. A checkout without those features skips them.
+own, as a collector would be), each timed loop ending with a flush so the export is counted; they use
+the default export queue (the C sender where it builds), and ``pinned+trace(py)`` and ``stream+trace(py)``
+the same requests through the Python one (``ROUTER_OTLP_SENDER=python``), in the same process and run.
+A checkout without those features skips them.
 
     python benchmarks/bench_engine.py [--calls 4000] [--rounds 8]
     python benchmarks/bench_engine.py --against /tmp/base/src     # A/B against another checkout's src
     python benchmarks/bench_engine.py --cpu                       # CPU time of the process, not wall time
+    python benchmarks/bench_engine.py --switches                  # context switches, not time
+
+``--switches`` counts the process's voluntary context switches (every thread) per 1000 calls instead:
+how often a thread waited (for the GIL, for a lock), the cost the C trace export removes.
 
 ``--cpu`` times each loop with the process's CPU time (every thread: the tracer's export thread and
 the OTLP sink count too) instead of the wall clock, so other processes on a shared machine do not
@@ -86,7 +93,7 @@ FLEET = POLICY.replace("  up: {kind: vllm, base_url: \"http://127.0.0.1:9/v1\", 
                                    "  fleet: {targets: [r]}")
 
 
-def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
+def one_round(calls: int, cpu: bool = False, swap: bool = False, switches: bool = False) -> dict[str, float]:
     from router import Router
     from router.core.policy_parser import parse_policy
     from router.metering.budget import InProcessBudget
@@ -210,11 +217,23 @@ def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        traced = Router(parse_policy(POLICY + f"telemetry: {{endpoint: 'http://127.0.0.1:{port}'}}\n",
-                                     env={}), transport=Instant(), meters=[PrometheusMeter(lock_free=True)],
-                        budget=InProcessBudget(), monitor=True).engine
+        def traced_engine(sender: str | None):   # ROUTER_OTLP_SENDER=python: the Python export queue and thread
+            before = os.environ.get("ROUTER_OTLP_SENDER")
+            if sender is not None:   # else as the environment says
+                os.environ["ROUTER_OTLP_SENDER"] = sender
+            try:
+                return Router(parse_policy(POLICY + f"telemetry: {{endpoint: 'http://127.0.0.1:{port}'}}\n",
+                                           env={}), transport=Instant(), meters=[PrometheusMeter(lock_free=True)],
+                              budget=InProcessBudget(), monitor=True).engine
+            finally:
+                os.environ.pop("ROUTER_OTLP_SENDER", None)
+                if before is not None:
+                    os.environ["ROUTER_OTLP_SENDER"] = before
+
+        traced = traced_engine(None)
+        traced_py = traced_engine("python")
     except Exception:   # a checkout without tracing
-        traced = None
+        traced = traced_py = None
     if traced is not None and traced.tracer is not None:
         carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 
@@ -231,12 +250,34 @@ def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
             async for _ in traced.stream({"model": "m", "messages": MESSAGES, "stream": True}, task="coding"):
                 pass
 
-        variants += [("pinned+trace", pinned_traced), ("auto+trace", auto_traced),
-                     ("auto+traceparent", auto_traceparent), ("stream+trace", stream_traced)]
+        async def pinned_traced_py() -> None:
+            await traced_py.complete({"model": "m", "messages": MESSAGES, "max_tokens": 64}, task="coding")
+
+        async def stream_traced_py() -> None:
+            async for _ in traced_py.stream({"model": "m", "messages": MESSAGES, "stream": True}, task="coding"):
+                pass
+
+        # the C and Python export queues side by side, which runs first alternating from round to round
+        # (a variant that runs later in a round costs a few us more, whatever it is)
+        pairs = [[("pinned+trace", pinned_traced), ("pinned+trace(py)", pinned_traced_py)],
+                 [("stream+trace", stream_traced), ("stream+trace(py)", stream_traced_py)]]
+        if swap:
+            pairs = [pair[::-1] for pair in pairs]
+        variants += [*pairs[0], ("auto+trace", auto_traced), ("auto+traceparent", auto_traceparent), *pairs[1]]
         for name in ("pinned+trace", "auto+trace", "auto+traceparent", "stream+trace"):
             flushes[name] = traced.tracer
+        for name in ("pinned+trace(py)", "stream+trace(py)"):
+            flushes[name] = traced_py.tracer
 
     clock = time.process_time if cpu else time.perf_counter
+    scale = 1e6
+    if switches:   # the process's voluntary context switches (every thread: waits for the GIL, for a lock)
+        import resource
+
+        def clock() -> float:
+            return float(resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)
+
+        scale = 1e3
 
     async def run() -> dict[str, float]:
         out = {}
@@ -251,7 +292,7 @@ def one_round(calls: int, cpu: bool = False) -> dict[str, float]:
                 await fn()
             if tracer is not None:
                 tracer.force_flush()   # type: ignore[attr-defined]
-            out[name] = (clock() - t0) / calls * 1e6
+            out[name] = (clock() - t0) / calls * scale
         await router.aclose()
         return out
 
@@ -270,9 +311,12 @@ def main() -> None:
     p.add_argument("--against", help="another checkout's src directory: alternate rounds between the two")
     p.add_argument("--cpu", action="store_true", help="time with the process's CPU time instead of the wall clock")
     p.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--swap", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--switches", action="store_true",
+                   help="count the process's voluntary context switches per 1000 calls instead of time")
     args = p.parse_args()
     if args.one_round:
-        print(json.dumps(one_round(args.calls, args.cpu)))
+        print(json.dumps(one_round(args.calls, args.cpu, args.swap, args.switches)))
         return
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
     sides = {"this": os.path.abspath(here)}
@@ -284,19 +328,22 @@ def main() -> None:
         for side in order:
             env = {**os.environ, "PYTHONPATH": sides[side]}
             out = subprocess.run([sys.executable, __file__, "--one-round", "--calls", str(args.calls),
-                                  *(["--cpu"] if args.cpu else [])], env=env,
+                                  *(["--swap"] if r % 2 else []),
+                                  *(["--cpu"] if args.cpu else []), *(["--switches"] if args.switches else [])],
+                                 env=env,
                                  capture_output=True, text=True, check=True)
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
     names = list(results["this"][0])
-    print(f"engine cost per call, us of {'CPU' if args.cpu else 'wall'} time (median of {args.rounds} rounds of "
-          f"{args.calls} calls; min in brackets)")
-    header = f"{'variant':<15}" + "".join(f"{s:>22}" for s in sides) + ("   difference" if args.against else "")
+    what = ("voluntary context switches per 1000 calls" if args.switches
+            else f"engine cost per call, us of {'CPU' if args.cpu else 'wall'} time")
+    print(f"{what} (median of {args.rounds} rounds of {args.calls} calls; min in brackets)")
+    header = f"{'variant':<17}" + "".join(f"{s:>22}" for s in sides) + ("   difference" if args.against else "")
     print(header)
     for n in names:
         ran = [s for s in sides if n in results[s][0]]   # a variant the other checkout cannot run: "-"
         med = {s: statistics.median(x[n] for x in results[s]) for s in ran}
         low = {s: min(x[n] for x in results[s]) for s in ran}
-        row = f"{n:<15}" + "".join(f"{med[s]:>13.1f} [{low[s]:>6.1f}]" if s in ran else f"{'-':>22}" for s in sides)
+        row = f"{n:<17}" + "".join(f"{med[s]:>13.1f} [{low[s]:>6.1f}]" if s in ran else f"{'-':>22}" for s in sides)
         if args.against and len(ran) == 2:
             row += f"   {med['this'] - med['against']:+8.1f}"
         print(row)

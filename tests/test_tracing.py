@@ -97,8 +97,15 @@ def sid(span_id: bytes) -> int:
     return int.from_bytes(span_id, "big")
 
 
-@pytest.fixture
-async def receiver():
+@pytest.fixture(params=["c", "python"])
+async def receiver(request, monkeypatch):
+    """The receiver, and which export queue the routers of the test use: the C sender (`_otlp.Sender`,
+    the default for an http:// endpoint) or the Python one (ROUTER_OTLP_SENDER=python): every
+    end-to-end test runs with both, and `flush` checks the one in use."""
+    if request.param == "python":
+        monkeypatch.setenv("ROUTER_OTLP_SENDER", "python")
+    else:
+        monkeypatch.delenv("ROUTER_OTLP_SENDER", raising=False)
     r = await Receiver().start()
     yield r
     await r.runner.cleanup()
@@ -122,8 +129,15 @@ def make_router(sims, telemetry: str = "", **kwargs) -> Router:
 
 
 async def flush(r: Router) -> None:
-    assert r.engine.tracer is not None
-    assert await asyncio.to_thread(r.engine.tracer.force_flush, 10.0)
+    from router.metering import tracing
+
+    tracer = r.engine.tracer
+    assert tracer is not None
+    if os.environ.get("ROUTER_OTLP_SENDER") == "python":
+        assert isinstance(tracer.batcher, tracing._Batcher)
+    else:
+        assert isinstance(tracer.batcher, _otlp().Sender)
+    assert await asyncio.to_thread(tracer.force_flush, 10.0)
 
 
 async def test_proxy_continues_the_clients_trace_and_passes_it_upstream(sims, receiver):
@@ -622,3 +636,503 @@ def test_the_batch_queue_posts_full_batches_and_drops_with_one_warning(caplog):
     b.shutdown()
     b.add(b"late")
     assert b.dropped == 11 and sum(posted) == 28
+
+
+# --- the C export queue and thread (router.metering._otlp.Sender) --------------------------------------
+# It POSTs without the GIL. Tested against a raw HTTP/1.1 endpoint on a real socket whose answers a
+# script gives, request by request: keep-alive, closed connections, retries, refusals, malformed
+# answers, a collector that is down or never answers, a full queue, a fork.
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+RESOURCE, SCOPE = {"service.name": "sender-test", "host.name": "h"}, ("router", "9.9")
+
+
+class Collector:
+    """An OTLP/HTTP endpoint written on a bare socket, one thread per connection. The n-th request (from
+    0) gets ``script(n)``: the bytes to answer, ``(bytes, True)`` to answer then close, None to close
+    without answering, or a `threading.Event` to wait for before answering 200. A body counts as
+    delivered when its answer's last status line is 2xx (or as `delivered_if` says)."""
+
+    def __init__(self, script=lambda n: OK, delivered_if=None):
+        import socket
+        import threading
+
+        self.script, self.delivered_if = script, delivered_if
+        self.requests: list[tuple[int, list[str], bytes]] = []   # (connection, head lines, body) as read
+        self.delivered: list[bytes] = []                          # the bodies answered with a 2xx
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                number, self.connections = self.connections, self.connections + 1
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn, number: int) -> None:
+        try:
+            self._requests(conn, number)
+        except OSError:   # the sender closed the connection (as it does after a malformed answer)
+            conn.close()
+
+    def _requests(self, conn, number: int) -> None:
+        import re
+        import threading
+
+        with conn, conn.makefile("rb") as f:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                head = [line.decode().rstrip("\r\n")]
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    head.append(h.decode().rstrip("\r\n"))
+                fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in head[1:])}
+                body = f.read(int(fields.get("content-length", 0)))
+                with self.lock:
+                    n = len(self.requests)
+                    self.requests.append((number, head, body))
+                action = self.script(n)
+                if isinstance(action, threading.Event):
+                    action.wait(10)
+                    action = OK
+                if action is None:
+                    return
+                data, close = action if isinstance(action, tuple) else (action, False)
+                statuses = re.findall(rb"HTTP/1\.[01] (\d\d\d)", data)
+                if (self.delivered_if(data) if self.delivered_if else statuses and statuses[-1].startswith(b"2")):
+                    with self.lock:
+                        self.delivered.append(body)
+                conn.sendall(data)
+                if close:
+                    return
+
+    def spans(self) -> list[str]:
+        """The names of the spans delivered, in order."""
+        out = []
+        for body in self.delivered:
+            req = ExportTraceServiceRequest()
+            req.ParseFromString(body)
+            out += [s.name for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def spans_named(*names: str) -> list[bytes]:
+    from router.metering.tracing import _span_py
+
+    return [_span_py(bytes(range(16)), i + 1, None, None, name, 1, 10**18, 10**18 + 5000, b"", 0, None, 0x101)
+            for i, name in enumerate(names)]
+
+
+def sender_for(collector: Collector, **settings):
+    from router.metering import tracing
+
+    settings = {"max_queue": 100, "batch": 4, "delay_s": 60.0, "timeout_s": 5.0, "backoff_s": 0.01,
+                "warn": tracing._sender_warning, **settings}
+    return _otlp().Sender("127.0.0.1", collector.port, "/v1/traces",
+                          [("User-Agent", "router/test"), ("Content-Type", "application/x-protobuf"),
+                           ("X-Api-Key", "k-123")], *tracing._envelope(RESOURCE, SCOPE), **settings)
+
+
+@pytest.fixture
+def collector():
+    made: list[Collector] = []
+
+    def make(script=lambda n: OK, delivered_if=None) -> Collector:
+        made.append(Collector(script, delivered_if))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def wait_until(predicate, seconds: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_the_c_sender_posts_the_python_envelope_on_one_kept_alive_connection(collector):
+    """Full batches go on their own (the thread is woken once per batch), the rest on a flush or on the
+    schedule delay; each body is exactly `encode_request`'s for its batch; one connection for all."""
+    from router.metering.tracing import encode_request
+
+    c = collector()
+    sender = sender_for(c)
+    assert (sender.max_queue, sender.batch, sender.delay_s, sender.timeout_s) == (100, 4, 60.0, 5.0)
+    spans = spans_named(*(f"s{i}" for i in range(10)))
+    for s in spans:
+        sender.add(s)
+    wait_until(lambda: len(c.delivered) == 2)          # two full batches, no flush
+    assert sender.queued == 2
+    assert sender.flush(5.0)
+    assert c.delivered == [encode_request(RESOURCE, SCOPE, spans[i:i + 4]) for i in (0, 4, 8)]
+    assert c.spans() == [f"s{i}" for i in range(10)]
+    [(_, head, _)] = {r[0]: r for r in c.requests}.values()   # every request on connection 0
+    assert head[0] == "POST /v1/traces HTTP/1.1"
+    assert {f"Host: 127.0.0.1:{c.port}", "User-Agent: router/test", "Content-Type: application/x-protobuf",
+            "X-Api-Key: k-123", f"Content-Length: {len(c.delivered[-1])}"} <= set(head)
+    assert (sender.exported, sender.failed, sender.dropped, sender.posts, sender.connections) == (10, 0, 0, 3, 1)
+    assert sender.last_error is None
+    sender.shutdown()
+
+    timed = sender_for(c, delay_s=0.05)                 # a partial batch waits for the schedule delay only
+    timed.add(spans_named("late")[0])
+    wait_until(lambda: c.spans()[-1:] == ["late"])
+    timed.shutdown()
+
+
+def test_the_c_sender_reconnects_at_once_when_the_collector_closed_the_connection(collector):
+    """A connection the collector closed while idle is replaced before the POST; one it closes on the POST
+    (no answer) is retried at once on a new one: nothing lost, no backoff (it is set to 30 s here)."""
+    import time
+
+    script = {0: (OK, True), 1: OK, 2: None, 3: OK}
+    c = collector(lambda n: script.get(n, OK))
+    sender = sender_for(c, backoff_s=30.0)
+    t0 = time.monotonic()
+    for name in ("a", "b", "c"):
+        sender.add(spans_named(name)[0])
+        assert sender.flush(5.0)
+    assert time.monotonic() - t0 < 5
+    assert c.spans() == ["a", "b", "c"]
+    assert [r[0] for r in c.requests] == [0, 1, 1, 2]   # a; b on a new connection; c sent twice, then answered
+    assert (sender.connections, sender.failed, sender.exported) == (3, 0, 3)
+    sender.shutdown()
+
+
+def test_the_c_sender_retries_503_after_the_backoff(collector):
+    import time
+
+    c = collector(lambda n: b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy" if n == 0 else OK)
+    sender = sender_for(c, backoff_s=0.5)               # tracing.py's value
+    sender.add(spans_named("a")[0])
+    t0 = time.monotonic()
+    assert sender.flush(5.0)
+    assert time.monotonic() - t0 >= 0.5
+    assert c.spans() == ["a"] and len(c.requests) == 2 and sender.posts == 2 and sender.connections == 1
+    sender.shutdown()
+
+
+def test_the_c_sender_gives_up_after_three_tries_with_one_warning_a_minute(collector, caplog):
+    answers = [b"HTTP/1.1 429 Slow down\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 502 Bad\r\nContent-Length: 0\r\n\r\n",
+               b"HTTP/1.1 504 Late\r\nContent-Length: 0\r\n\r\n"]
+    c = collector(lambda n: answers[n % 3] if n < 6 else OK)
+    sender = sender_for(c)
+    with caplog.at_level("WARNING", logger="router.tracing"):
+        sender.add(spans_named("a")[0])
+        sender.add(spans_named("b")[0])
+        assert not sender.flush(5.0)
+        sender.add(spans_named("c")[0])
+        assert not sender.flush(5.0)                       # failed too: counted, not logged again
+        sender.add(spans_named("d")[0])
+        assert sender.flush(5.0)                           # the next batch goes through
+    assert len(c.requests) == 7 and c.spans() == ["d"]
+    assert (sender.failed, sender.exported, sender.posts) == (3, 1, 7)
+    message = f"could not export traces to http://127.0.0.1:{c.port}/v1/traces: HTTP 504"
+    assert sender.last_error == message
+    assert [r.getMessage() for r in caplog.records] == [f"{message} (2 requests' spans not exported so far)"]
+    sender.shutdown()
+
+
+def test_the_c_sender_does_not_retry_a_refused_batch(collector, caplog):
+    c = collector(lambda n: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad" if n == 0 else OK)
+    sender = sender_for(c, backoff_s=30.0)
+    with caplog.at_level("WARNING", logger="router.tracing"):
+        spans = spans_named("a", "b")
+        for s in spans:
+            sender.add(s)
+        assert not sender.flush(5.0)
+    assert len(c.requests) == 1 and (sender.failed, sender.posts) == (2, 1)
+    size = len(c.requests[0][2])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the OTLP endpoint refused a batch of {size} bytes: HTTP 400 (2 requests' spans not exported so far)"]
+    sender.add(spans_named("c")[0])
+    assert sender.flush(5.0) and c.spans() == ["c"] and sender.connections == 1   # the connection is kept
+    sender.shutdown()
+
+
+MALFORMED = [
+    (b"garbage\r\n\r\n", False),
+    (b"\x00\xff" * 100, True),
+    (b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/2 200\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 20000000\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", True),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n", False),
+    (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", False),
+    (b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + OK, False),
+    (b"HTTP/1.1 200 OK\r\n", True),
+    (b"", True),
+]
+
+
+@pytest.mark.parametrize(("answer", "then_close"), MALFORMED, ids=[f"malformed{i}" for i in range(len(MALFORMED))])
+def test_a_malformed_answer_closes_the_connection_and_counts_as_a_failure(collector, answer, then_close):
+    """Three tries, each on a new connection (the one with the bad answer is closed, even when the
+    collector keeps it open), then a failure counted; the sender goes on working."""
+    c = collector(lambda n: (answer, then_close) if n < 3 else OK, delivered_if=lambda data: data == OK)
+    sender = sender_for(c)
+    sender.add(spans_named("a")[0])
+    assert not sender.flush(10.0)
+    assert (sender.failed, sender.exported, sender.connections, len(c.requests)) == (1, 0, 3, 3)
+    assert "malformed response" in sender.last_error or "closed" in sender.last_error, sender.last_error
+    sender.add(spans_named("b")[0])
+    assert sender.flush(10.0) and c.spans() == ["b"] and sender.connections == 4
+    sender.shutdown()
+
+
+def test_the_c_sender_reads_chunked_interim_and_read_to_close_answers(collector):
+    chunked = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n")
+    script = [chunked, chunked,                                               # kept alive
+              (b"HTTP/1.0 200 OK\r\n\r\n{\"partialSuccess\": {}}", True),     # to the end of the stream
+              b"HTTP/1.1 204 No Content\r\n\r\n",                             # a new connection, no body
+              (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", True),
+              b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+              b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"]
+    c = collector(lambda n: script[n] if n < len(script) else OK)
+    sender = sender_for(c, backoff_s=30.0)
+    for i in range(len(script)):
+        sender.add(spans_named(f"s{i}")[0])
+        assert sender.flush(5.0), sender.last_error
+    assert c.spans() == [f"s{i}" for i in range(len(script))]
+    assert [r[0] for r in c.requests] == [0, 0, 0, 1, 1, 2, 2]
+    assert (sender.failed, sender.connections, sender.posts) == (0, 3, len(script))
+    sender.shutdown()
+
+
+def test_an_endpoint_that_is_down_costs_bounded_time_and_is_counted(collector):
+    import socket
+    import time
+
+    with socket.socket() as s:   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = _otlp().Sender("127.0.0.1", port, "/v1/traces", [], b"", b"", batch=4, backoff_s=0.01, warn=None)
+    for s in spans_named("a", "b", "c"):
+        down.add(s)
+    t0 = time.monotonic()
+    assert not down.flush(10.0)
+    assert (down.failed, down.connections, down.posts) == (3, 0, 0)
+    assert "Connection refused" in down.last_error
+    down.shutdown()
+    assert time.monotonic() - t0 < 3
+
+    # a collector that takes the connection and never answers: the shutdown's timeout bounds the export
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        hung = _otlp().Sender("127.0.0.1", silent.getsockname()[1], "/v1/traces", [], b"", b"", timeout_s=60.0,
+                              warn=None)
+        for s in spans_named("a", "b"):
+            hung.add(s)
+        t0 = time.monotonic()
+        hung.shutdown(0.5)
+        assert time.monotonic() - t0 < 2.5
+        assert (hung.failed, hung.exported, hung.queued) == (2, 0, 0)
+        assert hung.flush(1.0) is True                      # stopped, nothing queued: at once
+        hung.add(spans_named("late")[0])
+        assert hung.dropped == 1
+    finally:
+        silent.close()
+
+
+def test_the_c_sender_drops_when_its_queue_is_full_with_one_warning(collector, caplog):
+    """The twin of `_Batcher`'s test: a slow collector, the queue fills, drops are counted and logged once."""
+    import threading
+
+    gate = threading.Event()
+    c = collector(lambda n: gate if n == 0 else OK)
+    sender = sender_for(c, max_queue=20, batch=8)
+    with caplog.at_level("WARNING", logger="router.tracing"):
+        for _ in range(8):
+            sender.add(b"\x12\x00")
+        wait_until(lambda: len(c.requests) == 1)       # the thread took the first batch, and waits
+        assert sender.queued == 0
+        for _ in range(30):
+            sender.add(b"\x12\x00")
+        assert sender.queued == 20 and sender.dropped == 10
+    assert [r.getMessage() for r in caplog.records] == [
+        "the trace export queue is full (20 requests): dropping spans (1 so far); raise OTEL_BSP_MAX_QUEUE_SIZE "
+        "or check the collector"]
+    gate.set()
+    assert sender.flush(5.0)
+    assert len(c.spans()) == 28 and sender.exported == 28 and sender.queued == 0
+    sender.shutdown()
+    sender.add(b"\x12\x00")
+    assert sender.dropped == 11 and sender.exported == 28
+    with pytest.raises(TypeError):
+        sender.add("not bytes")
+
+
+def test_flush_and_shutdown_deliver_everything_in_order(collector):
+    c = collector()
+    sender = sender_for(c, batch=64, max_queue=5000)
+    names = [f"n{i}" for i in range(1000)]
+    for s in spans_named(*names):
+        sender.add(s)
+    assert sender.flush(10.0)
+    assert c.spans() == names
+    for s in spans_named("x", "y"):
+        sender.add(s)
+    sender.shutdown()                                   # exports what is left
+    assert c.spans() == [*names, "x", "y"] and sender.exported == 1002
+    sender.shutdown()                                   # twice: nothing happens
+    assert sender.flush(1.0) is True
+
+
+def test_a_sender_dropped_without_shutdown_is_freed_safely(collector):
+    import gc
+
+    c = collector()
+    for _ in range(20):
+        sender = sender_for(c, batch=2)
+        for s in spans_named("a", "b", "c"):
+            sender.add(s)
+        del sender
+        gc.collect()
+    wait_until(lambda: len(c.spans()) == 60)          # the threads exported what was queued, then ended
+
+
+def test_bad_headers_are_refused_when_the_tracer_is_made_and_never_shown():
+    from router.metering import tracing
+
+    with pytest.raises(ValueError, match="X-Key") as e:
+        tracing.OtlpHttpExporter("http://127.0.0.1:9/v1/traces", {"X-Key": "sec\r\nInjected: ret"})
+    assert "sec" not in str(e.value).replace("X-Key", "")
+    with pytest.raises(ValueError, match="not a valid header name"):
+        tracing.OtlpHttpExporter("http://127.0.0.1:9/v1/traces", {"Bad Name": "v"})
+    policy = parse_policy(POLICY.format(ds="http://a", oa="http://b", telemetry=""), env={})
+    with pytest.raises(ValueError, match="authorization"):
+        tracing.tracer_for(policy, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20tok%0A"})
+    sender = _otlp().Sender
+    for headers in ([("X-Key", "a\nb")], [("X-Key", "a\rb")], [("X-Key", "a\x00b")], [("Bad Name", "v")],
+                    [("", "v")], [("X:Y", "v")]):
+        with pytest.raises(ValueError) as e:
+            sender("127.0.0.1", 9, "/v1/traces", headers, b"", b"")
+        assert "a\nb" not in str(e.value) and "a\rb" not in str(e.value)
+    for host, port, path in (("127.0.0.1", 0, "/"), ("127.0.0.1", 70000, "/"), ("", 9, "/"), ("a b", 9, "/"),
+                             ("127.0.0.1", 9, "v1"), ("127.0.0.1", 9, "/a b"), ("127.0.0.1", 9, "/a\r\nb")):
+        with pytest.raises(ValueError):
+            sender(host, port, path, [], b"", b"")
+
+
+def test_the_export_queue_is_chosen_by_endpoint_compression_and_variable():
+    from router.metering import tracing
+
+    def kind(env):
+        tracer = tracing.tracer_for(parse_policy(POLICY.format(ds="http://a", oa="http://b", telemetry=""), env={}),
+                                    env=env)
+        try:
+            return type(tracer.batcher).__name__
+        finally:
+            tracer.shutdown()
+
+    assert kind({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}) == "Sender"
+    assert kind({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://127.0.0.1:9"}) == "_Batcher"
+    assert kind({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}) \
+        == "_Batcher"
+    assert kind({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "ROUTER_OTLP_SENDER": "python"}) == "_Batcher"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "250",
+           "OTEL_BSP_MAX_QUEUE_SIZE": "30", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}
+    tracer = tracing.tracer_for(parse_policy(POLICY.format(ds="http://a", oa="http://b", telemetry=""), env={}),
+                                env=env)
+    assert (tracer.batcher.delay_s, tracer.batcher.max_queue, tracer.batcher.batch) == (0.25, 30, 30)
+    tracer.shutdown()
+
+
+async def test_the_c_sender_exports_what_the_python_path_exports(sims, monkeypatch):
+    """Real requests (a success, a fallback, a failure) through the C sender; their encoded spans then
+    POSTed by the Python exporter to a second receiver: the same bodies, so the same decoded spans."""
+    from router.metering import tracing
+
+    monkeypatch.delenv("ROUTER_OTLP_SENDER", raising=False)
+    c_side, py_side = await Receiver().start(), await Receiver().start()
+    r = make_router(sims, f"telemetry: {{endpoint: '{c_side.url}'}}")
+    tracer = r.engine.tracer
+    assert isinstance(tracer.batcher, _otlp().Sender)
+    encoded: list[bytes] = []
+    encode = tracer.writer.encode
+    monkeypatch.setattr(tracer.writer, "encode", lambda *a: encoded.append(encode(*a)) or encoded[-1])
+    try:
+        await r.acomplete([{"role": "user", "content": "hello"}])
+        sims["ds"].set_down()
+        await r.acomplete([{"role": "user", "content": "hello"}], model="general")          # a fallback
+        sims["oa"].set_down()
+        with pytest.raises(UpstreamFailed):
+            await r.acomplete([{"role": "user", "content": "hello"}], model="general")      # a failure
+        await flush(r)
+        python = tracing._SpanWriter(tracing.OtlpHttpExporter(py_side.url + "/v1/traces"), tracer.writer.resource,
+                                     tracer.writer.scope)
+        assert await asyncio.to_thread(python.export, encoded)
+        python.http.close()
+    finally:
+        await r.aclose()
+        await asyncio.to_thread(tracer.shutdown)
+        await c_side.runner.cleanup()
+        await py_side.runner.cleanup()
+    assert len(encoded) == 3 and c_side.bodies == py_side.bodies and len(c_side.spans) == 2 + 4 + 5
+    assert c_side.spans == py_side.spans and c_side.resource == py_side.resource
+    assert tracer.batcher.exported == 3 and tracer.dropped == 0
+
+
+def test_the_c_sender_works_in_a_forked_child(collector):
+    """A forked child gets a new queue and thread (the parent's cannot be used there): it exports and shuts
+    down; the parent's sender goes on, on its own connection."""
+    import warnings
+
+    from router.metering import tracing
+
+    c = collector()
+    tracer = tracing.OtelTracer(tracing.OtlpHttpExporter(c.url + "/v1/traces"), env={})
+    sender = tracer.batcher
+    assert isinstance(sender, _otlp().Sender)
+    sender.add(spans_named("parent 1")[0])
+    assert tracer.force_flush(5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:   # the child: never back into pytest
+        code = 1
+        try:
+            sender.add(spans_named("child")[0])
+            ok = tracer.force_flush(5.0)
+            tracer.shutdown()
+            code = 0 if ok and sender.exported >= 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    sender.add(spans_named("parent 2")[0])
+    assert tracer.force_flush(5.0)
+    tracer.shutdown()
+    assert c.spans() == ["parent 1", "child", "parent 2"]
+    assert len({r[0] for r in c.requests}) == 2          # the parent's connection, and the child's own

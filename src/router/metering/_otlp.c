@@ -15,6 +15,7 @@
  *        same fields and using (and filling, through the two Python `*_miss` functions) the same
  *        caches. None for anything it leaves to Python (an int past 64 bits, a latency that is not
  *        finite, an unexpected type or an error on the way): `_SpanWriter.encode` then runs `spans_py`.
+ *   Sender                                  the export queue and its thread, off the GIL (_otlp_sender.c)
  *
  * A value `kv` does not handle itself (an int outside 64 bits, another type) goes to the Python
  * function set with `set_fallback`, so the two paths cannot differ there either.
@@ -26,6 +27,8 @@
 #include <string.h>
 
 static PyObject *fallback_kv = NULL;   /* router.metering.tracing._kv_py */
+
+int otlp_add_sender(PyObject *module);   /* _otlp_sender.c: the Sender type, where it builds */
 
 /* ------------------------------------------------------------------ a growable buffer */
 
@@ -950,5 +953,8 @@ PyInit__otlp(void)
         return NULL;
     }
     Py_INCREF(round_fn);
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && otlp_add_sender(m) < 0)   /* _otlp_sender.c: the export queue and thread */
+        Py_CLEAR(m);
+    return m;
 }

@@ -12,13 +12,21 @@ The work per request is kept small. On the request path the engine names the spa
 (`router.core.tracecontext`); when the request ends, `OtelTracer.end` writes its spans as OTLP
 protobuf at once (`_SpanWriter.spans`: the bytes of the attributes many requests share are cached,
 the rest written by the C encoder `router.metering._otlp`, which `setup.py` builds, or by the
-same-bytes Python path without it) and queues those bytes (`_Batcher`). The export thread only
-joins a batch into an ``ExportTraceServiceRequest`` and POSTs it over OTLP/HTTP on a kept-alive
-connection. Encoding on the export thread instead, as this module first did, kept every queued
-request's objects alive and made that thread fight the event loop for the GIL: under load the
-SDK's ``BatchSpanProcessor`` queue overflowed and logged a warning per dropped span, a large
-part of the cost (docs/observability.md#overhead). tests/test_tracing.py decodes what is
-written with opentelemetry-proto, and checks the C and Python encoders write the same bytes.
+same-bytes Python path without it) and queues those bytes. The export thread only joins a batch
+into an ``ExportTraceServiceRequest`` and POSTs it over OTLP/HTTP on a kept-alive connection.
+Encoding on the export thread instead, as this module first did, kept every queued request's
+objects alive and made that thread fight the event loop for the GIL: under load the SDK's
+``BatchSpanProcessor`` queue overflowed and logged a warning per dropped span, a large part of the
+cost (docs/observability.md#overhead).
+
+The queue and thread: for a plain ``http://`` endpoint without compression, `_otlp.Sender`, in C:
+`add` copies the bytes under a mutex and the thread waits, builds the request and does its socket
+I/O without ever taking the GIL (`_native_sender`). A Python thread that POSTs needs the GIL many
+times per batch, and each of its waits for it costs a saturated event loop a wake-up and a context
+switch at every GIL release. Otherwise (an ``https://`` endpoint, gzip, no C compiler, or
+``ROUTER_OTLP_SENDER=python``) `_Batcher` and `OtlpHttpExporter`: the same settings, body and
+retries. tests/test_tracing.py decodes what is written with opentelemetry-proto, runs its
+end-to-end tests with both queues, and checks the C and Python encoders write the same bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import importlib.metadata
 import logging
 import os
 import random
+import re
 import struct
 import threading
 import time
@@ -206,16 +215,23 @@ else:   # pragma: no cover
     _kv, _span, _request = _kv_py, _span_py, None
 
 
+def _envelope(resource: Mapping[str, Any], scope: tuple[str, str | None]) -> tuple[bytes, bytes]:
+    """What every export request repeats around its spans: ``ResourceSpans.resource`` (field 1) and
+    ``ScopeSpans.scope`` (field 1), each with its key and length. The lengths around them depend on the
+    spans: `encode_request` writes them, and so does `_otlp.Sender` (the same bytes)."""
+    res = b"".join(_ld(b"\x0a", _ld(b"\x0a", k.encode()) + _ld(b"\x12", _any(v))) for k, v in resource.items())
+    sc = _ld(b"\x0a", scope[0].encode()) + (_ld(b"\x12", scope[1].encode()) if scope[1] else b"")
+    return _ld(b"\x0a", res), _ld(b"\x0a", sc)
+
+
 def encode_request(resource: Mapping[str, Any], scope: tuple[str, str | None], spans: Sequence[bytes]) -> bytes:
     """An ``ExportTraceServiceRequest``: one resource, one scope, the encoded spans.
 
     The spans are copied once, into the result (a batch is hundreds of kilobytes: each extra copy
     of it costs more than the headers around it)."""
-    res = b"".join(_ld(b"\x0a", _ld(b"\x0a", k.encode()) + _ld(b"\x12", _any(v))) for k, v in resource.items())
-    sc = _ld(b"\x0a", scope[0].encode()) + (_ld(b"\x12", scope[1].encode()) if scope[1] else b"")
-    scope_head = _ld(b"\x0a", sc)
+    resource_field, scope_head = _envelope(resource, scope)
     scope_len = len(scope_head) + sum(map(len, spans))                       # ScopeSpans
-    resource_head = _ld(b"\x0a", res) + b"\x12" + _varint(scope_len)
+    resource_head = resource_field + b"\x12" + _varint(scope_len)
     resource_len = len(resource_head) + scope_len                           # ResourceSpans
     return b"".join((b"\x0a", _varint(resource_len), resource_head, scope_head, *spans))
 
@@ -230,6 +246,11 @@ class OtlpHttpExporter:
         self.endpoint, self.gzip, self.timeout_s = endpoint, gzip_body, timeout_s
         self.headers = {"Content-Type": "application/x-protobuf", "User-Agent": f"router/{_version() or '0'}",
                         **(headers or {})}
+        for name, value in self.headers.items():   # never sendable: refused now (the value may be a secret: not shown)
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"OTLP header {name!r}: not a valid header name")
+            if _CONTROL.search(str(value)):
+                raise ValueError(f"OTLP header {name!r}: its value holds CR, LF or another control character")
         if gzip_body:
             self.headers["Content-Encoding"] = "gzip"
         url = urlsplit(endpoint)
@@ -302,6 +323,10 @@ class OtlpHttpExporter:
             if attempt < 2:
                 time.sleep(0.5 * 2 ** attempt)
         return False
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # an HTTP header name (RFC 9110 token)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")           # not in a header value (a tab is)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -405,6 +430,37 @@ class _Batcher:
         self._wake.set()
         self._thread.join(30)
         self._export(everything=True)
+
+
+def _sender_warning(message: str) -> None:
+    log.warning("%s", message)
+
+
+def _native_sender(http: OtlpHttpExporter, writer: _SpanWriter, env: Mapping[str, str]) -> Any:
+    """The C export queue and thread (`_otlp.Sender`: it POSTs without the GIL), or None for the Python
+    `_Batcher`: without the extension, for an https:// endpoint or gzip, or with ROUTER_OTLP_SENDER=python."""
+    url = http._url
+    if (_otlp is None or not hasattr(_otlp, "Sender") or url is None or url.scheme != "http" or http.gzip
+            or env.get("ROUTER_OTLP_SENDER", "").strip().lower() == "python"):
+        return None
+    try:
+        port = url.port or 80
+    except ValueError:   # not a port: the Python path reports it on each export, as it always did
+        return None
+    max_queue = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    resource_field, scope_head = _envelope(writer.resource, writer.scope)
+    try:
+        sender = _otlp.Sender(url.hostname or "", port, http._path, [(k, str(v)) for k, v in http.headers.items()],
+                              resource_field, scope_head, max_queue=max_queue,
+                              batch=min(_env_int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), max_queue),
+                              delay_s=_env_int(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
+                              timeout_s=http.timeout_s, warn=_sender_warning)
+    except ValueError:   # a host or path it will not send (a space, a control character): the Python path's
+        return None
+    if hasattr(os, "register_at_fork"):   # a forked child has the queue but not the thread: a new one
+        ref = weakref.ref(sender)
+        os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s.after_fork())
+    return sender
 
 
 class _Trace(RequestTrace):
@@ -688,7 +744,8 @@ class OtelTracer:
     """`router.core.tracecontext.Tracer` over the OpenTelemetry SDK: batch export over OTLP/HTTP.
 
     The batch settings are the SDK's ``BatchSpanProcessor``'s (``OTEL_BSP_SCHEDULE_DELAY``,
-    ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, with its defaults: `_Batcher`);
+    ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, with its defaults), in
+    `batcher`: `_otlp.Sender` (C, off the GIL) or `_Batcher` (`_native_sender` says which);
     a full queue drops requests' spans, never blocks one. The resource is the SDK's (``OTEL_RESOURCE_ATTRIBUTES``,
     ``OTEL_SERVICE_NAME``), with ``service.name`` from the policy, else ``router``."""
 
@@ -701,7 +758,9 @@ class OtelTracer:
             resource = resource.merge(Resource({"service.name": "router"}))
         self.http = http
         self.writer = _SpanWriter(http, resource.attributes, ("router", _version()))
-        self.batcher = _Batcher(self.writer.export, env)
+        env = os.environ if env is None else env
+        # the export queue: in C when it can be (`_native_sender`), else `_Batcher` and `OtlpHttpExporter`
+        self.batcher: Any = _native_sender(http, self.writer, env) or _Batcher(self.writer.export, env)
 
     def begin(self, policy: Policy, body: Mapping[str, Any], carrier: Mapping[str, str] | None) -> RequestTrace:
         if carrier is not None:
@@ -746,7 +805,16 @@ class OtelTracer:
         self.batcher.add(spans)
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
-        return self.batcher.flush()
+        """Export what is queued (blocks). The C sender waits at most `timeout_s`; the Python queue
+        POSTs on this thread, each POST bounded by the exporter's timeout."""
+        if isinstance(self.batcher, _Batcher):
+            return self.batcher.flush()
+        return bool(self.batcher.flush(timeout_s))
+
+    @property
+    def dropped(self) -> int:
+        """Requests whose spans were dropped: the export queue was full, or the tracer shut down."""
+        return int(self.batcher.dropped)
 
     def shutdown(self) -> None:
         """Stop the export thread, then export what is queued (blocks: run it off the event loop)."""
