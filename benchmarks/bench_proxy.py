@@ -193,6 +193,10 @@ def main() -> int:
     p.add_argument("--redis", default=os.environ.get("ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
                    help="Redis for the --money variants rl-redis and hit-redis (keys under a prefix of this run, "
                         "deleted at the end)")
+    p.add_argument("--money-variant", nargs=2, metavar=("NAME", "ENV"),
+                   help="with --money, also run off, rl, rl-redis and hit-redis as `<target>@NAME` with extra "
+                        "environment ENV (KEY=VALUE[,...]), their ratios against `off@NAME`: e.g. `--money-variant "
+                        "base PYTHONPATH=/tmp/base/src`, an A/B of the money features against another commit")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or build it from "
@@ -254,6 +258,12 @@ def main() -> int:
         money: list[str] = []
         if args.money:
             money = start_money(stack, tmp, upstream, env, args.redis, targets)
+            if args.money_variant:
+                vname, extra = args.money_variant
+                money += start_money(stack, tmp, upstream, {**env, **dict(kv.split("=", 1) for kv in extra.split(",")
+                                                                           if kv)},
+                                     args.redis, targets, suffix="@" + vname,
+                                     names=("off", "rl", "rl-redis", "hit-redis"))
         if args.litellm:
             targets.append(start_litellm(stack, tmp, upstream, args.litellm_bin))
         if args.portkey:
@@ -347,18 +357,23 @@ _MONEY = {  # name: (tenant settings, route settings, environment, distinct text
 
 
 def start_money(stack: contextlib.ExitStack, tmp: Path, upstream: str, env: dict[str, str], redis: str,
-                targets: list[tuple[str, str, dict[str, str]]]) -> list[str]:
-    """Start one `router serve` per --money variant (its own policy and environment); add them to `targets`."""
+                targets: list[tuple[str, str, dict[str, str]]], *, suffix: str = "",
+                names: tuple[str, ...] | None = None) -> list[str]:
+    """Start one `router serve` per --money variant (its own policy and environment), named with
+    `suffix` (and keys under their own prefix); add them to `targets`."""
     from router.core.policy import hash_key
 
     nohook = tmp / "nohook"
-    nohook.mkdir()
+    nohook.mkdir(exist_ok=True)
     (nohook / "sitecustomize.py").write_text(
         "from router.engine.admission import Admission\n"
         "Admission.open = lambda self, req, body, **kw: None   # the admission hook removed\n")
     src = str(Path(__file__).resolve().parent.parent / "src")
     started = []
     for name, (tenant, route, extra, modulo) in _MONEY.items():
+        if names is not None and name not in names:
+            continue
+        name += suffix
         policy = tmp / f"money-{name}.yaml"
         policy.write_text(textwrap.dedent(f"""\
             version: 1
@@ -377,7 +392,8 @@ def start_money(stack: contextlib.ExitStack, tmp: Path, upstream: str, env: dict
             """))
         lua = MONEY_LUA[name] = tmp / f"money-{name}.lua"
         lua.write_text(_LUA_NUMBERED.format(modulo=modulo, unique="true" if modulo > 1000 else "false"))
-        v_env = {**env, **{k: v.format(redis=redis, prefix=MONEY_PREFIX, nohook=f"{nohook}:{src}")
+        prefix = MONEY_PREFIX + (":" + suffix.lstrip("@") if suffix else "")
+        v_env = {**env, **{k: v.format(redis=redis, prefix=prefix, nohook=f"{nohook}:{src}")
                            for k, v in extra.items()}}
         port = free_port()
         with open(tmp / f"{name}.log", "wb") as err:
@@ -414,17 +430,18 @@ def _counter(metrics: str, name: str, **labels: str) -> float:
 def print_money(conns: list[int], results: dict[tuple[str, int], dict[str, float]], money: list[str],
                 metrics: dict[str, str], seconds: float) -> None:
     print(f"\nmoney features, each its own router serve (1 worker), same requests with a tenant key, "
-          f"temperature 0, wrk -t1 {seconds:g}s per run; ratios against `off` in this run\n")
+          f"temperature 0, wrk -t1 {seconds:g}s per run; ratios against `off` in this run (`x@NAME` against "
+          f"`off@NAME`)\n")
     print("rl, rl-redis: requests, tokens and in-flight limits, too high to refuse; miss: every request a "
           "miss, looked up and stored; hit: every request after the first 8 a hit; no-hook: off without "
           "the engine's admission hook\n")
-    print(f"{'conns':>5} {'target':>9} {'req/s':>9} {'vs off':>7} {'p50 ms':>8} {'p99 ms':>8} "
+    print(f"{'conns':>5} {'target':>14} {'req/s':>9} {'vs off':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'added p50':>9} {'added p99':>9} {'non-2xx':>7}")
     for c in conns:
-        off = results["off", c]
         for name in money:
+            off = results["off" + (name[name.index("@"):] if "@" in name else ""), c]
             r = results[name, c]
-            print(f"{c:>5} {name:>9} {r['rps']:>9.0f} {r['rps'] / off['rps']:>7.3f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
+            print(f"{c:>5} {name:>14} {r['rps']:>9.0f} {r['rps'] / off['rps']:>7.3f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
                   f"{r['p50'] - off['p50']:>9.3f} {r['p99'] - off['p99']:>9.3f} {int(r['errors']):>7}")
     for name in money:
         m = metrics[name]
@@ -437,7 +454,7 @@ def print_money(conns: list[int], results: dict[tuple[str, int], dict[str, float
                                                                                      op="get")
         back = _counter(m, "router_rate_limit_errors_total", op="settle") + _counter(m, "router_cache_errors_total",
                                                                                      op="put")
-        print(f"{name:>9}: metered ok {ok:.0f}, cache hits {hits:.0f}, misses {misses:.0f}, "
+        print(f"{name:>14}: metered ok {ok:.0f}, cache hits {hits:.0f}, misses {misses:.0f}, "
               f"rate-limited {limited:.0f}, store errors: admit/get {front:.0f}, settle/put {back:.0f}")
 
 

@@ -152,7 +152,7 @@ async def test_cancelled_reservation_whose_script_ran_is_released(sims, shared_r
     link = await DelayLink(port, delay=0.3).start()
     budget = RedisBudget(f"redis://127.0.0.1:{link.port}/0", prefix=prefix)
     r = Router(make_policy(sims, tenants()), meters=[MemoryMeter()], budget=budget, monitor=False)
-    await budget._client().ping()  # connect (and handshake) first: the EVAL then goes straight through
+    await budget._redis.command("PING")  # connect first: the EVALSHA then goes straight through
     task = asyncio.create_task(r.acomplete(msgs(), task="general", tenant="acme", max_tokens=5))
     await asyncio.sleep(0.15)   # the reserve script has run in Redis; its reply is still on the link
     assert await reserved(client, prefix) > 0
@@ -174,7 +174,7 @@ async def test_reservation_cut_by_its_timeout_is_released_and_refused(sims, shar
     budget = RedisBudget(f"redis://127.0.0.1:{link.port}/0", prefix=prefix)
     r = Router(make_policy(sims, tenants(metering="metering: {budget_timeout_s: 0.1}")), meters=[MemoryMeter()],
                budget=budget, monitor=False)
-    await budget._client().ping()
+    await budget._redis.command("PING")
     with pytest.raises(BudgetUnavailable):
         await r.acomplete(msgs(), task="general", tenant="acme", max_tokens=5)
     deadline = time.monotonic() + 5
@@ -244,11 +244,12 @@ async def test_budgets_added_by_a_reload_are_enforced(sims, backend, monkeypatch
     await r.aclose()
 
 
-async def test_many_requests_at_once_take_turns_on_the_store_instead_of_failing(sims, shared_redis):
-    """redis-py's pool refuses a call past its connection limit at once: 150 requests of a tenant
-    with a budget at the same moment got 503 budget_unavailable (fail_closed) before calls took turns."""
+async def test_many_requests_at_once_share_the_store_connection_instead_of_failing(sims, shared_redis):
+    """redis-py's pool refused a call past its connection limit at once: 150 requests of a tenant
+    with a budget at the same moment got 503 budget_unavailable (fail_closed). One pipelined
+    connection carries them all."""
     url, prefix, client = shared_redis
-    budget = RedisBudget(url, prefix=prefix, max_connections=8)
+    budget = RedisBudget(url, prefix=prefix)
     meter = MemoryMeter()
     r = Router(make_policy(sims, tenants()), meters=[meter], budget=budget, monitor=False)
     results = await asyncio.gather(*(r.acomplete(msgs(), task="general", tenant="acme", max_tokens=5)
@@ -256,5 +257,5 @@ async def test_many_requests_at_once_take_turns_on_the_store_instead_of_failing(
     failures = [repr(x) for x in results if isinstance(x, BaseException)]
     assert failures == [], failures[:3]
     assert len(meter.records) == 150 and all(rec.status == "ok" for rec in meter.records)
-    assert len(budget._client().connection_pool._available_connections) <= 8
+    assert budget._redis.connection() is not None and len(budget._redis._conns) == 1 and budget.errors == 0
     await r.aclose()

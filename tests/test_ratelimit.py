@@ -191,10 +191,10 @@ async def test_scripts_run_by_sha_and_load_themselves_where_redis_does_not_know_
         client.close()
 
 
-async def test_more_calls_at_once_than_redis_connections_wait_their_turn():
-    """150 admissions at once, each settled in the background: redis-py's default pool refuses calls
+async def test_many_calls_at_once_share_one_pipelined_connection():
+    """150 admissions at once, each settled in the background: redis-py's default pool refused calls
     past 100 connections (MaxConnectionsError), which `fail_open` would turn into unlimited requests;
-    the store makes them take turns, first come first served, for its 32 connections instead."""
+    the store pipelines them all on one connection instead, none refused, none waiting for a turn."""
     url = service_url("ROUTER_TEST_REDIS_URL")
     prefix = "router-test:rl-pool:" + uuid.uuid4().hex[:10]
     limiter = RedisRateLimiter(url, prefix=prefix)
@@ -205,8 +205,8 @@ async def test_more_calls_at_once_than_redis_connections_wait_their_turn():
             limiter.settle(lease, 1)
         await asyncio.gather(*list(limiter.store._tasks))
         assert all(lease is not None for lease in leases) and limiter.store.errors == 0
-        pool = limiter.store.client().connection_pool
-        assert len(pool._available_connections) + len(pool._in_use_connections) <= 32
+        conn = limiter.store.connection()
+        assert conn is not None and conn.pending == 0 and len(limiter.store._conns) == 1
     finally:
         await limiter.aclose()
         import redis

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from router.core.errors import BudgetExceeded, BudgetUnavailable, redact
-from router.metering.redis_store import RedisStore
+from router.metering.redis_store import RedisStore, StoreError
 
 if TYPE_CHECKING:
     from router.core.decision import Candidate, Decision
@@ -125,17 +124,16 @@ class BudgetBackend(abc.ABC):
     #: whether calls leave the process (and so need a timeout); an in-process store answers at once
     remote = False
 
-    def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time,
-                 retry_s: float = 1.0):
+    def __init__(self, *, metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time):
         self.metrics = metrics
         self.wall = wall
-        self.retry_s = retry_s            # after failures in a row, fail fast for this long before asking again
-        self.errors = 0                   # failed store calls
-        self._consecutive = 0
         self.lost_settles = 0             # settles given up: spend not recorded
-        self._down_until = 0.0
-        self._down_since: float | None = None
-        self._last_error = ""
+        self._errors = 0
+
+    @property
+    def errors(self) -> int:
+        """Failed store calls."""
+        return self._errors
 
     # -- what the engine calls
     def remaining(self, policy: Policy, tenant: str) -> float | None:
@@ -185,59 +183,20 @@ class BudgetBackend(abc.ABC):
                                     "are refused until it does (policy: metering.budget_unavailable: "
                                     "fail_closed)") from None
 
-    def _turn(self) -> Any:
-        """A store call's turn (the Redis backend bounds its connections); none in process."""
-        return contextlib.nullcontext()
-
     async def _guarded(self, op: str, call: Awaitable[T], timeout_s: float | None, *, tenant: str = "",
                        scopes: Sequence[Scope] = (), rid: str | None = None) -> T:
-        """Run one store call with a timeout; failures become `BudgetStoreError`, counted and logged.
+        """Run one store call; a failure becomes `BudgetStoreError`, counted and logged.
 
-        With `rid`, a call cut short after it reached the store (timeout, error, or the caller's
-        cancellation) releases that reservation in the background: its script may have run."""
-        if time.monotonic() < self._down_until:
-            if asyncio.iscoroutine(call):
-                call.close()
-            raise BudgetStoreError(f"store unreachable: {self._last_error}")
+        The in-process store answers at once and fails only by a bug; the Redis backend adds the
+        timeout, the fail-fast and the release of a reservation `rid` whose call was cut short."""
         try:
-            if timeout_s is not None and self.remote:
-                async with asyncio.timeout(max(timeout_s, 0.0)), self._turn():   # waiting counts
-                    result = await call
-            else:
-                async with self._turn():
-                    result = await call
-        except asyncio.CancelledError:
-            if rid is not None:
-                self._release_id(tenant, scopes, rid)
-            raise
-        except TimeoutError:
-            why = f"no answer within {timeout_s:.3g} s"
+            return await call
         except Exception as e:
             why = redact(f"{type(e).__name__}: {e}")[:300]
-        else:
-            self._consecutive = 0
-            if self._down_since is not None:
-                log.warning("budget store answers again (after %.1f s)", time.monotonic() - self._down_since)
-                self._down_since = None
-            return result
-        self._failed(op, why)
-        if rid is not None:
-            self._release_id(tenant, scopes, rid)
-        raise BudgetStoreError(why, may_have_run=True)
-
-    def _failed(self, op: str, why: str) -> None:
-        self.errors += 1
-        self._consecutive += 1
-        self._last_error = why
-        now = time.monotonic()
-        if self._consecutive >= 2:  # one slow answer on a busy loop is not an outage; two in a row are
-            self._down_until = now + self.retry_s
-        if self._down_since is None:
-            self._down_since = now
-            log.error("budget store failed during %s: %s (fail fast for %g s at a time until it answers; "
-                      "metering.budget_unavailable decides whether requests are refused or served)",
-                      op, why, self.retry_s)
+        self._errors += 1
+        log.error("budget store failed during %s: %s", op, why)
         self._count(op)
+        raise BudgetStoreError(why, may_have_run=True)
 
     def _count(self, op: str) -> None:
         if self.metrics is not None:
@@ -455,33 +414,51 @@ class RedisBudget(BudgetBackend):
                  refresh_s: float = 1.0, reservation_ttl_s: float = 900.0, key_ttl_s: int = 40 * 86400,
                  metrics: BudgetMetrics | None = None, wall: Callable[[], float] = time.time,
                  connect_timeout_s: float = 1.0, op_timeout_s: float = 1.0, retry_s: float = 1.0,
-                 settle_attempts: int = 6, background_timeout_s: float = 5.0, close_timeout_s: float = 5.0,
-                 max_connections: int = 32):
-        super().__init__(metrics=metrics, wall=wall, retry_s=retry_s)
+                 settle_attempts: int = 6, background_timeout_s: float = 5.0, close_timeout_s: float = 5.0):
+        super().__init__(metrics=metrics, wall=wall)
         self.url, self.prefix = url, prefix
         self.refresh_s, self.reservation_ttl_s, self.key_ttl_s = refresh_s, reservation_ttl_s, key_ttl_s
-        # socket timeouts: a blackholed Redis fails a call in op_timeout_s, not the client's default 5 s
-        self.connect_timeout_s, self.op_timeout_s = connect_timeout_s, op_timeout_s
+        # no reply for op_timeout_s closes the connection: a blackholed Redis fails a call in that long
+        self.connect_timeout_s, self.op_timeout_s, self.retry_s = connect_timeout_s, op_timeout_s, retry_s
         # settles, releases and refreshes run off the request path: each call (a new connection's
         # handshake included) may take this long; the request path is bounded by budget_timeout_s
         self.background_timeout_s = background_timeout_s
         self.settle_attempts, self.close_timeout_s = settle_attempts, close_timeout_s
-        # the Redis client of rate limits and the cache too: a bounded pool per loop whose calls take
-        # turns; this class keeps its own timeouts, fail-fast and release-on-cancel (`_guarded`)
-        self._redis = RedisStore(url, name="budget store", connect_timeout_s=connect_timeout_s,
-                                 op_timeout_s=op_timeout_s, max_connections=max_connections)
+        # the Redis client of rate limits and the cache too (one pipelined connection per loop), with its
+        # timeouts, fail-fast and error counting; `_guarded` adds the release of cut-short reservations
+        self._redis = RedisStore(url, name="budget store", on_error=self._count, connect_timeout_s=connect_timeout_s,
+                                 op_timeout_s=op_timeout_s, retry_s=retry_s, logger=log,
+                                 hint=f"fail fast for {retry_s:g} s at a time until it answers; "
+                                      "metering.budget_unavailable decides whether requests are refused or served")
         self._cache: dict[str, tuple[float, float]] = {}   # tenant -> (remaining, monotonic time)
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _turn(self) -> Any:
-        """Calls take turns on at most `max_connections` connections per loop, first come first
-        served: redis-py's pool refuses a call past its connection limit at once, which turned
-        load into 503s (fail_closed) or unreserved spend (fail_open)."""
-        return self._redis.turn()
+    @property
+    def errors(self) -> int:
+        return self._redis.errors
 
-    def _client(self) -> Any:
-        return self._redis.client()
+    async def _guarded(self, op: str, call: Awaitable[T], timeout_s: float | None, *, tenant: str = "",
+                       scopes: Sequence[Scope] = (), rid: str | None = None) -> T:
+        """Run one store call through the store's guard (timeout, fail-fast, counted and logged once
+        per outage); a failure becomes `BudgetStoreError`.
+
+        With `rid`, a call cut short after it was sent (timeout, error, or the caller's cancellation)
+        releases that reservation in the background: its script may have run."""
+        try:
+            return await self._redis.call(op, lambda: call, timeout_s)
+        except asyncio.CancelledError:
+            if rid is not None:
+                self._release_id(tenant, scopes, rid)
+            raise
+        except StoreError as e:
+            if not e.started:   # failing fast: never sent
+                if asyncio.iscoroutine(call):
+                    call.close()
+                raise BudgetStoreError(str(e)) from None
+            if rid is not None:
+                self._release_id(tenant, scopes, rid)
+            raise BudgetStoreError(str(e), may_have_run=True) from None
 
     def _keys(self, scopes: Sequence[Scope], tenant: str) -> list[str]:
         out = []
@@ -520,9 +497,9 @@ class RedisBudget(BudgetBackend):
 
     async def _refresh(self, tenant: str, scopes: tuple[Scope, ...]) -> None:
         try:
-            value = await self._guarded("refresh", self._client().eval(
-                _LUA_REMAINING, len(scopes), *self._keys(scopes, tenant), self.wall(),
-                *(s.limit_usd for s in scopes)), self.background_timeout_s)
+            value = await self._guarded("refresh", self._redis.script(
+                _LUA_REMAINING, self._keys(scopes, tenant), [self.wall(), *(s.limit_usd for s in scopes)]),
+                self.background_timeout_s)
             self._remember(tenant, _float(value))
         except BudgetStoreError:
             pass  # counted and logged by _guarded; the atomic reserve still decides
@@ -534,10 +511,10 @@ class RedisBudget(BudgetBackend):
         scopes = self._ordered(scopes)
         now = self.wall()
         ntenant = sum(1 for s in scopes if s.tenant_wide)
-        ok, left, tenant_left = await self._client().eval(
-            _LUA_RESERVE, len(scopes), *self._keys(scopes, tenant), repr(amount), rid, now,
-            now + self.reservation_ttl_s, self.key_ttl_s, "1" if force else "0", ntenant,
-            *(repr(s.limit_usd) for s in scopes))
+        ok, left, tenant_left = await self._redis.script(
+            _LUA_RESERVE, self._keys(scopes, tenant), [repr(amount), rid, now, now + self.reservation_ttl_s,
+                                                       self.key_ttl_s, "1" if force else "0", ntenant,
+                                                       *(repr(s.limit_usd) for s in scopes)])
         self._remember(tenant, _float(tenant_left))
         return bool(int(ok)), float(_float(left) or 0.0)
 
@@ -562,10 +539,10 @@ class RedisBudget(BudgetBackend):
         try:
             for attempt in range(self.settle_attempts):
                 try:
-                    value = await self._guarded("settle", self._client().eval(
-                        _LUA_SETTLE, len(scopes), *self._keys(scopes, reservation.tenant), reservation.id,
-                        repr(actual_usd), self.key_ttl_s, ntenant, *(repr(s.limit_usd) for s in scopes)),
-                        self.background_timeout_s)
+                    value = await self._guarded("settle", self._redis.script(
+                        _LUA_SETTLE, self._keys(scopes, reservation.tenant),
+                        [reservation.id, repr(actual_usd), self.key_ttl_s, ntenant,
+                         *(repr(s.limit_usd) for s in scopes)]), self.background_timeout_s)
                     self._remember(reservation.tenant, _float(value))
                     why = ""
                     return
@@ -598,7 +575,7 @@ class RedisBudget(BudgetBackend):
 
     async def spent(self, key_suffix: str, tenant: str) -> float:
         """Spent USD in one scope (for tests and tools): `key_suffix` like ``:d:20250101``."""
-        value = await self._client().hget(f"{self.prefix}:{{{tenant}}}{key_suffix}", "spent")
+        value = await self._redis.command("HGET", f"{self.prefix}:{{{tenant}}}{key_suffix}", "spent")
         return float(_float(value) or 0.0)
 
 

@@ -686,8 +686,9 @@ class RedisRateLimiter(RateLimiter):
             # the script may have run: give the slot back in the background
             self.settle(Lease(rid, "", tuple(scopes), tokens), 0)
             raise
-        except StoreError:
-            self.settle(Lease(rid, "", tuple(scopes), tokens), 0)   # it may have run before the timeout
+        except StoreError as e:
+            if e.started:   # it may have run before the timeout (failing fast, it was never sent)
+                self.settle(Lease(rid, "", tuple(scopes), tokens), 0)
             raise
         ok, index, kind, wait_ms = int(out[0]), int(out[1]) - 1, _text(out[2]), float(_text(out[3]))
         numbers = []

@@ -1,15 +1,22 @@
-"""One Redis connection per event loop, with the failure handling the rate limiter and the response
-cache share: every call has a timeout, a failure is counted and logged once per outage, and after
-two failures in a row calls fail fast for `retry_s` instead of each waiting for its timeout.
+"""One pipelined Redis connection per event loop, with the failure handling budgets, rate limits and
+the response cache share: every call has a timeout, a failure is counted and logged once per
+outage, and after two failures in a row calls fail fast for `retry_s` instead of each waiting for
+its timeout.
+
+The connection is `router.metering.resp`'s (asyncio only, no redis-py): every call on a loop
+shares it, each command written at once and its reply matched in order, so calls never wait for
+a connection, and one cut short by its timeout or a cancellation leaves the connection usable.
 
 >>> store = RedisStore("redis://127.0.0.1:6379/0", name="rate limit store")   # doctest: +SKIP
 >>> await store.call("admit", lambda: store.script(SCRIPT, ["k"], []), timeout_s=0.5)  # doctest: +SKIP
+>>> await store.call("get", lambda: store.command("GET", "k"), timeout_s=0.5)          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
+import functools
 import hashlib
 import logging
 import time
@@ -19,17 +26,34 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from router.core.errors import redact
+from router.metering.resp import (
+    RedisError,
+    ReplyError,
+    RespConnection,
+    open_connection,
+    pack_command,
+    parse_url,
+)
 
-__all__ = ["RedisStore", "StoreError", "split_prefix"]
+__all__ = ["RedisError", "RedisStore", "ReplyError", "StoreError", "split_prefix"]
 
 log = logging.getLogger("router.metering.redis")
 
 T = TypeVar("T")
+_INF = float("inf")
+# the loop time by which the current `RedisStore.call` must be answered: its commands carry it to the
+# connection, whose one timer fails them then (cheaper than a timer per call; see RespConnection)
+_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("router_redis_deadline", default=_INF)
 _SHAS: dict[str, str] = {}   # Lua source -> its SHA1, as Redis names a loaded script
 
 
 class StoreError(Exception):
-    """The store did not answer: an error, a timeout, or failing fast during an outage."""
+    """The store did not answer: an error, a timeout, or failing fast during an outage.
+    `started`: the call was made (so its effect may have happened), not refused by failing fast."""
+
+    def __init__(self, message: str, *, started: bool = True):
+        super().__init__(message)
+        self.started = started
 
 
 def split_prefix(url: str, default: str) -> tuple[str, str]:
@@ -46,81 +70,123 @@ def split_prefix(url: str, default: str) -> tuple[str, str]:
 
 
 class RedisStore:
-    """Redis clients (one per event loop) and a guard around each call.
+    """A Redis connection per event loop and a guard around each call.
 
-    `on_error(op)` is told of every failed or timed-out call (a metric). Background calls (settles,
-    writes) go through `spawn`, and `aclose()` waits up to `close_timeout_s` for them. At most
-    `max_connections` calls per loop at once, each on its own connection; further calls wait their
-    turn, first come first served, within their own timeout.
+    The URL is read at once (`router.metering.resp.parse_url`: a bad one raises ValueError here);
+    its ``socket_timeout`` and ``socket_connect_timeout`` options override `op_timeout_s` and
+    `connect_timeout_s`. A connection is opened on a loop's first call, within
+    `connect_timeout_s`, and again on the call after it failed. Requests waiting `op_timeout_s`
+    with no reply at all (a dead or blackholed server) close the connection and fail.
+
+    `on_error(op)` is told of every failed or timed-out call (a metric); `hint` ends the outage's
+    log line. Background calls (settles, writes) go through `spawn`, and `aclose()` waits up to
+    `close_timeout_s` for them.
     """
 
     def __init__(self, url: str, *, name: str, on_error: Callable[[str], None] | None = None,
                  connect_timeout_s: float = 1.0, op_timeout_s: float = 1.0, retry_s: float = 1.0,
-                 close_timeout_s: float = 5.0, max_connections: int = 32):
+                 close_timeout_s: float = 5.0, hint: str = "", logger: logging.Logger | None = None):
         self.url, self.name = url, name
-        self.max_connections = max_connections   # per event loop; more calls at once wait their turn
+        self.address = parse_url(url)
         self.on_error = on_error
-        self.connect_timeout_s, self.op_timeout_s = connect_timeout_s, op_timeout_s
+        self.connect_timeout_s = self.address.socket_connect_timeout_s or connect_timeout_s
+        self.op_timeout_s = self.address.socket_timeout_s or op_timeout_s
         self.retry_s, self.close_timeout_s = retry_s, close_timeout_s
+        self.hint = hint or f"failing fast for {retry_s:g} s at a time until it answers"
+        self.log = logger or log
         self.errors = 0
         self._consecutive = 0
         self._down_until = 0.0
         self._down_since: float | None = None
         self._last_error = ""
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary())   # one per loop: a call holds one while it uses a connection
+        self._conns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RespConnection] = (
+            weakref.WeakKeyDictionary())
+        self._connecting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[RespConnection]] = (
+            weakref.WeakKeyDictionary())
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def client(self) -> Any:
-        import redis.asyncio as aioredis  # redis is imported only where it is used
+    # -- commands
+    async def command(self, *args: Any) -> Any:
+        """One command on this loop's connection: ``await store.command("GET", key)``.
 
+        Raises `ReplyError` when Redis answers with an error, `RedisError` without an answer."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+        deadline = _DEADLINE.get()
+        conn = self._conns.get(loop)
+        if conn is None or conn.lost is not None:
+            if deadline < _INF:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._connect(loop)
+            else:
+                conn = await self._connect(loop)
+        return await conn.request(pack_command(args), deadline)
 
-            # No retries inside the client: the caller's timeout is the only one. Calls take turns for
-            # the pool's connections in `call` (first come, first served), so the pool is never asked
-            # for more than it has (redis-py's fails such a call at once: MaxConnectionsError).
-            pool = aioredis.ConnectionPool.from_url(
-                self.url, max_connections=self.max_connections, socket_timeout=self.op_timeout_s,
-                socket_connect_timeout=self.connect_timeout_s, retry=Retry(NoBackoff(), 0))
-            client = aioredis.Redis.from_pool(pool)
-            self._clients[loop] = client
-            self._turns[loop] = asyncio.Semaphore(self.max_connections)
-        return client
+    async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua `source` by its SHA1 (EVALSHA: a few bytes on the wire instead of the script),
+        loading it with EVAL when this Redis does not know it yet (a restart, a new server)."""
+        sha = _SHAS.get(source)
+        if sha is None:
+            sha = _SHAS[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        try:
+            return await self.command("EVALSHA", sha, len(keys), *keys, *args)
+        except ReplyError as e:
+            if e.code != "NOSCRIPT":
+                raise
+        return await self.command("EVAL", source, len(keys), *keys, *args)
 
-    def turn(self) -> asyncio.Semaphore:
-        """This loop's turns for the pool's connections: hold one while a call uses a connection."""
-        self.client()
-        return self._turns[asyncio.get_running_loop()]
+    def connection(self) -> RespConnection | None:
+        """This loop's connection, if one is open (for tests and tools)."""
+        conn = self._conns.get(asyncio.get_running_loop())
+        return conn if conn is not None and conn.lost is None else None
 
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> RespConnection:
+        task = self._connecting.get(loop)
+        if task is None:   # one connect per loop at a time; the calls meanwhile wait for it
+            task = loop.create_task(open_connection(self.address, timeout_s=self.connect_timeout_s,
+                                                    stall_s=self.op_timeout_s))
+            self._connecting[loop] = task
+            task.add_done_callback(functools.partial(self._connected, loop))
+        return await asyncio.shield(task)
+
+    def _connected(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[RespConnection]) -> None:
+        if self._connecting.get(loop) is task:
+            del self._connecting[loop]
+        if not task.cancelled() and task.exception() is None:   # retrieved either way: no stray warnings
+            old = self._conns.get(loop)
+            self._conns[loop] = task.result()
+            if old is not None:
+                old.close()
+
+    # -- the guard
     @property
     def failing_fast(self) -> bool:
         return time.monotonic() < self._down_until
 
     async def call(self, op: str, make: Callable[[], Awaitable[T]], timeout_s: float | None) -> T:
-        """Run ``make()`` with a timeout; a failure (or failing fast) raises `StoreError`."""
+        """Run ``make()``, whose store commands (`command`, `script`) must be answered within
+        `timeout_s` (None: no bound but the connection's); a failure (or failing fast) raises `StoreError`."""
         if self.failing_fast:
-            raise StoreError(f"{self.name} unreachable: {self._last_error}")
+            raise StoreError(f"{self.name} unreachable: {self._last_error}", started=False)
+        token = None if timeout_s is None else _DEADLINE.set(
+            asyncio.get_running_loop().time() + max(timeout_s, 0.0))
         try:
-            async with asyncio.timeout(max(timeout_s, 0.0) if timeout_s is not None else None):
-                async with self.turn():   # FIFO: no call waits behind later ones
-                    result = await make()
+            result = await make()
         except TimeoutError:
-            why = f"no answer within {timeout_s:.3g} s"
+            why = f"no answer within {timeout_s:.3g} s" if timeout_s is not None else "timed out"
         except asyncio.CancelledError:
             raise
         except Exception as e:
             why = redact(f"{type(e).__name__}: {e}")[:300]
         else:
-            self._consecutive = 0
+            if self._consecutive:
+                self._consecutive = 0
             if self._down_since is not None:
-                log.warning("%s answers again (after %.1f s)", self.name, time.monotonic() - self._down_since)
+                self.log.warning("%s answers again (after %.1f s)", self.name, time.monotonic() - self._down_since)
                 self._down_since = None
             return result
+        finally:
+            if token is not None:
+                _DEADLINE.reset(token)
         self._failed(op, why)
         raise StoreError(why)
 
@@ -133,28 +199,14 @@ class RedisStore:
             self._down_until = now + self.retry_s
         if self._down_since is None:
             self._down_since = now
-            log.error("%s failed during %s: %s (failing fast for %g s at a time until it answers)",
-                      self.name, op, why, self.retry_s)
+            self.log.error("%s failed during %s: %s (%s)", self.name, op, why, self.hint)
         if self.on_error is not None:
             try:
                 self.on_error(op)
             except Exception:  # metrics must not break the caller
-                log.exception("%s metrics failed", self.name)
+                self.log.exception("%s metrics failed", self.name)
 
-    async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        """Run the Lua `source` by its SHA1 (EVALSHA: a few bytes on the wire instead of the script),
-        loading it with EVAL when this Redis does not know it yet (a restart, a new server)."""
-        from redis.exceptions import NoScriptError
-
-        client = self.client()
-        sha = _SHAS.get(source)
-        if sha is None:
-            sha = _SHAS[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-        try:
-            return await client.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(source, len(keys), *keys, *args)
-
+    # -- background calls and closing
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run `coro` in the background on the running loop (kept until done, awaited by `aclose`)."""
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -162,15 +214,20 @@ class RedisStore:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
-        """Wait up to `close_timeout_s` for background calls, then close this loop's client."""
-        tasks = [t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()]
+        """Wait up to `close_timeout_s` for background calls, then close this loop's connection."""
+        loop = asyncio.get_running_loop()
+        tasks = [t for t in self._tasks if t.get_loop() is loop]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.close_timeout_s)
             for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(RuntimeError):
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-            if client is not None:
-                await client.aclose()
+        connecting = self._connecting.pop(loop, None)
+        if connecting is not None:
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+        conn = self._conns.pop(loop, None)
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()

@@ -186,7 +186,7 @@ class RedisCache(ResponseCache):
     async def get(self, route: str, key: str, timeout_s: float | None = None) -> bytes | None:
         name = self._base(route) + ":e:" + key
         try:
-            return await self.store.call("get", lambda: self.store.client().get(name), timeout_s)
+            return await self.store.call("get", lambda: self.store.command("GET", name), timeout_s)
         except StoreError:
             return None
 
