@@ -82,9 +82,12 @@ def test_accuracy_floor_on_evaluation_sets(name: str) -> None:
 
 @pytest.mark.skipif(not DEV_REAL.exists(), reason="the shared dev_real.jsonl is not next to this checkout")
 def test_accuracy_floor_on_dev_real() -> None:
+    """Issue 12's target on the source-disjoint set: 93 % overall. Per language group the floor is
+    the issue's per-group target, 90 %: the English group is 60 rows, one row 1.7 points, so a 93 %
+    floor there flips on a single row between retrainings that move nothing else."""
     report = evaluate(Classifier.load(), load_rows(DEV_REAL))
     assert report.accuracy >= 0.93
-    assert min(s.accuracy for s in report.groups.values() if s.n) >= 0.93
+    assert min(s.accuracy for s in report.groups.values() if s.n) >= 0.90
 
 
 CODING = [
@@ -264,6 +267,21 @@ def test_concepts_carry_what_one_language_teaches_to_another() -> None:
     # a symbol run that starts with @ (a decorator, an e-mail address) is a feature, not a concept
     assert fold({"@": (1,), "@(": (2,)}, {}) == {"@": (1,), "@(": (2,)}
     assert "@" in extract_features(user("@app.route('/')\ndef index(): pass"))
+
+
+
+def test_vietnamese_letters_are_latin_and_thai_reads_as_characters() -> None:
+    from router.classify.features import names, text_keys
+
+    # "lập trình" has letters of three UTF-8 bytes (U+1E00-U+1EFF) but is no Latin term glued to
+    # another script: no "l", "p", "tr", "nh" fragments (they are code words in English text)
+    assert sorted(names(text_keys("lập trình"))) == ["lập", "lập trình", "trình"]
+    # a Latin term glued to a CJK particle, or to Greek Extended (U+1F00, also lead byte 0xE1), still splits
+    assert {"vue", "python", "csv"} <= set(names(text_keys("vue에서 pythonでcsvを")))
+    assert "abc" in names(text_keys("abc\u1f00"))
+    # Thai has no spaces between words: its characters and pairs are features, like CJK ones
+    thai = names(text_keys("ทอยลูกเต๋า"))
+    assert {"c:ท", "c:ทอ", "c:ลู"} <= set(thai)
 
 
 # --- language --------------------------------------------------------------------------------
@@ -458,6 +476,16 @@ def test_native_and_python_scores_agree_on_conversations_and_random_text(both_mo
     # and what callers see: the same task, confidence and language
     for text in data[:300]:
         assert fast.classify(user(text)) == ref.classify(user(text))
+
+
+def test_native_and_python_agree_on_vietnamese_and_thai_edges(both_models) -> None:
+    fast, ref = both_models
+    edges = ["lập trình web", "ệabc xyzế1 ậ", "abc\u1eff1 abc\u1f00 abc\u1dff", "vue에서 pythonでcsv",
+             "ทอยลูกเต๋า 2 ลูก python", "สร้างคลาส Employee มีชื่อ", "x\u0e00\u0e7f\u0e80y", "ỹ" * 300,
+             "chào bạn, viết hàm kiểm tra số nguyên tố bằng python giúp mình"]
+    for text in edges:
+        for messages in (user(text), [{"role": "system", "content": text}, {"role": "user", "content": "ok"}]):
+            assert fast._sums(messages, None) == ref._sums(messages, None), text
 
 
 def test_native_and_python_agree_for_a_five_task_model_with_concepts() -> None:

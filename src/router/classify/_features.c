@@ -495,7 +495,8 @@ is_py_space(unsigned char c)
 static inline int
 is_cjk(Py_UCS4 c)
 {
-    return (c >= 0x3040 && c <= 0x30ff) || (c >= 0x3400 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af)
+    return (c >= 0x0e00 && c <= 0x0e7f) /* Thai: no spaces between words either */
+           || (c >= 0x3040 && c <= 0x30ff) || (c >= 0x3400 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af)
            || (c >= 0xf900 && c <= 0xfaff);
 }
 
@@ -651,7 +652,9 @@ read_text(state_t *st, PyObject *raw_obj, PyObject *lowered)
                 words[i] = w;
                 h = fnv_byte(h, w);
                 ascii |= w < 128;
-                wide |= w >= 0xe0;
+                /* a lead byte of three or four bytes, but not U+1E00-U+1EFF (Vietnamese letters
+                 * such as "ậ" are Latin: "lập" is no Latin term glued to another script) */
+                wide |= w >= 0xe0 && !(w == 0xe1 && i + 1 < size && raw[i + 1] >= 0xb8 && raw[i + 1] <= 0xbb);
             }
             sh->words++;
             /* ASCII bytes in a word are letters and digits; other bytes may be white space (U+3000) */

@@ -10,8 +10,8 @@ Features, all binary, computed on the UTF-8 bytes of the lower-cased text:
   ``vue에서`` or ``pythonで``, also counts each of its ASCII runs as a word), symbol runs
   (``();``, ``=>``, fences) and each symbol on its own;
 * pairs of adjacent words (from the first :data:`PAIR_WORDS` words);
-* CJK text (Han, kana, Hangul), which spaces don't split into words: characters and character
-  pairs from the first :data:`CJK_HEAD` CJK characters;
+* CJK text (Han, kana, Hangul) and Thai, which spaces don't split into words: characters and
+  character pairs from the first :data:`CJK_HEAD` such characters;
 * a stem for every token longer than six bytes (its first five letters, or ten bytes outside
   ASCII), so ``functions``/``Funktionen``/``функцию`` share weight;
 * markers: indented lines (``__tab``), error text (``__err``), and tools offered (``__tool``);
@@ -73,9 +73,12 @@ for _i in range(256):
         _SYMBOL_BYTES[_i] = 32
 _WORD_TABLE, _SYMBOL_TABLE = bytes(_WORD_BYTES), bytes(_SYMBOL_BYTES)
 del _WORD_BYTES, _SYMBOL_BYTES, _i, _c
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+_CJK = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 _OTHER_SYMBOL = re.compile(r"[^\x00-\x7f\w]")  # non-ASCII, not a letter or digit: €, ×, ≤, 。
 _ASCII_RUN = re.compile(rb"[a-z0-9]+")  # in a word (ASCII punctuation is gone): its Latin runs
+# A character of three or four UTF-8 bytes, but not U+1E00-U+1EFF (Latin Extended Additional:
+# Vietnamese "ậ", "ế" are Latin letters, and "lập" is no Latin term glued to another script).
+_WIDE = re.compile(rb"[\xe0\xe2-\xff]|\xe1[^\xb8-\xbb]")
 
 Keys = tuple[set, set]
 """(tokens, pairs): ``bytes`` words and symbol runs, ``str`` symbols, CJK characters and pairs and
@@ -114,9 +117,9 @@ def text_keys(text: str) -> Keys:
     if len(raw) != len(lowered):  # not ASCII
         # A Latin term glued to a CJK (or other wide script's) particle, "vue에서", "pythonで", also
         # counts as the term: each ASCII run of a word that holds a character of three or more
-        # UTF-8 bytes is a word too (not "código": accented Latin letters take two).
+        # UTF-8 bytes is a word too (not "código": accented Latin letters take two; nor "lập").
         for word in words:
-            if max(word) >= 0xE0 and _ASCII_RUN.search(word):
+            if _WIDE.search(word) and _ASCII_RUN.search(word):
                 tokens.update(_ASCII_RUN.findall(word))
         tokens.update(_OTHER_SYMBOL.findall(lowered))
         for run in _cjk_head(lowered):
