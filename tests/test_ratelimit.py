@@ -85,7 +85,7 @@ async def admit(limiter, tenant, tokens=0, *, key=None, targets=("general",), hi
 async def settle(limiter, lease, tokens):
     limiter.settle(lease, tokens)
     if isinstance(limiter, RedisRateLimiter):   # settles are sent in the background: wait for them
-        await asyncio.gather(*list(limiter.store._tasks))
+        assert await limiter.store.drain(5)
 
 
 async def test_requests_per_minute_slide_with_the_clock(limiter, clock):
@@ -203,7 +203,7 @@ async def test_many_calls_at_once_share_one_pipelined_connection():
                                         for _ in range(150)))
         for lease in leases:
             limiter.settle(lease, 1)
-        await asyncio.gather(*list(limiter.store._tasks))
+        assert await limiter.store.drain(5)
         assert all(lease is not None for lease in leases) and limiter.store.errors == 0
         conn = limiter.store.connection()
         assert conn is not None and conn.pending == 0 and len(limiter.store._conns) == 1
@@ -223,7 +223,7 @@ async def test_a_requests_only_lease_settles_without_a_round_trip(limiter):
     assert not lease.settles
     limiter.settle(lease, 10)
     if isinstance(limiter, RedisRateLimiter):
-        assert not limiter.store._tasks            # nothing sent
+        assert not limiter.store._tasks and not limiter.store._sending   # nothing sent
     assert (await admit(limiter, "tpm", 5)).settles and (await admit(limiter, "conc")).settles
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -187,6 +188,138 @@ async def test_scripts_load_themselves_again_after_a_script_flush(url, prefix):
     finally:
         ref.close()
         await store.aclose()
+
+
+# ----------------------------------------------------------------------------- background sends (settles)
+
+
+class Counting(Link):
+    """A `Link` that counts the chunks it forwards to Redis (each client send arrives as one here)."""
+
+    def __init__(self, target: int):
+        super().__init__(target)
+        self.chunks: list[bytes] = []
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+        self._writers += [cw, uw]
+
+        async def up() -> None:
+            while data := await cr.read(65536):
+                self.chunks.append(data)
+                uw.write(data)
+
+        async def down() -> None:
+            while data := await ur.read(65536):
+                cw.write(data)
+
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.gather(up(), down())
+
+
+async def test_background_sends_share_one_write_and_need_no_task(url, prefix):
+    """Settles of 50 requests ending together: one EVALSHA each, written together within `later_s`,
+    each reply handed to its callback, and no task made for any of them."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    source = f"-- {uuid.uuid4().hex}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+    async with Counting(port) as link:
+        store = RedisStore(link.url, name="test store")
+        try:
+            assert await store.script(source, [f"{prefix}:n"], [0]) == 0   # connected, the script known
+            before = len(link.chunks)
+            replies: list[int] = []
+
+            async def never() -> None:
+                raise AssertionError("no fallback expected")
+
+            for _ in range(50):
+                store.send(source, [f"{prefix}:n"], [1], 5.0, fallback=never, on_reply=replies.append, later_s=0.05)
+            assert not store._tasks and len(store._sending) == 50
+            await asyncio.sleep(0.01)
+            assert len(link.chunks) == before          # nothing written yet: they wait to share a write
+            assert await store.drain(5)
+            assert sorted(replies) == list(range(1, 51)) and not store._sending
+            assert len(link.chunks) - before == 1      # one send for all fifty
+            assert await store.script(source, [f"{prefix}:n"], [0]) == 50
+        finally:
+            await store.aclose()
+
+
+async def test_a_call_waiting_behind_background_sends_goes_out_at_once(url, prefix):
+    """A background send waits up to `later_s` for company; a caller's command queued after it
+    must not wait that long: both go with the caller's write."""
+    store = RedisStore(url, name="test store")
+    source = f"-- {uuid.uuid4().hex}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+    try:
+        await store.script(source, [f"{prefix}:n"], [0])
+        replies: list[int] = []
+        store.send(source, [f"{prefix}:n"], [5], 5.0, fallback=None, on_reply=replies.append,  # type: ignore[arg-type]
+                   later_s=30.0)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await store.call("get", lambda: store.command("GET", f"{prefix}:n"), 5.0) == b"5"
+        assert loop.time() - t0 < 1.0
+        await asyncio.sleep(0)
+        assert replies == [5]
+    finally:
+        await store.aclose()
+
+
+async def test_background_sends_fall_back_to_the_callers_retries(url, prefix):
+    """The fallback runs where the send cannot go or does not land: before the first connection,
+    for a script this process never ran, and when Redis has forgotten it (SCRIPT FLUSH)."""
+    store = RedisStore(url, name="test store")
+    source = f"-- {uuid.uuid4().hex}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+    ran: list[str] = []
+    replies: list[int] = []
+
+    def send(why: str) -> None:
+        async def fallback() -> None:
+            ran.append(why)
+            replies.append(await store.call("retry", lambda: store.script(source, [f"{prefix}:n"], [1]), 5.0))
+        store.send(source, [f"{prefix}:n"], [1], 5.0, fallback=fallback, on_reply=replies.append)
+
+    ref = reference(url)
+    try:
+        send("no connection")
+        assert await store.drain(5)
+        send("unknown script")        # connected by now, but the script never ran here
+        assert await store.drain(5)
+        assert ran == ["no connection"] and replies == [1, 2]   # the fallback's EVAL made it known
+        ref.script_flush()
+        send("flushed")
+        assert await store.drain(5)
+        assert ran == ["no connection", "flushed"] and replies == [1, 2, 3]
+        assert store.errors == 0      # NOSCRIPT is not an outage
+    finally:
+        ref.close()
+        await store.aclose()
+
+
+async def test_a_send_unanswered_at_close_is_reported_lost(url):
+    """A Redis that never answers: `aclose` waits `close_timeout_s`, then tells each send's
+    `on_lost` (a budget counts the settle as lost), and nothing is left running."""
+    async def silent(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await r.read(65536):
+            pass
+
+    server, fake = await fake_server(silent)
+    store = RedisStore(fake, name="test store", close_timeout_s=0.2, op_timeout_s=30)
+    source = "return 1"
+    lost: list[int] = []
+    try:
+        from router.metering import redis_store
+
+        redis_store._SHAS[source] = hashlib.sha1(source.encode()).hexdigest()   # as if it had run before
+        await store._connect(asyncio.get_running_loop())
+        for i in range(3):
+            store.send(source, [], [], 30.0, fallback=None, on_lost=lambda i=i: lost.append(i))  # type: ignore[arg-type]
+        t0 = asyncio.get_running_loop().time()
+        await store.aclose()
+        assert asyncio.get_running_loop().time() - t0 < 2
+        assert sorted(lost) == [0, 1, 2] and not store._sending and not store._tasks
+    finally:
+        server.close()
 
 
 # ----------------------------------------------------------------------------- timeouts and cancellation

@@ -522,7 +522,17 @@ class RedisBudget(BudgetBackend):
         if not _loop_running():  # no loop to send it from: the reservation expires on its own
             self._lost(reservation, actual_usd, "no event loop to send it from")
             return
-        self._spawn(self._settle(reservation, actual_usd))
+        # one EVALSHA sharing a write with other settles, no task; on any failure `_settle` retries
+        scopes = self._ordered(reservation.scopes)
+        tenant = reservation.tenant
+        self._redis.send(_LUA_SETTLE, self._keys(scopes, tenant), self._settle_args(reservation, scopes, actual_usd),
+                         self.background_timeout_s, fallback=lambda: self._settle(reservation, actual_usd),
+                         on_reply=lambda value: self._remember(tenant, _float(value)),
+                         on_lost=lambda: self._lost(reservation, actual_usd, "cancelled at shutdown"))
+
+    def _settle_args(self, reservation: Reservation, scopes: Sequence[Scope], actual_usd: float) -> list[Any]:
+        return [reservation.id, repr(actual_usd), self.key_ttl_s, sum(1 for s in scopes if s.tenant_wide),
+                *(repr(s.limit_usd) for s in scopes)]
 
     def _release_id(self, tenant: str, scopes: Sequence[Scope], rid: str) -> None:
         # settling with 0 drops the hold if the reservation exists and adds nothing to spent otherwise
@@ -533,7 +543,6 @@ class RedisBudget(BudgetBackend):
         """Send one settle, retried with backoff (about 6 s over `settle_attempts` tries) while the store
         fails; then count and log it as lost. A release that fails is only logged: its hold expires."""
         scopes = self._ordered(reservation.scopes)
-        ntenant = sum(1 for s in scopes if s.tenant_wide)
         delay = 0.1
         why = "not sent"
         try:
@@ -541,8 +550,7 @@ class RedisBudget(BudgetBackend):
                 try:
                     value = await self._guarded("settle", self._redis.script(
                         _LUA_SETTLE, self._keys(scopes, reservation.tenant),
-                        [reservation.id, repr(actual_usd), self.key_ttl_s, ntenant,
-                         *(repr(s.limit_usd) for s in scopes)]), self.background_timeout_s)
+                        self._settle_args(reservation, scopes, actual_usd)), self.background_timeout_s)
                     self._remember(reservation.tenant, _float(value))
                     why = ""
                     return
@@ -561,6 +569,20 @@ class RedisBudget(BudgetBackend):
                                 reservation.id, why)
                 else:
                     self._lost(reservation, actual_usd, why)
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait for the settles and refreshes in flight on this loop (tests, tools); True when none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            if not await self._redis.drain(None if deadline is None else max(0.0, deadline - loop.time())):
+                return False
+            tasks = [t for t in self._tasks if t.get_loop() is loop and not t.done()]
+            if not tasks:
+                return True
+            _, pending = await asyncio.wait(tasks, timeout=None if deadline is None else max(0.0, deadline - loop.time()))
+            if pending:
+                return False
 
     async def aclose(self) -> None:
         """Wait up to `close_timeout_s` for pending settles; the ones still failing then are lost (logged, counted)."""

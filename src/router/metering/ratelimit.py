@@ -715,11 +715,15 @@ class RedisRateLimiter(RateLimiter):
             asyncio.get_running_loop()
         except RuntimeError:   # no loop to send it from: the lease and the reservation expire on their own
             return
-        self.store.spawn(self._settle(lease, max(0, int(tokens))))
-
-    async def _settle(self, lease: Lease, tokens: int) -> None:
+        tokens = max(0, int(tokens))
         keys = self._keys(lease.scopes)
         flags = ["1" if s.limit.tokens_per_minute is not None else "0" for s in lease.scopes]
+        # one EVALSHA sharing a write with other settles, no task; on any failure `_settle` retries
+        self.store.send(_LUA_SETTLE, keys, [int(self.wall() * 1000), lease.id, tokens, self._ttl(), *flags],
+                        self.background_timeout_s, fallback=lambda: self._settle(lease, tokens, keys, flags),
+                        on_lost=lambda: self._lost(lease))
+
+    async def _settle(self, lease: Lease, tokens: int, keys: list[str], flags: list[str]) -> None:
         delay = 0.1
         for attempt in range(self.settle_attempts):
             now_ms = int(self.wall() * 1000)
@@ -732,6 +736,9 @@ class RedisRateLimiter(RateLimiter):
             if attempt + 1 < self.settle_attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        self._lost(lease)
+
+    def _lost(self, lease: Lease) -> None:
         log.warning("rate-limit settle of %s lost: its in-flight slot expires after %g s, its token reservation "
                     "with the window", lease.id, self.lease_s)
 

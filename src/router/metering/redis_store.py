@@ -45,6 +45,8 @@ _INF = float("inf")
 # connection, whose one timer fails them then (cheaper than a timer per call; see RespConnection)
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("router_redis_deadline", default=_INF)
 _SHAS: dict[str, str] = {}   # Lua source -> its SHA1, as Redis names a loaded script
+# how long a background `send` may wait to share a write with others (a settle: nobody waits for it)
+SEND_LATER_S = 0.002
 
 
 class StoreError(Exception):
@@ -104,6 +106,7 @@ class RedisStore:
         self._connecting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[RespConnection]] = (
             weakref.WeakKeyDictionary())
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sending: set[asyncio.Future[Any]] = set()   # `send`s awaiting their reply
 
     # -- commands
     async def command(self, *args: Any) -> Any:
@@ -178,17 +181,20 @@ class RedisStore:
         except Exception as e:
             why = redact(f"{type(e).__name__}: {e}")[:300]
         else:
-            if self._consecutive:
-                self._consecutive = 0
-            if self._down_since is not None:
-                self.log.warning("%s answers again (after %.1f s)", self.name, time.monotonic() - self._down_since)
-                self._down_since = None
+            if self._consecutive or self._down_since is not None:
+                self._answered()
             return result
         finally:
             if token is not None:
                 _DEADLINE.reset(token)
         self._failed(op, why)
         raise StoreError(why)
+
+    def _answered(self) -> None:
+        self._consecutive = 0
+        if self._down_since is not None:
+            self.log.warning("%s answers again (after %.1f s)", self.name, time.monotonic() - self._down_since)
+            self._down_since = None
 
     def _failed(self, op: str, why: str) -> None:
         self.errors += 1
@@ -207,22 +213,79 @@ class RedisStore:
                 self.log.exception("%s metrics failed", self.name)
 
     # -- background calls and closing
+    def send(self, source: str, keys: list[str], args: list[Any], timeout_s: float, *,
+             fallback: Callable[[], Awaitable[Any]], on_reply: Callable[[Any], None] | None = None,
+             on_lost: Callable[[], None] | None = None, later_s: float = SEND_LATER_S) -> None:
+        """Run the Lua `source` in the background with no task of its own (a settle, on every request).
+
+        The EVALSHA joins this loop's next write, at most `later_s` from now (settles of many
+        requests share a send, their replies a read); `on_reply` gets the answer. Where that can't
+        be done (no connection yet, a script this process has not run, failing fast) or fails (an
+        error, no answer in `timeout_s`, a Redis that lost the script), `fallback()` runs instead, as
+        a background task: the caller's own retries, counted and logged. A send still unanswered
+        when `aclose` gives up calls `on_lost`."""
+        loop = asyncio.get_running_loop()
+        conn = self._conns.get(loop)
+        sha = _SHAS.get(source)
+        if conn is None or conn.lost is not None or sha is None or time.monotonic() < self._down_until:
+            self.spawn(fallback())
+            return
+        fut = conn.request(pack_command(("EVALSHA", sha, len(keys), *keys, *args)), loop.time() + timeout_s,
+                           later_s=later_s)
+        self._sending.add(fut)
+        fut.add_done_callback(functools.partial(self._sent, fallback, on_reply, on_lost))
+
+    def _sent(self, fallback: Callable[[], Awaitable[Any]], on_reply: Callable[[Any], None] | None,
+              on_lost: Callable[[], None] | None, fut: asyncio.Future[Any]) -> None:
+        self._sending.discard(fut)
+        try:
+            if fut.cancelled():   # `aclose` gave up on it
+                if on_lost is not None:
+                    on_lost()
+            elif fut.exception() is not None:   # retrieved: no stray warning; the fallback sees its own
+                self.spawn(fallback())
+            else:
+                if self._consecutive or self._down_since is not None:
+                    self._answered()
+                if on_reply is not None:
+                    on_reply(fut.result())
+        except Exception:   # a caller's callback must not break the loop's other callbacks
+            self.log.exception("%s: a background call's callback failed", self.name)
+
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run `coro` in the background on the running loop (kept until done, awaited by `aclose`)."""
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self, timeout_s: float | None = None, *, cancel: bool = False) -> bool:
+        """Wait for this loop's background calls (`send`s, their fallbacks, `spawn`ed tasks) for at
+        most `timeout_s`; True when none is left. With `cancel`, the ones still running then are
+        cancelled (a send's `on_lost` is called)."""
+        loop = asyncio.get_running_loop()
+        deadline = _INF if timeout_s is None else loop.time() + timeout_s
+        conn = self._conns.get(loop)
+        if conn is not None:
+            conn.flush()   # background sends waiting for a later write go now
+        while True:   # a send that fails starts its fallback task: wait for those too
+            waits: list[asyncio.Future[Any]] = [t for t in self._tasks if t.get_loop() is loop and not t.done()]
+            waits += [f for f in self._sending if f.get_loop() is loop]
+            if not waits:
+                return True
+            _, pending = await asyncio.wait(waits, timeout=None if deadline == _INF else max(0.0, deadline - loop.time()))
+            await asyncio.sleep(0)   # the done sends' callbacks run (and may spawn a fallback)
+            if pending:
+                if cancel:
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    await asyncio.sleep(0)   # the cancelled sends' callbacks (`on_lost`) run
+                return False
+
     async def aclose(self) -> None:
         """Wait up to `close_timeout_s` for background calls, then close this loop's connection."""
         loop = asyncio.get_running_loop()
-        tasks = [t for t in self._tasks if t.get_loop() is loop]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.close_timeout_s)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        await self.drain(self.close_timeout_s, cancel=True)
         connecting = self._connecting.pop(loop, None)
         if connecting is not None:
             connecting.cancel()

@@ -301,6 +301,8 @@ class RespConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
         self._out: list[bytes] = []
+        self._soon = False        # a flush of `_out` is due this loop iteration
+        self._late: asyncio.TimerHandle | None = None   # a later flush, for background commands only
         self._closed: asyncio.Future[None] | None = None
         self.description = "Redis"
 
@@ -352,18 +354,29 @@ class RespConnection(asyncio.Protocol):
         self._fail_waiting()
 
     # -- requests
-    def request(self, payload: bytes, deadline: float = _INF) -> asyncio.Future[Any]:
+    def request(self, payload: bytes, deadline: float = _INF, *, later_s: float = 0.0) -> asyncio.Future[Any]:
         """Send one packed command (`pack_command`); the future gets its reply or its error, or
-        `TimeoutError` at `deadline` (the loop's time)."""
+        `TimeoutError` at `deadline` (the loop's time).
+
+        `later_s` > 0 (a background command nobody waits for: a settle) may wait that long to go
+        out with the next write, so that many share one send and their replies one read."""
         if self.lost is not None:
             raise ConnectionLost(str(self.lost))
         loop = self._loop
         fut = loop.create_future()  # type: ignore[union-attr]
         waiting = self._waiting
-        if self._out:            # commands of this iteration are queued: this one joins them
+        if later_s > 0:          # joins whatever goes next, at the latest in `later_s`
             self._out.append(payload)
+            if not self._soon and self._late is None:
+                self._late = loop.call_later(later_s, self._flush)  # type: ignore[union-attr]
+        elif self._out:          # commands are queued: this one joins them, this iteration
+            self._out.append(payload)
+            if not self._soon:   # they were background ones, waiting for a later flush
+                self._soon = True
+                loop.call_soon(self._flush)  # type: ignore[union-attr]
         elif waiting and self.coalesce:   # others in flight: more commands may come this iteration
             self._out.append(payload)
+            self._soon = True
             loop.call_soon(self._flush)  # type: ignore[union-attr]
         else:                    # alone: send at once
             self._transport.write(payload)  # type: ignore[union-attr]
@@ -377,7 +390,16 @@ class RespConnection(asyncio.Protocol):
         self._deadlines.append(deadline)
         return fut
 
+    def flush(self) -> None:
+        """Write the queued commands now (those waiting for a later write included)."""
+        if self._out:
+            self._flush()
+
     def _flush(self) -> None:
+        self._soon = False
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
         out, self._out = self._out, []
         if out and self.lost is None:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
@@ -433,6 +455,9 @@ class RespConnection(asyncio.Protocol):
         """Close after pending writes; requests still waiting fail."""
         if self.lost is None:
             self.lost = ConnectionLost(f"the connection to {self.description} was closed")
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
         out, self._out = self._out, []
         if self._transport is not None:
             if out:
