@@ -197,16 +197,17 @@ class RedisCache(ResponseCache):
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        self.store.spawn(self._put(route, key, value, settings))
-
-    async def _put(self, route: str, key: str, value: bytes, settings: RouteCache) -> None:
         base = self._base(route)
-        args = (value, int(self.wall() * 1000), max(1, int(settings.ttl_s * 1000)),
+        keys = [base + ":e:" + key, base + ":idx", base + ":sizes"]
+        args = [value, int(self.wall() * 1000), max(1, int(settings.ttl_s * 1000)),
                 -1 if settings.max_entries is None else settings.max_entries,
-                -1 if settings.max_bytes is None else settings.max_bytes, key)
+                -1 if settings.max_bytes is None else settings.max_bytes, key]
+        # one EVALSHA sharing a write with others, no task; where it can't go or fails, `_put` tries once
+        self.store.send(_LUA_PUT, keys, args, self.background_timeout_s, fallback=lambda: self._put(keys, args))
+
+    async def _put(self, keys: list[str], args: list[object]) -> None:
         with contextlib.suppress(StoreError):   # counted by the store; the answer is simply not cached
-            await self.store.call("put", lambda: self.store.script(
-                _LUA_PUT, [base + ":e:" + key, base + ":idx", base + ":sizes"], list(args)), self.background_timeout_s)
+            await self.store.call("put", lambda: self.store.script(_LUA_PUT, keys, args), self.background_timeout_s)
 
     async def aclose(self) -> None:
         await self.store.aclose()
