@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--two-texts", action="store_true", help="cross-validate the previous two-text rule")
     ap.add_argument("--grid", action="store_true", help="also score other weights on the same fold models")
     ap.add_argument("--rule", help='another rule, as JSON: {"context": 0.3, "combined": 1, "tools": 0.5, ...}')
+    ap.add_argument("--errors", action="store_true", help="list the misclassified training conversations (held out)")
     ap.add_argument("--c", type=float, default=100.0)
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -104,16 +105,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{rule}\n  all: {100 * ok.mean():.1f}% ({ok.sum()}/{len(ok)})")
     for g in sorted(set(groups)):
         print(f"  {100 * ok[groups == g].mean():5.1f}% {int((groups == g).sum()):4d}  {g}")
+    if args.errors:
+        z = main_z.copy()
+        gate = np.where(switch, 0.0, np.where(n_main < rule.short_turn, rule.follow_up, rule.context))
+        for p, r in enumerate(rule.parts()):
+            f = np.where(sizes[:, p] > 0, r / np.maximum(sizes[:, p], 1) ** rule.norm, 0.0)
+            z += (gate * f)[:, None] * part_z[:, p]
+        for j in np.flatnonzero(~ok):
+            r = rows[conv[j]]
+            last = clf.conversation_parts(r["messages"], r.get("tools"), LAST_TURN)[0]
+            print(f"  {r['task']:>9} -> {d.classes[int(z[j].argmax())]:<9} {r.get('lang', '?'):>2} "
+                  f"{'tools ' if r.get('tools') else ''}{len(r['messages'])} msgs  {last[:90]!r}")
     if args.grid:
         results = []
-        for rel in itertools.product((0, 1), (0, 0.25, 0.5, 1, 1.5), (0, 0.25, 0.75), (0, 0.5), (0, 0.25),
-                                     (0, 0.5, 1, 2)):
-            for context, follow_up in ((0.2, 0.4), (0.25, 0.5), (0.3, 0.5), (0.3, 0.6)):
-                results.append((score(rel, context, follow_up).mean(), rel, context, follow_up))
+        for rel in itertools.product((0, 1), (0, 0.5, 1, 1.5), (0, 0.25, 0.5), (0,), (0, 0.25), (0, 0.5, 1)):
+            for context, follow_up, short in itertools.product((0.2, 0.25, 0.3, 0.35, 0.5), (0.5, 0.75, 1.0, 1.5),
+                                                               (24, 32, 48)):
+                results.append((score(rel, context, follow_up, short).mean(), rel, context, follow_up, short))
         results.sort(key=lambda t: -t[0])
-        print("\nbest on these fold models (combined, system, history, assistant, actions, tools; context / follow-up):")
-        for acc, rel, context, follow_up in results[:12]:
-            print(f"  {100 * acc:.1f}%  {rel}  {context} / {follow_up}")
+        print("\nbest on these fold models (combined, system, history, assistant, actions, tools; context / follow-up"
+              " / short turn):")
+        for acc, rel, context, follow_up, short in results[:15]:
+            print(f"  {100 * acc:.1f}%  {rel}  {context} / {follow_up} / {short}")
     print(f"({time.perf_counter() - started:.0f}s)")
     return 0
 
