@@ -335,17 +335,28 @@ def _tools_text(tools: Iterable) -> str:
 
 
 # Openings that announce a change of topic: the last turn then decides alone. Read from its first
-# 200 characters, lower-cased.
+# 200 characters, lower-cased. "anyway" only at the start of a clause ("ok anyway, ..."): inside
+# one it belongs to the same topic ("I tried it anyway and it still fails"). Not "ちなみに" or
+# "對了"-like asides, which usually ask more about the same thing ("ちなみにGoだと？").
 _NEW_TOPIC = re.compile(
-    r"unrelated|different (?:question|topic|thing)|switching gears|change of (?:topic|subject)|on another note|"
-    r"\bbtw\b|\bby the way\b|\banyway\b|another (?:question|thing)|separate (?:question|thing)|new question|"
-    r"otra cosa|otra pregunta|cambiando de tema|cambio de tema|outra coisa|outra pergunta|mudando de assunto|"
-    r"autre chose|autre question|changement de sujet|andere frage|anderes thema|themawechsel|übrigens|"
-    r"cambio argomento|altra domanda|un'altra cosa|другой вопрос|другая тема|кстати|не по теме|"
-    r"başka bir soru|konu değişikliği|"
-    r"話(?:は)?変わ|関係ない(?:けど|んだけど|話)|別の質問|ところで|"
-    r"另外|换个话题|換個話題|题外话|顺便问|"
-    r"다른 질문|그건 그렇고|딴 얘기|다른 얘기|주제를 바꿔",
+    r"unrelated|different (?:question|topic|thing|subject)|switching (?:gears|topics?)|change of (?:topic|subject)|"
+    r"on (?:another|a different|an unrelated) note|\bbtw\b|\bby the way\b|(?:^|[.!?;:,]\s*|\b(?:ok|okay|well|so)\s+)anyway\b|"
+    r"another (?:question|thing|topic)|separate (?:question|thing|topic)|new (?:question|topic)|off[- ]topic|"
+    r"changing the (?:subject|topic)|something completely different|totally different (?:question|topic)|"
+    r"otra cosa|otra pregunta|otro tema|cambiando de tema|cambio de tema|por cierto|"
+    r"outra coisa|outra pergunta|outro assunto|mudando de assunto|por falar nisso|"
+    r"autre chose|autre question|autre sujet|changement de sujet|changeons de sujet|rien à voir|au fait|"
+    r"andere frage|anderes thema|themawechsel|übrigens|"
+    r"cambio argomento|cambiando discorso|altra domanda|un'altra cosa|tra l'altro|"
+    r"другой вопрос|другая тема|кстати|не по теме|сменим тему|к другому вопросу|"
+    r"inne pytanie|zmieniając temat|przy okazji|"
+    r"başka bir soru|konu değişikliği|bu arada|alakasız|"
+    r"andere vraag|ander onderwerp|trouwens|"
+    r"câu hỏi khác|chuyển chủ đề|nhân tiện|pertanyaan lain|ganti topik|ngomong-ngomong|"
+    r"दूसरा सवाल|سؤال آخر|بالمناسبة|"
+    r"話(?:は)?変わ|関係ない(?:けど|んだけど|話)|別の質問|別件|それはそうと|ところで|"
+    r"另外|换个话题|換個話題|题外话|題外話|顺便问|順便問|说点别的|另一个问题|"
+    r"다른 질문|그건 그렇고|그나저나|딴 얘기|다른 얘기|얘기 바꿔|주제를 바꿔|별개로",
 )
 
 
