@@ -247,3 +247,19 @@ def test_a_bare_follow_up_takes_the_conversations_task() -> None:
              a("`dates.parse` was renamed to `dates.parse_date` last week; the nightly script still imports the old name."),
              u("go on")]
     assert classify(agent, [tool("run_shell", "Run a shell command")]).task == "coding"
+
+
+def test_the_ramp_lets_a_bare_follow_up_lean_on_its_conversation() -> None:
+    # Under the previous step (0.5 below 32 features) these leaned on their own few words.
+    u = lambda text: {"role": "user", "content": text}  # noqa: E731
+    korean = [u("사과 5개에 3000원이면 8개는 얼마야?"), {"role": "assistant", "content": "1개에 600원이니까 8개는 4800원이에요."},
+              u("왜 600원이야?")]
+    tutor = [{"role": "system", "content": "You are a patient maths tutor for teenagers. Explain step by step."},
+             u("stuck again")]
+    model = Classifier.load()
+    assert model.conversation.ramp
+    ramped = [model.probabilities(c)["reasoning"] for c in (korean, tutor)]
+    assert model.classify(korean).task == model.classify(tutor).task == "reasoning"
+    model.conversation = ConversationWeights(follow_up=0.5, ramp=False)
+    stepped = [model.probabilities(c)["reasoning"] for c in (korean, tutor)]
+    assert all(r > s for r, s in zip(ramped, stepped, strict=True))
