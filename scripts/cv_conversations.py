@@ -1,7 +1,9 @@
 """Cross-validate how conversations are combined, over the training conversations only.
 
     python scripts/cv_conversations.py            # the shipped rule (DEFAULT_CONVERSATION)
+    python scripts/cv_conversations.py --step     # the previous rule: gates 0.25 / 0.5, a step at 32 features
     python scripts/cv_conversations.py --two-texts  # the rule before 2026-12-04: one context text
+    python scripts/cv_conversations.py --errors   # also: the misclassified conversations (held out)
     python scripts/cv_conversations.py --grid     # also: weights tried on the same fold models
 
 Folds are the training sources that hold conversations (``data/tasks/extra*.jsonl`` files): for each,
@@ -39,6 +41,7 @@ from router.classify.features import announces_new_topic, text_keys  # noqa: E40
 READ_ALL = clf.ConversationWeights(combined=1.0, system=1.0, history=1.0, assistant=1.0, actions=1.0, tools=1.0)
 LAST_TURN = clf.ConversationWeights(combined=0.0, system=0.0, history=0.0, assistant=0.0, actions=0.0, tools=0.0)
 TWO_TEXTS = clf.ConversationWeights.from_json({"context": 0.3, "follow_up": 0.6})  # the rule before 2026-12-04
+STEP = clf.ConversationWeights(follow_up=0.5, ramp=False)  # the rule of 2026-12-04's second round: a step at 32
 
 
 def texts(row: dict) -> tuple[list[dict], list[int], bool, int]:
@@ -57,16 +60,18 @@ def texts(row: dict) -> tuple[list[dict], list[int], bool, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--two-texts", action="store_true", help="cross-validate the previous two-text rule")
+    ap.add_argument("--two-texts", action="store_true", help="cross-validate the two-text rule (before 2026-12-04)")
+    ap.add_argument("--step", action="store_true", help="cross-validate the previous rule: gates 0.25 / 0.5, a step")
     ap.add_argument("--grid", action="store_true", help="also score other weights on the same fold models")
     ap.add_argument("--rule", help='another rule, as JSON: {"context": 0.3, "combined": 1, "tools": 0.5, ...}')
+    ap.add_argument("--errors", action="store_true", help="list the misclassified training conversations (held out)")
     ap.add_argument("--c", type=float, default=100.0)
     args = ap.parse_args(argv)
     started = time.perf_counter()
     rows = training_rows()
     sources = [source_of(r) for r in rows]
     conv = [i for i, r in enumerate(rows) if "messages" in r]
-    rule = TWO_TEXTS if args.two_texts else clf.DEFAULT_CONVERSATION
+    rule = TWO_TEXTS if args.two_texts else STEP if args.step else clf.DEFAULT_CONVERSATION
     if args.rule:
         rule = clf.ConversationWeights(**json.loads(args.rule))
     d = trainer.design(rows, conversation=rule)
@@ -92,8 +97,17 @@ def main(argv: list[str] | None = None) -> int:
             n_main[j], switch[j] = n, sw
     y = np.array([d.classes.index(rows[i]["task"]) for i in conv])
 
-    def score(rel: tuple[float, ...], context: float, follow_up: float, short: int = 32, norm: float = 0.5) -> np.ndarray:
-        gate = np.where(switch, 0.0, np.where(n_main < short, follow_up, context))
+    def gates(context: float, follow_up: float, short: int, ramp: bool) -> np.ndarray:
+        """ConversationWeights.weight, for every conversation."""
+        if ramp:
+            g = context + (follow_up - context) * np.clip(1 - n_main / short, 0, None)
+        else:
+            g = np.where(n_main < short, follow_up, context)
+        return np.where(switch, rule.switch, g)
+
+    def score(rel: tuple[float, ...], context: float, follow_up: float, short: int = 32, norm: float = 0.5,
+              ramp: bool = rule.ramp) -> np.ndarray:
+        gate = gates(context, follow_up, short, ramp)
         z = main_z.copy()
         for p, r in enumerate(rel):
             f = np.where(sizes[:, p] > 0, r / np.maximum(sizes[:, p], 1) ** norm, 0.0)
@@ -104,16 +118,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{rule}\n  all: {100 * ok.mean():.1f}% ({ok.sum()}/{len(ok)})")
     for g in sorted(set(groups)):
         print(f"  {100 * ok[groups == g].mean():5.1f}% {int((groups == g).sum()):4d}  {g}")
+    if args.errors:
+        z = main_z.copy()
+        gate = gates(rule.context, rule.follow_up, rule.short_turn, rule.ramp)
+        for p, r in enumerate(rule.parts()):
+            f = np.where(sizes[:, p] > 0, r / np.maximum(sizes[:, p], 1) ** rule.norm, 0.0)
+            z += (gate * f)[:, None] * part_z[:, p]
+        for j in np.flatnonzero(~ok):
+            r = rows[conv[j]]
+            last = clf.conversation_parts(r["messages"], r.get("tools"), LAST_TURN)[0]
+            print(f"  {r['task']:>9} -> {d.classes[int(z[j].argmax())]:<9} {r.get('lang', '?'):>2} "
+                  f"{'tools ' if r.get('tools') else ''}{len(r['messages'])} msgs  {last[:90]!r}")
     if args.grid:
         results = []
-        for rel in itertools.product((0, 1), (0, 0.25, 0.5, 1, 1.5), (0, 0.25, 0.75), (0, 0.5), (0, 0.25),
-                                     (0, 0.5, 1, 2)):
-            for context, follow_up in ((0.2, 0.4), (0.25, 0.5), (0.3, 0.5), (0.3, 0.6)):
-                results.append((score(rel, context, follow_up).mean(), rel, context, follow_up))
+        for rel in itertools.product((0, 1), (0, 0.5, 1, 1.5), (0, 0.25, 0.5), (0,), (0, 0.25), (0, 0.5, 1)):
+            for context, follow_up, short, ramp in itertools.product((0.2, 0.25, 0.3, 0.35, 0.5), (0.5, 0.75, 1.0, 1.5),
+                                                                     (24, 32, 48), (False, True)):
+                results.append((score(rel, context, follow_up, short, ramp=ramp).mean(), rel, context, follow_up,
+                                f"{short}{' ramp' if ramp else ''}"))
         results.sort(key=lambda t: -t[0])
-        print("\nbest on these fold models (combined, system, history, assistant, actions, tools; context / follow-up):")
-        for acc, rel, context, follow_up in results[:12]:
-            print(f"  {100 * acc:.1f}%  {rel}  {context} / {follow_up}")
+        print("\nbest on these fold models (combined, system, history, assistant, actions, tools; context / follow-up"
+              " / short turn):")
+        for acc, rel, context, follow_up, short in results[:15]:
+            print(f"  {100 * acc:.1f}%  {rel}  {context} / {follow_up} / {short}")
     print(f"({time.perf_counter() - started:.0f}s)")
     return 0
 

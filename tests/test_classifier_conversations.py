@@ -197,3 +197,69 @@ def test_native_and_python_agree_on_every_part(tmp_path: Path) -> None:
         assert fast._sums(messages, tools) == ref._sums(messages, tools)
         assert fast.logits(messages, tools) == ref.logits(messages, tools)
         assert all(math.isfinite(v) for v in ref.logits(messages, tools))
+
+
+# --- the gate and topic switches (2026-12-04, fourth round) --------------------------------------------
+
+
+def test_the_gate_rises_as_the_last_turn_gets_shorter() -> None:
+    rule = DEFAULT_CONVERSATION
+    assert rule.ramp
+    gates = [rule.weight(n) for n in range(0, 2 * rule.short_turn)]
+    assert gates[0] == rule.follow_up and gates[rule.short_turn:] == [rule.context] * rule.short_turn
+    assert all(a > b for a, b in zip(gates[:rule.short_turn], gates[1:rule.short_turn + 1], strict=True))
+    assert rule.weight(3, switch=True) == rule.switch == 0.0
+    # a model file written before the ramp keeps its step
+    old = ConversationWeights.from_json({"context": 0.25, "follow_up": 0.5, "short_turn": 32, "combined": 1.0})
+    assert not old.ramp and old.weight(31) == 0.5 and old.weight(32) == 0.25
+    assert ConversationWeights.from_json(rule.to_json()) == rule
+
+
+def test_a_topic_switch_is_announced_at_the_start_of_a_clause() -> None:
+    from router.classify.features import announces_new_topic
+    for turn in ("ok anyway, write me a limerick about my cat", "Anyway: what's the capital of Peru?",
+                 "thanks! on a different note, any tips for a job interview?", "por cierto, ¿qué hora es en Lima?",
+                 "au fait, tu connais un bon film ?", "bu arada, bir şiir yazar mısın?", "trouwens, hoe laat is het?",
+                 "ngomong-ngomong, resep nasi goreng?", "그나저나 오늘 저녁 뭐 먹지?", "说点别的，推荐本书吧",
+                 "それはそうと、明日の天気は？"):
+        assert announces_new_topic(turn), turn
+    for turn in ("I tried it anyway and it still fails", "ちなみにGoだと？", "try something else", "and in Go?",
+                 "still wrong, do it anyway"):
+        assert not announces_new_topic(turn), turn
+
+
+def test_a_bare_follow_up_takes_the_conversations_task() -> None:
+    u = lambda text: {"role": "user", "content": text}  # noqa: E731
+    a = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+    go = [u("how do I read a JSON file in Python?"), a("`with open(p) as f: data = json.load(f)`"), u("and in Go?")]
+    assert classify(go).task == "coding"
+    maths = [u("A rectangle's perimeter is 30 cm and its length is twice its width. Find its area."),
+             a("Let the width be w: then 2(w + 2w) = 30, so w = 5 and the length is 10."), u("why times 2?")]
+    assert classify(maths).task == "reasoning"
+    story = [{"role": "system", "content": "You co-write short stories with the user."},
+             u("start a story about a fox who runs a bakery"),
+             a("Every morning before the village woke, Fennel the fox lit the ovens of the little bakery."),
+             u("continue")]
+    assert classify(story).task == "general"
+    agent = [{"role": "system", "content": "You are a coding agent working in the user's repository."},
+             u("the nightly job fails, find out why"), call("run_shell", {"cmd": "make nightly"}),
+             {"role": "tool", "tool_call_id": "c1", "content": "make: *** [nightly] Error 2\nImportError: cannot import name 'parse' from 'dates'"},
+             a("`dates.parse` was renamed to `dates.parse_date` last week; the nightly script still imports the old name."),
+             u("go on")]
+    assert classify(agent, [tool("run_shell", "Run a shell command")]).task == "coding"
+
+
+def test_the_ramp_lets_a_bare_follow_up_lean_on_its_conversation() -> None:
+    # Under the previous step (0.5 below 32 features) these leaned on their own few words.
+    u = lambda text: {"role": "user", "content": text}  # noqa: E731
+    korean = [u("사과 5개에 3000원이면 8개는 얼마야?"), {"role": "assistant", "content": "1개에 600원이니까 8개는 4800원이에요."},
+              u("왜 600원이야?")]
+    tutor = [{"role": "system", "content": "You are a patient maths tutor for teenagers. Explain step by step."},
+             u("stuck again")]
+    model = Classifier.load()
+    assert model.conversation.ramp
+    ramped = [model.probabilities(c)["reasoning"] for c in (korean, tutor)]
+    assert model.classify(korean).task == model.classify(tutor).task == "reasoning"
+    model.conversation = ConversationWeights(follow_up=0.5, ramp=False)
+    stepped = [model.probabilities(c)["reasoning"] for c in (korean, tutor)]
+    assert all(r > s for r, s in zip(ramped, stepped, strict=True))

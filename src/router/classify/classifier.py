@@ -124,15 +124,17 @@ class ConversationWeights:
 
     Each part (:data:`PARTS`) is scored on its own, its sums divided by its distinct-feature count
     to the power ``norm``, and added with weight ``gate x part weight``. The gate is ``context``
-    when the last turn has at least ``short_turn`` distinct features, ``follow_up`` when it has
-    fewer (a bare "and in Go?"), ``switch`` when it opens with a change of topic ("unrelated:",
+    when the last turn has at least ``short_turn`` distinct features and rises linearly to
+    ``follow_up`` as it has fewer (``ramp``; a bare "go on" or "and in Go?" is almost all
+    context), or, with ``ramp`` off (model files written before it), is ``follow_up`` below
+    ``short_turn``; it is ``switch`` when the turn opens with a change of topic ("unrelated:",
     "btw", "話変わるけど"; :func:`router.classify.features.announces_new_topic`). The part weights:
     ``combined`` for the whole context as one text, then ``system``, ``history``, ``assistant``,
     ``actions`` and ``tools`` for each role again on its own (the system prompt and the tools
     offered say what kind of agent it is, beyond what its tools returned)."""
 
     context: float = 0.25
-    follow_up: float = 0.5
+    follow_up: float = 1.0
     short_turn: int = 32
     norm: float = 0.5  # each part's sums are divided by (its distinct features) ** norm
     switch: float = 0.0  # the gate when the last turn announces a new topic
@@ -142,11 +144,14 @@ class ConversationWeights:
     assistant: float = 0.0
     actions: float = 0.0
     tools: float = 0.5
+    ramp: bool = True  # the gate falls linearly from follow_up (no features) to context (short_turn)
 
     def weight(self, n_main: int, switch: bool = False) -> float:
         """The gate: how much the context as a whole counts."""
         if switch:
             return self.switch
+        if self.ramp:
+            return self.context + (self.follow_up - self.context) * max(0.0, 1.0 - n_main / self.short_turn)
         return self.follow_up if n_main < self.short_turn else self.context
 
     def parts(self) -> tuple[float, ...]:
@@ -158,7 +163,7 @@ class ConversationWeights:
         return tuple(g * w for w in self.parts())
 
     def to_json(self) -> dict:
-        return {"context": self.context, "follow_up": self.follow_up, "short_turn": self.short_turn,
+        return {"context": self.context, "follow_up": self.follow_up, "short_turn": self.short_turn, "ramp": self.ramp,
                 "norm": self.norm, "switch": self.switch, "combined": self.combined, "system": self.system,
                 "history": self.history, "assistant": self.assistant, "actions": self.actions, "tools": self.tools}
 
@@ -169,6 +174,7 @@ class ConversationWeights:
         data = dict(data or {})
         if "combined" not in data:
             data.update(combined=1.0, system=0.0, history=0.0, assistant=0.0, actions=0.0, tools=0.0)
+        data.setdefault("ramp", False)  # files written before the ramp: a step at short_turn
         d = cls()
         return cls(**{name: type(getattr(d, name))(data.get(name, getattr(d, name))) for name in d.to_json()})
 

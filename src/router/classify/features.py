@@ -335,17 +335,34 @@ def _tools_text(tools: Iterable) -> str:
 
 
 # Openings that announce a change of topic: the last turn then decides alone. Read from its first
-# 200 characters, lower-cased.
-_NEW_TOPIC = re.compile(
-    r"unrelated|different (?:question|topic|thing)|switching gears|change of (?:topic|subject)|on another note|"
-    r"\bbtw\b|\bby the way\b|\banyway\b|another (?:question|thing)|separate (?:question|thing)|new question|"
-    r"otra cosa|otra pregunta|cambiando de tema|cambio de tema|outra coisa|outra pergunta|mudando de assunto|"
-    r"autre chose|autre question|changement de sujet|andere frage|anderes thema|themawechsel|übrigens|"
-    r"cambio argomento|altra domanda|un'altra cosa|другой вопрос|другая тема|кстати|не по теме|"
-    r"başka bir soru|konu değişikliği|"
-    r"話(?:は)?変わ|関係ない(?:けど|んだけど|話)|別の質問|ところで|"
-    r"另外|换个话题|換個話題|题外话|顺便问|"
-    r"다른 질문|그건 그렇고|딴 얘기|다른 얘기|주제를 바꿔",
+# 200 characters, lower-cased. "anyway" only at the start of a clause ("ok anyway, ..."): inside
+# one it belongs to the same topic ("I tried it anyway and it still fails"). Not "ちなみに" or
+# "對了"-like asides, which usually ask more about the same thing ("ちなみにGoだと？").
+# Three patterns, so a turn costs a few microseconds: words of alphabetic scripts (tried only at
+# the start of a word), "anyway" (only when it occurs at all) and CJK openings (only in a turn
+# that is not all ASCII).
+_NEW_TOPIC_WORDS = re.compile(
+    r"\b(?:unrelated|different (?:question|topic|thing|subject)|switching (?:gears|topics?)|"
+    r"change of (?:topic|subject)|on (?:another|a different|an unrelated) note|btw\b|by the way\b|"
+    r"another (?:question|thing|topic)|separate (?:question|thing|topic)|new (?:question|topic)|off[- ]topic|"
+    r"changing the (?:subject|topic)|something completely different|totally different (?:question|topic)|"
+    r"otra cosa|otra pregunta|otro tema|cambiando de tema|cambio de tema|por cierto|"
+    r"outra coisa|outra pergunta|outro assunto|mudando de assunto|por falar nisso|"
+    r"autre chose|autre question|autre sujet|changement de sujet|changeons de sujet|rien à voir|au fait|"
+    r"andere frage|anderes thema|themawechsel|übrigens|"
+    r"cambio argomento|cambiando discorso|altra domanda|un'altra cosa|tra l'altro|"
+    r"другой вопрос|другая тема|кстати|не по теме|сменим тему|к другому вопросу|"
+    r"inne pytanie|zmieniając temat|przy okazji|"
+    r"başka bir soru|konu değişikliği|bu arada|alakasız|"
+    r"andere vraag|ander onderwerp|trouwens|"
+    r"câu hỏi khác|chuyển chủ đề|nhân tiện|pertanyaan lain|ganti topik|ngomong-ngomong|"
+    r"दूसरा सवाल|سؤال آخر|بالمناسبة)",
+)
+_NEW_TOPIC_ANYWAY = re.compile(r"(?:^|[.!?;:,]\s*|\b(?:ok|okay|well|so)\s+)anyway\b")
+_NEW_TOPIC_CJK = re.compile(
+    r"話(?:は)?変わ|関係ない(?:けど|んだけど|話)|別の質問|別件|それはそうと|ところで|"
+    r"另外|换个话题|換個話題|题外话|題外話|顺便问|順便問|说点别的|另一个问题|"
+    r"다른 질문|그건 그렇고|그나저나|딴 얘기|다른 얘기|얘기 바꿔|주제를 바꿔|별개로",
 )
 
 
@@ -355,7 +372,10 @@ def announces_new_topic(turn: str) -> bool:
     >>> announces_new_topic("thanks! unrelated: write me a haiku"), announces_new_topic("and in Go?")
     (True, False)
     """
-    return _NEW_TOPIC.search(turn[:200].lower()) is not None
+    text = turn[:200].lower()
+    return (_NEW_TOPIC_WORDS.search(text) is not None
+            or ("anyway" in text and _NEW_TOPIC_ANYWAY.search(text) is not None)
+            or (not text.isascii() and _NEW_TOPIC_CJK.search(text) is not None))
 
 
 def split_conversation(messages: Sequence[Mapping], tools: Sequence | None) -> tuple[str, str | None]:
