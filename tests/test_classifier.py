@@ -269,6 +269,17 @@ def test_concepts_carry_what_one_language_teaches_to_another() -> None:
     assert "@" in extract_features(user("@app.route('/')\ndef index(): pass"))
 
 
+def test_two_word_concept_members_count_across_languages() -> None:
+    # Korean "number of cases" and Vietnamese "percent" are word pairs; a percentage asked in
+    # Russian and a fallacy named in Spanish meet the same concepts as the English words.
+    assert "@combinatorics" in extract_features(user("남학생 3명을 한 줄로 세우는 경우의 수"))
+    assert "@percent" in extract_features(user("giá tăng bao nhiêu phần trăm?"))
+    assert "@percent" in extract_features(user("на сколько процентов выросла цена"))
+    assert "@argument" in extract_features(user("¿es correcto este razonamiento?"))
+    assert "@ui" in extract_features(user("when someone clicks the heart it should turn red"))
+    assert "@percent" not in extract_features(user("phần mềm"))  # half a pair is no member
+
+
 
 def test_vietnamese_letters_are_latin_and_thai_reads_as_characters() -> None:
     from router.classify.features import names, text_keys

@@ -65,7 +65,7 @@ _RAW: dict[str, dict[str, str]] = {
         "zh": "c:数组 c:數組 c:列表", "vi": "danh sách", "hi": "लिस्ट",
     },
     "@string": {
-        "en": "string strings substring", "de": "zeichenkette", "fr": "chaîne", "es": "cadena", "it": "stringa stringhe", "ru": "строк~",
+        "en": "string strings substring ascii unicode whitespace uppercase lowercase", "de": "zeichenkette", "fr": "chaîne", "es": "cadena", "it": "stringa stringhe", "ru": "строк~",
         "ja": "c:字列", "ko": "c:자열", "zh": "c:字符", "vi": "chuỗi",
     },
     "@loop": {
@@ -117,28 +117,33 @@ _RAW: dict[str, dict[str, str]] = {
     },
     "@server": {
         "en": "server servers api endpoint deploy docker", "es": "servidor", "ru": "серве~", "tr": "sunucu",
-        "ja": "c:デプ", "ko": "c:서버 c:배포 c:도커 c:쿠버", "zh": "c:部署",
+        "ja": "c:デプ", "ko": "c:서버 c:배포 c:도커 c:쿠버 c:컨테", "zh": "c:部署",
     },
     "@framework": {
         "en": "framework frameworks module react vue angular django flask laravel rails svelte unity godot pygame "
-              "pandas numpy", "ko": "c:리액", "zh": "c:框架",
+              "pandas numpy", "ko": "c:리액 c:판다 c:장고 c:유니 c:프링 c:셀레", "zh": "c:框架",
     },
     "@ui": {
         "en": "button buttons checkbox dropdown popup modal navbar hamburger div svg tooltip responsive hover sidebar "
-              "thumbnail spinner",
-        "de": "schaltfläche", "fr": "bouton", "es": "botón", "pt": "botão", "it": "pulsante", "ru": "кнопк~",
-        "ja": "c:ボタ", "ko": "c:버튼", "zh": "c:按钮 c:按鈕",
+              "thumbnail spinner click clicks clicked clicking scroll scrolls scrolling footer carousel slider "
+              "lightbox textbox navbar favicon",
+        "de": "schaltfläche klicken klickt scrollen", "fr": "bouton cliquer clique défiler", "es": "botón clic",
+        "pt": "botão clicar clique", "it": "pulsante cliccare clicca", "ru": "кнопк~ клик кликнуть", "pl": "kliknięciu",
+        "tr": "tıklayınca", "ja": "c:ボタ", "ko": "c:버튼 c:클릭", "zh": "c:按钮 c:按鈕 c:点击 c:點擊",
     },
     "@data_format": {"en": "csv json yaml xml toml timestamp datetime timezone", "zh": "c:戳"},
-    "@http": {"en": "http https request requests curl webhook", "ja": "c:リク", "zh": "c:请求 c:請求"},
-    "@process": {"en": "pid thread threads async await", "ja": "c:スレ", "ko": "c:스레", "zh": "c:进程 c:线程"},
+    "@http": {"en": "http https request requests curl webhook url urls hostname localhost", "ja": "c:リク", "zh": "c:请求 c:請求"},
+    "@process": {
+        "en": "pid thread threads async await", "ja": "c:スレ c:非同", "ko": "c:스레 c:비동",
+        "zh": "c:进程 c:线程 c:异步",
+    },
     "@tools": {
         "en": "git github gitlab rebase pip npm yarn conda apt brew vim emacs powershell cli kubectl terraform",
         "ko": "c:깃허 c:리눅",
     },
     "@device": {"en": "arduino esp32 raspberry homeassistant microcontroller"},
     "@shell": {
-        "en": "bash", "ko": "c:셸 c:쉘", "zh": "c:脚本 c:腳本", "de": "skript", "ru": "скрипт скрипта скриптом",
+        "en": "bash", "ko": "c:셸 c:쉘 c:령어 c:크립", "zh": "c:脚本 c:腳本", "de": "skript", "ru": "скрипт скрипта скриптом",
         "pl": "skrypt", "ar": "سكربت سكريبت", "hi": "स्क्रिप्ट", "id": "skrip",
     },
     "@language": {
@@ -158,6 +163,7 @@ _RAW: dict[str, dict[str, str]] = {
         "ru": "автоматически автоматизировать", "uk": "автоматично", "pl": "automatycznie",
         "tr": "otomatik kendiliğinden",
         "id": "otomatis", "vi": "tự động", "ar": "تلقائيا تلقائياً", "hi": "ऑटोमैटिक अपने आप",
+        "ko": "c:크롤", "zh": "c:自动",
     },
     "@file": {
         "en": "file files folder directory", "de": "datei dateien ordner verzeichnis",
@@ -222,7 +228,7 @@ _RAW: dict[str, dict[str, str]] = {
     "@combinatorics": {
         "en": "combinations permutations anagram anagrams", "fr": "combinaisons anagrammes façons",
         "es": "combinaciones anagramas cuántas formas", "ru": "сочет~ способами анагр~ переставляя перестановок",
-        "ja": "c:並べ", "ko": "c:조합 c:순열", "zh": "c:排列 c:组合",
+        "ja": "c:並べ c:何通", "ko": "c:조합 c:순열 경우의 수 방법의 수", "zh": "c:排列 c:组合 c:排法",
         "pl": "sposobów", "tr": "dizilim", "hi": "तरीकों", "vi": "cách xếp", "id": "berapa cara",
         "pt": "quantas maneiras", "it": "quanti modi", "de": "viele möglichkeiten",
     },
@@ -265,6 +271,18 @@ _RAW: dict[str, dict[str, str]] = {
         "ja": "c:論理 c:パズ c:推論", "ko": "c:논리 c:퍼즐 c:추론", "zh": "c:逻辑 c:邏輯 c:推理 c:谜题",
         "tr": "bilmece", "id": "teka teki", "pl": "zagadka zagadki", "nl": "raadsel", "vi": "câu đố", "ar": "لغز",
         "hi": "पहेली",
+    },
+    "@argument": {
+        "en": "fallacy fallacies", "es": "razonamiento falacia", "pt": "raciocínio falácia", "fr": "raisonnement sophisme",
+        "it": "ragionamento", "de": "schlussfolgerung trugschluss", "nl": "redenering", "ru": "рассуждение рассуждении",
+        "uk": "міркування", "pl": "rozumowanie wnioskowanie", "cs": "úsudek", "tr": "akıl yürütme çıkarım",
+        "id": "penalaran", "vi": "lập luận", "ar": "الاستدلال الاستنتاج", "hi": "तर्क",
+    },
+    "@percent": {
+        "en": "percent percentage", "es": "porcentaje", "pt": "porcentagem percentual", "fr": "pourcentage",
+        "it": "percentuale", "de": "prozent", "nl": "procent", "ru": "процент процентов процента процентах", "uk": "відсоток відсотків", "pl": "procent",
+        "tr": "yüzde", "id": "persen", "vi": "phần trăm", "ar": "النسبة المئوية", "hi": "प्रतिशत", "ja": "c:何パ",
+        "ko": "c:퍼센", "zh": "c:百分",
     },
     "@matrix": {
         "en": "matrix eigenvalue determinant", "de": "matrix", "fr": "matrice", "es": "matriz",
@@ -402,7 +420,8 @@ _PAIRS = frozenset({"linked list", "binary tree", "cover letter", "expression r�
                     "guten morgen", "buenos días", "bom dia", "dzień dobry", "selamat pagi", "truyện cười",
                     "du lịch", "bác sĩ", "lời khuyên", "tự động", "big o", "độ phức", "ước tính", "liệt kê",
                     "danh sách", "cách xếp", "berapa cara", "cuántas formas", "quantas maneiras", "quanti modi",
-                    "viele möglichkeiten", "अपने आप", "con trỏ"})
+                    "viele möglichkeiten", "अपने आप", "con trỏ", "경우의 수", "방법의 수", "akıl yürütme", "lập luận",
+                    "النسبة المئوية", "phần trăm"})
 
 
 def _split(text: str) -> list[str]:
