@@ -133,7 +133,11 @@ def test_train_with_shipped_data_keeps_the_shipped_tasks(trained: Path, tmp_path
     out_path = tmp_path / "with-shipped.json.gz"
     sql_only = tmp_path / "sql.jsonl"
     sql_only.write_text("".join(json.dumps({"text": t, "task": "sql"}) + "\n" for t in SQL))
-    out = router_cli("train", "--data", str(sql_only), "--with-shipped-data", "--out", str(out_path))
+    # The shipped data labels SQL asks `coding`: beside ~15,000 shipped rows a dozen of the user's
+    # rows need more weight to carve `sql` out of `coding` (docs/classifier.md, "Your own tasks":
+    # it learns these rows and their near paraphrases, and generalises poorly beyond them).
+    out = router_cli("train", "--data", str(sql_only), "--with-shipped-data", "--data-weight", "3",
+                     "--out", str(out_path))
     assert out.returncode == 0, out.stderr
     clf = Classifier.load(out_path)
     assert clf.classes == ("coding", "general", "reasoning", "sql")
