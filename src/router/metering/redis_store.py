@@ -227,7 +227,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         conn = self._conns.get(loop)
         sha = _SHAS.get(source)
-        if conn is None or conn.lost is not None or sha is None or time.monotonic() < self._down_until:
+        if conn is None or conn.lost is not None or sha is None or self.failing_fast:
             self.spawn(fallback())
             return
         fut = conn.request(pack_command(("EVALSHA", sha, len(keys), *keys, *args)), loop.time() + timeout_s,
