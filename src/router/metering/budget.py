@@ -427,12 +427,11 @@ class RedisBudget(BudgetBackend):
         # the Redis client of rate limits and the cache too (one pipelined connection per loop), with its
         # timeouts, fail-fast and error counting; `_guarded` adds the release of cut-short reservations
         self._redis = RedisStore(url, name="budget store", on_error=self._count, connect_timeout_s=connect_timeout_s,
-                                 op_timeout_s=op_timeout_s, retry_s=retry_s, logger=log,
+                                 op_timeout_s=op_timeout_s, retry_s=retry_s, close_timeout_s=close_timeout_s, logger=log,
                                  hint=f"fail fast for {retry_s:g} s at a time until it answers; "
                                       "metering.budget_unavailable decides whether requests are refused or served")
         self._cache: dict[str, tuple[float, float]] = {}   # tenant -> (remaining, monotonic time)
         self._refreshing: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def errors(self) -> int:
@@ -482,13 +481,8 @@ class RedisBudget(BudgetBackend):
             except RuntimeError:
                 return None
             self._refreshing.add(tenant)
-            self._spawn(self._refresh(tenant, tuple(scopes)))
+            self._redis.spawn(self._refresh(tenant, tuple(scopes)))
         return None
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _remember(self, tenant: str, left: float | None) -> None:
         if left is not None:
@@ -537,7 +531,7 @@ class RedisBudget(BudgetBackend):
     def _release_id(self, tenant: str, scopes: Sequence[Scope], rid: str) -> None:
         # settling with 0 drops the hold if the reservation exists and adds nothing to spent otherwise
         if _loop_running():
-            self._spawn(self._settle(Reservation(rid, tenant, tuple(scopes), 0.0), 0.0, release=True))
+            self._redis.spawn(self._settle(Reservation(rid, tenant, tuple(scopes), 0.0), 0.0, release=True))
 
     async def _settle(self, reservation: Reservation, actual_usd: float, *, release: bool = False) -> None:
         """Send one settle, retried with backoff (about 6 s over `settle_attempts` tries) while the store
@@ -572,27 +566,11 @@ class RedisBudget(BudgetBackend):
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Wait for the settles and refreshes in flight on this loop (tests, tools); True when none is left."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        while True:
-            if not await self._redis.drain(None if deadline is None else max(0.0, deadline - loop.time())):
-                return False
-            tasks = [t for t in self._tasks if t.get_loop() is loop and not t.done()]
-            if not tasks:
-                return True
-            _, pending = await asyncio.wait(tasks, timeout=None if deadline is None else max(0.0, deadline - loop.time()))
-            if pending:
-                return False
+        return await self._redis.drain(timeout_s)
 
     async def aclose(self) -> None:
-        """Wait up to `close_timeout_s` for pending settles; the ones still failing then are lost (logged, counted)."""
-        tasks = [t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.close_timeout_s)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        """Wait up to `close_timeout_s` for pending settles (the store's background calls); the ones
+        still failing then are cancelled and lost (logged, counted)."""
         await self._redis.aclose()
 
     async def spent(self, key_suffix: str, tenant: str) -> float:
