@@ -3,7 +3,7 @@
     python scripts/check_overlap.py            # list them; exit 1 when there are any
     python scripts/check_overlap.py --drop     # rewrite the data/tasks/extra*.jsonl files without them
 
-Evaluation rows: ``data/tasks/casual_eval*.jsonl``, ``data/tasks/conversations_eval.jsonl``,
+Evaluation rows: ``data/tasks/casual_eval*.jsonl``, ``data/tasks/conversations_eval*.jsonl``,
 ``data/tasks/public_eval.jsonl`` (public prompts, data/tasks/PUBLIC_EVAL.md) and
 ``../shared/data/tasks/dev_real.jsonl``. A training row is too close when the token-Jaccard
 similarity with an evaluation row is at least 0.5 (tokens: lower-cased words, CJK runs as character
@@ -29,7 +29,7 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+")
 
 
 def evaluation_files() -> list[Path]:
-    files = sorted(TASKS_DIR.glob("casual_eval*.jsonl")) + [TASKS_DIR / "conversations_eval.jsonl"]
+    files = sorted(TASKS_DIR.glob("casual_eval*.jsonl")) + sorted(TASKS_DIR.glob("conversations_eval*.jsonl"))
     files += [p for p in [TASKS_DIR / "public_eval.jsonl"] if p.exists()]
     return files + ([DEV_REAL] if DEV_REAL.exists() else [])
 

@@ -10,7 +10,8 @@
 2. ``../shared/data/tasks/dev_real.jsonl``: whole sources never trained on (mostly Chinese and
    Japanese), scored with the shipped model.
 3. ``data/tasks/conversations_eval.jsonl``: conversations (follow-ups, topic switches, agents with
-   tools, system prompts), by kind.
+   tools, system prompts), by kind; ``conversations_eval2.jsonl``: a second set of the same kinds,
+   written blind (its writer saw neither the training data nor the classifier), by kind.
 4. ``data/tasks/casual_eval*.jsonl``: prompts written for evaluation only.
 5. ``data/tasks/public_eval.jsonl``: real prompts from public sources outside the training data
    (data/tasks/PUBLIC_EVAL.md), scored without its rows marked ``ambiguous``.
@@ -50,7 +51,6 @@ from router.classify.evaluate import (  # noqa: E402
 
 TASKS_DIR = ROOT / "data" / "tasks"
 DEV_REAL = ROOT.parent / "shared" / "data" / "tasks" / "dev_real.jsonl"
-CONVERSATIONS = TASKS_DIR / "conversations_eval.jsonl"
 PUBLIC_EVAL = TASKS_DIR / "public_eval.jsonl"
 THRESHOLDS = (0.5, 0.6, 0.7)
 
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         clear = [r for r in rows if not r.get("ambiguous")]
         score(f"{PUBLIC_EVAL.name} (public sources; {len(rows) - len(clear)} ambiguous rows left out)", clf, clear,
               args.errors)
-    score(CONVERSATIONS.name, clf, load_rows(CONVERSATIONS), args.errors, by_kind=True)
+    for path in sorted(TASKS_DIR.glob("conversations_eval*.jsonl")):
+        score(path.name, clf, load_rows(path), args.errors, by_kind=True)
     for path in sorted(TASKS_DIR.glob("casual_eval*.jsonl")):
         score(path.name, clf, load_rows(path), args.errors)
     return 0
