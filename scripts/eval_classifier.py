@@ -10,8 +10,8 @@
 2. ``../shared/data/tasks/dev_real.jsonl``: whole sources never trained on (mostly Chinese and
    Japanese), scored with the shipped model.
 3. ``data/tasks/conversations_eval.jsonl``: conversations (follow-ups, topic switches, agents with
-   tools, system prompts), by kind; ``conversations_eval2.jsonl``: a second set of the same kinds,
-   written blind (its writer saw neither the training data nor the classifier), by kind.
+   tools, system prompts), by kind; so is any further ``conversations_eval*.jsonl`` put beside it
+   (scripts/check_overlap.py keeps training rows away from those too).
 4. ``data/tasks/casual_eval*.jsonl``: prompts written for evaluation only.
 5. ``data/tasks/public_eval.jsonl``: real prompts from public sources outside the training data
    (data/tasks/PUBLIC_EVAL.md), scored without its rows marked ``ambiguous``.
