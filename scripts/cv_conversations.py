@@ -44,7 +44,7 @@ TWO_TEXTS = clf.ConversationWeights.from_json({"context": 0.3, "follow_up": 0.6}
 STEP = clf.ConversationWeights(follow_up=0.5, ramp=False)  # the rule of 2026-12-04's second round: a step at 32
 
 
-def texts(row: dict) -> tuple[list[dict], list[int], bool, int]:
+def texts(row: dict, own: bool = False) -> tuple[list[dict], list[int], bool, int]:
     """Feature dictionaries of the last turn and of every part, and their sizes."""
     messages, tools = row["messages"], row.get("tools")
     main, parts = clf.conversation_parts(messages, tools, READ_ALL)
@@ -53,6 +53,8 @@ def texts(row: dict) -> tuple[list[dict], list[int], bool, int]:
     for k, text in enumerate(parts):
         marked = bool(tools) and clf.PARTS[k] in ("context", "tools")
         v, m = clf._vector(clf._part_keys(text, marked)) if text is not None else ({}, 0)
+        if own:
+            v = {**v, **{clf.CONTEXT_PREFIX + name: x for name, x in v.items()}}
         vectors.append(v)
         sizes.append(m)
     return vectors, sizes, announces_new_topic(main), n
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         w, b = trainer.fit(d.x.take(train), d.y[train], k, args.c, d.weights[train], start=start)
         w = trainer._rounded(w, 0.02)
         for j in np.flatnonzero(groups == g):
-            vectors, size, sw, n = texts(rows[conv[j]])
+            vectors, size, sw, n = texts(rows[conv[j]], rule.own)
             z = trainer.vectorise(vectors, vocab).dot(w)
             main_z[j] = z[0] + b
             part_z[j], sizes[j] = z[1:], size[1:]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from router.classify.classifier import DEFAULT_CONVERSATION, DEFAULT_MODEL_PATH  # noqa: E402
+from router.classify.classifier import DEFAULT_CONVERSATION, DEFAULT_MODEL_PATH, ConversationWeights  # noqa: E402
 from router.classify.evaluate import load_rows  # noqa: E402
 from router.classify.train import train, write_model  # noqa: E402
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", type=Path, action="append", help="more labelled JSONL to train on")
     ap.add_argument("--c", type=float, action="append", help=f"inverse L2 strength (default: chosen from {SHIPPED_C})")
     ap.add_argument("--folds", type=int, default=FOLDS, help="source-grouped cross-validation folds")
+    ap.add_argument("--rule", help='another conversation rule than the shipped one, as JSON: {"own": false, ...}')
     args = ap.parse_args(argv)
 
     started = time.perf_counter()
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [source_of(r) for r in rows]
     print(f"{len(rows)} rows from {len(set(sources))} sources ({', '.join(p.name for p in training_files())})")
     model = train(rows, c=args.c or SHIPPED_C, folds=args.folds, groups=sources, log=print,
-                  conversation=DEFAULT_CONVERSATION,
+                  conversation=ConversationWeights(**json.loads(args.rule)) if args.rule else DEFAULT_CONVERSATION,
                   info={"files": [p.name for p in training_files() + list(args.extra or [])],
                         "sources": len(set(sources))})
     size = write_model(model, args.out)

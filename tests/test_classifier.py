@@ -386,6 +386,14 @@ def test_shipped_model_is_small() -> None:
     assert (DEFAULT_MODEL_PATH.parent / "training_rows.jsonl.gz").stat().st_size < 5_000_000
 
 
+def test_only_words_have_stems_so_training_names_what_scoring_looks_up() -> None:
+    # A long word adds its stem ("router~"); a long symbol run must not: "=====~" names a symbol run
+    # ending in "~" (features.canonical_name), so a weight trained under that name was never scored.
+    feats = extract_features(user("routers ============ ¿cuántos ______ 12345678"))
+    assert feats["route~"] and feats["00000~"] and feats["¿cuántos~"]  # (digits read as 0)
+    assert not any(name.endswith("~") and name[0] in "=_" for name in feats), sorted(feats)
+
+
 def test_ascii_word_split_matches_the_regex():
     from router.classify import language
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from router.classify.classifier import (
+    CONTEXT_PREFIX,
     DEFAULT_CONVERSATION,
     PART_BUDGET,
     PARTS,
@@ -104,14 +105,22 @@ def test_most_recent_first_and_every_part_bounded() -> None:
     assert parts[1].startswith("be helpful")   # the system prompt from its start
 
 
-def test_features_are_what_the_model_scores() -> None:
+@pytest.mark.parametrize("own", [False, True])
+def test_features_are_what_the_model_scores(own: bool) -> None:
     # Training reads a conversation through extract_features, serving through Classifier.logits: the
-    # dot product of the one with a model's weights is the other, on both scoring paths.
+    # dot product of the one with a model's weights is the other, on both scoring paths. With `own`,
+    # the context's features count under their own names too (CONTEXT_PREFIX), stems and concepts
+    # included, and a word the ask never uses can have a weight in the context alone.
     weights = {"hotel": [0.0, 0.4, -0.2], "porto": [0.1, 0.0, 0.3], "breakfast": [0.0, 0.5, 0.0],
                "run": [0.7, 0.0, 0.0], "__tool": [0.2, 0.1, 0.0], "c:,": [0.0, 0.0, 0.3], "the first": [0.0, 0.2, 0.1]}
-    conversation = ConversationWeights(combined=0.5, system=1.5, history=0.75, assistant=0.5, actions=0.25, tools=2.0)
+    if own:
+        weights |= {"ctx|hotel": [0.3, 0.0, 0.0], "ctx|run": [-0.5, 0.1, 0.0], "ctx|__tool": [0.0, 0.0, 0.4],
+                    "ctx|compa~": [0.0, 0.2, 0.0], "ctx|offer": [0.0, 0.0, 0.6], "compa~": [0.1, 0.0, 0.0]}
+    conversation = ConversationWeights(combined=0.5, system=1.5, history=0.75, assistant=0.5, actions=0.25, tools=2.0,
+                                       own=own)
     messages = hotel_agent('[{"offer": "H-1", "run": 96}]')
     vector = extract_features(messages, HOTEL_TOOLS, conversation)
+    assert any(name.startswith(CONTEXT_PREFIX) for name in vector) == own
     expected = [sum(vector.get(name, 0.0) * (w[k] - w[0]) for name, w in weights.items()) + b for k, b in
                 ((1, 0.1), (2, -0.1))]
     for native in (False, True):

@@ -80,8 +80,8 @@ MAX_TASKS = 32
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "task_model.json.gz"
 MODEL_FORMAT = "router-task-classifier/2"
-_FIXED = 1000  # weights are scored as integers in units of 1e-3 (exact sums; 16 bits in C)
-_WEIGHT_LIMIT = 32.767  # the 16-bit range of a weight difference, in model units
+_FIXED = 500  # weights are scored as integers in units of 2e-3 (exact sums; 16 bits in C)
+_WEIGHT_LIMIT = 32767 / _FIXED  # the 16-bit range of a weight difference, in model units
 _LANGUAGE_CHARS = 600
 # The pure-Python path sums each feature's K-1 fixed-point weights as one integer: field k holds
 # weight k shifted by k * _FIELD bits. Integer sums are exact and linear, so decoding the total
@@ -109,6 +109,10 @@ _NO_PARTS = (None,) * len(PARTS)
 the earlier user turns, the code in the assistant's answers, the agent's actions (tool calls and
 their results) and the tools offered (names and descriptions). Each is scored on its own and
 weighted by its kind; a part weighted 0 is not read."""
+
+CONTEXT_PREFIX = "ctx|"
+"""With ``ConversationWeights.own``, what names a feature of the context as itself (a word means one
+thing in the ask and another in the tools and results around it); no feature name holds ``|``."""
 
 # Characters read from each role's part (most recent messages first; the system prompt from the start).
 PART_BUDGET, PART_PER_MESSAGE = 600, 400
@@ -145,6 +149,7 @@ class ConversationWeights:
     actions: float = 0.0
     tools: float = 0.5
     ramp: bool = True  # the gate falls linearly from follow_up (no features) to context (short_turn)
+    own: bool = True  # the context's features also under their own names (CONTEXT_PREFIX + name)
 
     def weight(self, n_main: int, switch: bool = False) -> float:
         """The gate: how much the context as a whole counts."""
@@ -165,7 +170,8 @@ class ConversationWeights:
     def to_json(self) -> dict:
         return {"context": self.context, "follow_up": self.follow_up, "short_turn": self.short_turn, "ramp": self.ramp,
                 "norm": self.norm, "switch": self.switch, "combined": self.combined, "system": self.system,
-                "history": self.history, "assistant": self.assistant, "actions": self.actions, "tools": self.tools}
+                "history": self.history, "assistant": self.assistant, "actions": self.actions, "tools": self.tools,
+                "own": self.own}
 
     @classmethod
     def from_json(cls, data: Mapping | None) -> ConversationWeights:
@@ -175,6 +181,7 @@ class ConversationWeights:
         if "combined" not in data:
             data.update(combined=1.0, system=0.0, history=0.0, assistant=0.0, actions=0.0, tools=0.0)
         data.setdefault("ramp", False)  # files written before the ramp: a step at short_turn
+        data.setdefault("own", False)  # files written before the context had its own names
         d = cls()
         return cls(**{name: type(getattr(d, name))(data.get(name, getattr(d, name))) for name in d.to_json()})
 
@@ -298,6 +305,9 @@ def extract_features(messages: Sequence[Mapping], tools: Sequence | None = None,
                 scale = g / m ** weights.norm
                 for name, v in ctx.items():
                     out[name] = out.get(name, 0.0) + v * scale
+                    if weights.own:
+                        own = CONTEXT_PREFIX + name
+                        out[own] = out.get(own, 0.0) + v * scale
     return out
 
 
@@ -334,8 +344,8 @@ class Classifier:
     "concepts": {concept: [member features]}}``.
     """
 
-    __slots__ = ("_bias", "_native", "_native_shape", "_scale", "_shape", "_stems", "_table", "_weights", "bias",
-                 "classes", "conversation", "temperature", "trained_on")
+    __slots__ = ("_bias", "_ctx_stems", "_ctx_table", "_ctx_weights", "_native", "_native_shape", "_scale", "_shape",
+                 "_stems", "_table", "_weights", "bias", "classes", "conversation", "temperature", "trained_on")
 
     def __init__(
         self,
@@ -372,9 +382,19 @@ class Classifier:
         # iteration order, which varies with PYTHONHASHSEED).
         if any(len(w) != k for w in weights.values()):
             raise ValueError(f"every feature needs {k} weights, one per class")
-        diffs = {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()
-                 if not name.startswith(SHAPE_PREFIX)}
-        diffs = fold(diffs, concepts or {})
+        raw = {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()
+               if not name.startswith(SHAPE_PREFIX)}
+        # The context's own weights (ConversationWeights.own): a word of the context scores its
+        # shared weight plus its own, so the context gets a table of those sums.
+        own = {name[len(CONTEXT_PREFIX):]: raw.pop(name) for name in [n for n in raw if n.startswith(CONTEXT_PREFIX)]}
+        diffs = fold(raw, concepts or {})
+        ctx = diffs
+        if own:
+            merged = dict(raw)
+            for name, d in own.items():
+                old = merged.get(name)
+                merged[name] = d if old is None else tuple(a + b for a, b in zip(old, d, strict=True))
+            ctx = fold(merged, concepts or {})
         # The last user turn's shape markers (features.shape_features), at their training value
         # SHAPE_VALUE and outside the size normalisation, as fixed-point differences: the C table
         # computes and sums them in its tokenizer's pass; the Python path packs each marker's K-1
@@ -382,11 +402,15 @@ class Classifier:
         shape = {name: [round((x - w[0]) * SHAPE_VALUE * _FIXED) for x in w[1:]]
                  for name, w in weights.items() if name.startswith(SHAPE_PREFIX)}
         self._shape = {name: _pack(d) for name, d in shape.items()}
-        if diffs and max(max(map(max, diffs.values())), -min(map(min, diffs.values()))) > _WEIGHT_LIMIT * _FIXED:
-            raise ValueError(f"a weight difference beyond +-{_WEIGHT_LIMIT} (concepts folded in)")
-        self._weights: dict[object, int] = {}
-        self._stems: dict[bytes, int] = {}
-        self._table = _native_table(diffs, k - 1, shape) if native is not False else None
+        for table in (diffs, ctx) if own else (diffs,):
+            if table and max(max(map(max, table.values())), -min(map(min, table.values()))) > _WEIGHT_LIMIT * _FIXED:
+                raise ValueError(f"a weight difference beyond +-{_WEIGHT_LIMIT} (concepts folded in)")
+        self._weights, self._stems = self._ctx_weights, self._ctx_stems = {}, {}
+        self._table = self._ctx_table = _native_table(diffs, k - 1, shape) if native is not False else None
+        if own and self._table is not None:
+            self._ctx_table = _native_table(ctx, k - 1)
+            if self._ctx_table is None:  # (a fingerprint collision) both tables in Python, then
+                self._table = None
         self._native = self._table is not None
         # (an accelerator built before it computed the markers: they are computed in Python)
         self._native_shape = self._native and bool(shape) and _native_has_shape
@@ -397,14 +421,8 @@ class Classifier:
         # The pure-Python path: each key's differences packed in one int (see _FIELD), so a single
         # C-level sum(map(dict.get, ...)) scores all classes. Keys are what text_keys produces
         # (bytes, str, tuples); stems have their own table.
-        for name, d in diffs.items():
-            is_stem, key = feature_key(name)
-            (self._stems if is_stem else self._weights)[key] = _pack(d)  # type: ignore[index]
-        # Fold each stem into the long words the model knows, so a known word costs one look-up;
-        # an unknown long word looks its stem up in _stems.
-        for key, value in self._weights.items():
-            if isinstance(key, bytes) and len(key) > 6:
-                self._weights[key] = value + self._stems.get(stem(key), 0)
+        self._weights, self._stems = _python_tables(diffs)
+        self._ctx_weights, self._ctx_stems = _python_tables(ctx) if own else (self._weights, self._stems)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH, *, native: bool | None = None) -> Classifier:
@@ -441,18 +459,23 @@ class Classifier:
         marked = (tools, False, False, False, False, tools)  # the tools-offered marker goes with these
         if self._table is not None:
             table = self._table
+            own = self._ctx_table is not table  # the context has its own table: every part from it
             lowered = main.lower()
             raw = lowered.encode("utf-8", "surrogatepass")
+            second = _pair(None if own else parts[0])
             if self._native_shape:  # the markers come from the same pass (features.shape_features' meaning)
-                s, n, c, m, shape = _native_score(table, raw, lowered, *_pair(parts[0]), marked[0], len(main))
+                s, n, c, m, shape = _native_score(table, raw, lowered, *second, marked[0], len(main))
             else:
-                s, n, c, m = _native_score(table, raw, lowered, *_pair(parts[0]), marked[0])
+                s, n, c, m = _native_score(table, raw, lowered, *second, marked[0])
                 shape = self._shape_sums(main)
             if parts is _NO_PARTS:   # a lone user message
                 return s, n, _NO_PARTS, shape
             out: list = [None] * len(parts)
             out[0] = None if c is None else (c, m)
-            for a, b in ((1, 5), (2, 3), (4, None)):  # two texts a call: the marker goes with the second
+            pairs: tuple = ((1, 5), (2, 3), (4, None))
+            if own:
+                table, pairs = self._ctx_table, ((1, 0), (2, 5), (3, 4))
+            for a, b in pairs:  # two texts a call: the marker goes with the second
                 second = None if b is None else parts[b]
                 if parts[a] is None and second is None:
                     continue
@@ -467,8 +490,9 @@ class Classifier:
         # The reference path. Features are binary (stems: counts), and a text's sums are divided
         # by the square root of its number of distinct non-stem features, known to the model or not.
         width = len(self.classes) - 1
-        s, n = self._text_sums(text_keys(main) if main else (set(), set()), width)
-        return s, n, tuple(None if text is None else self._text_sums(_part_keys(text, marked[k]), width)
+        s, n = self._text_sums(text_keys(main) if main else (set(), set()), width, self._weights, self._stems)
+        return s, n, tuple(None if text is None else self._text_sums(_part_keys(text, marked[k]), width,
+                                                                     self._ctx_weights, self._ctx_stems)
                            for k, text in enumerate(parts)), self._shape_sums(main)
 
     def _shape_sums(self, main: str) -> tuple[int, ...] | None:
@@ -477,12 +501,13 @@ class Classifier:
             return None
         return tuple(_unpack(sum(map(self._shape.get, shape_features(main), repeat(0))), len(self.classes) - 1))
 
-    def _text_sums(self, keys: tuple[set, set], width: int) -> tuple[tuple[int, ...], int]:
-        weights, zero = self._weights, repeat(0)
+    @staticmethod
+    def _text_sums(keys: tuple[set, set], width: int, weights: dict, stems: dict) -> tuple[tuple[int, ...], int]:
+        zero = repeat(0)
         tokens, pairs = keys
         total = sum(map(weights.get, tokens, zero)) + sum(map(weights.get, pairs, zero))
-        total += sum(map(self._stems.get, [stem(t) for t in tokens.difference(weights)
-                                           if isinstance(t, bytes) and len(t) > 6], zero))
+        total += sum(map(stems.get, [stem(t) for t in tokens.difference(weights)
+                                     if isinstance(t, bytes) and len(t) > 6], zero))
         return tuple(_unpack(total, width)), len(tokens) + len(pairs)
 
     def logits(self, messages: Sequence[Mapping], tools: Sequence | None = None) -> list[float]:
@@ -541,6 +566,21 @@ def _pair(text: str | None) -> tuple[bytes | None, str | None]:
         return None, None
     low = text.lower()
     return low.encode("utf-8", "surrogatepass"), low
+
+
+def _python_tables(diffs: Mapping[str, tuple[int, ...]]) -> tuple[dict, dict]:
+    """The pure-Python path's tables: key -> packed differences (see _FIELD), for words and for stems.
+    Keys are what text_keys produces (bytes, str, tuples). Each stem is folded into the long words
+    the model knows, so a known word costs one look-up; an unknown long word looks its stem up."""
+    weights: dict[object, int] = {}
+    stems: dict[object, int] = {}
+    for name, d in diffs.items():
+        is_stem, key = feature_key(name)
+        (stems if is_stem else weights)[key] = _pack(d)
+    for key, value in weights.items():
+        if isinstance(key, bytes) and len(key) > 6:
+            weights[key] = value + stems.get(stem(key), 0)
+    return weights, stems
 
 
 def _native_table(diffs: Mapping[str, tuple[int, ...]], width: int,

@@ -217,13 +217,18 @@ def feature_name(key: object) -> str:
     return key if key in MARKERS else "c:" + key  # type: ignore[operator]  # c:( c:€ c:中 c:中文
 
 
+_ALNUM = [chr(b).isalnum() for b in range(128)]
+
+
 def names(keys: Keys) -> dict[str, float]:
     """Feature name -> value of one text's keys: 1.0 each; a stem counts the long tokens sharing it."""
     tokens, pairs = keys
     out = dict.fromkeys(map(feature_name, tokens), 1.0)
     out.update(dict.fromkeys(map(feature_name, pairs), 1.0))
     for token in tokens:
-        if isinstance(token, bytes) and len(token) > 6:
+        # a stem of a word (its first byte a letter, a digit or not ASCII); a symbol run's would be
+        # named like a symbol run ending in "~" (canonical_name), which scoring never looks up as a stem
+        if isinstance(token, bytes) and len(token) > 6 and (token[0] >= 128 or _ALNUM[token[0]]):
             name = _decode(stem(token)) + "~"
             out[name] = out.get(name, 0.0) + 1.0
     return out

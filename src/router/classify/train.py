@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from router.classify.classifier import (
+    CONTEXT_PREFIX,
     DEFAULT_CONVERSATION,
     DEFAULT_MODEL_PATH,
     MODEL_FORMAT,
@@ -270,7 +271,8 @@ class Fitted:
     conversation: ConversationWeights = DEFAULT_CONVERSATION
 
     def to_json(self) -> dict[str, Any]:
-        concepts = {c: list(members(c)) for c in sorted(self.weights) if is_concept(c)}
+        own = [c[len(CONTEXT_PREFIX):] for c in self.weights if c.startswith(CONTEXT_PREFIX)]
+        concepts = {c: list(members(c)) for c in sorted({*self.weights, *own}) if is_concept(c)}
         return {"format": MODEL_FORMAT, "classes": list(self.classes), "bias": self.bias,
                 "temperature": self.temperature, "conversation": self.conversation.to_json(),
                 "trained_on": self.info, "weights": self.weights, "concepts": concepts}
