@@ -3,6 +3,10 @@ system prompt, earlier user turns and tools on their own) against the rule befor
 context as one text), in the same process, both scoring paths.
 
     python benchmarks/bench_conversations.py [--repeat 3000]
+    python benchmarks/bench_conversations.py --against old_model.json.gz   # the shipped model against another
+
+With ``--against``, the baseline is that model file under its own rule (for example the model of an
+earlier commit: ``git show <commit>:src/router/classify/data/task_model.json.gz > old.json.gz``).
 
 Conversations of about 1,000 characters in all (system prompt, two user turns, an answer, a tool
 call and its JSON result, three tools offered) built from the training data; p50 and p99 in
@@ -74,14 +78,17 @@ def measure(models: dict[str, Classifier], cases: list, repeat: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3000)
+    ap.add_argument("--against", type=Path, help="a model file to compare with, under its own rule")
     args = ap.parse_args(argv)
     cases = conversations()
     size = sum(len(json.dumps(m)) for m in cases[0][0]) // 1
     models = {}
+    base = "against" if args.against else "two texts"
     for native in (True, False):
-        for rule_name, rule in (("shipped rule", DEFAULT_CONVERSATION), ("two texts", TWO_TEXTS)):
-            model = Classifier.load(native=None if native else False)
-            model.conversation = rule
+        for rule_name, path, rule in (("shipped rule", None, DEFAULT_CONVERSATION), (base, args.against, TWO_TEXTS)):
+            model = Classifier.load(*([path] if path else []), native=None if native else False)
+            if path is None or not args.against:
+                model.conversation = rule
             models[f"{rule_name}, {'C' if model.native else 'pure Python'}"] = model
     result = measure(models, cases, args.repeat)
     print(f"conversations of about {size} characters (JSON), {args.repeat} calls each, interleaved")
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ok = shipped[1] <= TARGET_US
     print(f"shipped rule, C: p99 {shipped[1]:.0f} us, target {TARGET_US} us: {'ok' if ok else 'MISSED'}; "
-          f"p50 ratio to two texts {shipped[0] / result['two texts, C'][0]:.2f}x")
+          f"p50 ratio to {base} {shipped[0] / result[f'{base}, C'][0]:.2f}x")
     return 0 if ok else 1
 
 
