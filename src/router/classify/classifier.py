@@ -149,7 +149,7 @@ class ConversationWeights:
     actions: float = 0.0
     tools: float = 0.5
     ramp: bool = True  # the gate falls linearly from follow_up (no features) to context (short_turn)
-    own: bool = True  # the context's features also under their own names (CONTEXT_PREFIX + name)
+    own: bool = False  # the context's features also under their own names (CONTEXT_PREFIX + name)
 
     def weight(self, n_main: int, switch: bool = False) -> float:
         """The gate: how much the context as a whole counts."""
