@@ -8,7 +8,7 @@
 
 Folds are the training sources that hold conversations (``data/tasks/extra*.jsonl`` files): for each,
 a model is fitted on every training row of the other sources (all of ``train.jsonl`` and the other
-files, so every single-text row but that source's) with the shipped options (C = 100), and that
+files, so every single-text row but that source's) with the shipped model's C, and that
 source's conversations are classified. ``conversations_eval.jsonl`` is never read. ``--grid`` scores
 other part weights and gates on the same fold models (the training conversations stay combined by
 the rule being cross-validated, so it is optimistic: confirm a choice by running again with it as
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true", help="also score other weights on the same fold models")
     ap.add_argument("--rule", help='another rule, as JSON: {"context": 0.3, "combined": 1, "tools": 0.5, ...}')
     ap.add_argument("--errors", action="store_true", help="list the misclassified training conversations (held out)")
-    ap.add_argument("--c", type=float, default=100.0)
+    ap.add_argument("--c", type=float, help="inverse L2 strength (default: the shipped model's)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     rows = training_rows()
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rule = TWO_TEXTS if args.two_texts else STEP if args.step else clf.DEFAULT_CONVERSATION
     if args.rule:
         rule = clf.ConversationWeights(**json.loads(args.rule))
+    c = args.c or float(trainer.shipped_model().get("trained_on", {}).get("C", 100.0))
     d = trainer.design(rows, conversation=rule)
     vocab = {name: j for j, name in enumerate(d.names)}
     k = len(d.classes)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} rows, {len(conv)} conversations in {len(set(groups))} sources")
     for g in sorted(set(groups)):
         train = np.array([i for i, s in enumerate(sources) if s != g])
-        w, b = trainer.fit(d.x.take(train), d.y[train], k, args.c, d.weights[train], start=start)
+        w, b = trainer.fit(d.x.take(train), d.y[train], k, c, d.weights[train], start=start)
         w = trainer._rounded(w, 0.02)
         for j in np.flatnonzero(groups == g):
             vectors, size, sw, n = texts(rows[conv[j]], rule.own)

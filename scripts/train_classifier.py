@@ -38,7 +38,7 @@ from router.classify.train import train, write_model  # noqa: E402
 
 TASKS_DIR = ROOT / "data" / "tasks"
 BUNDLE = DEFAULT_MODEL_PATH.parent / "training_rows.jsonl.gz"
-SHIPPED_C = (10.0, 30.0, 100.0)
+SHIPPED_C = (100.0, 300.0, 1000.0)
 FOLDS = 5
 _KEEP = ("text", "messages", "tools", "task", "lang", "source", "augmented")
 
