@@ -525,6 +525,30 @@ def test_native_and_python_agree_for_a_five_task_model_with_concepts() -> None:
         assert fast.classify(user(text)) == ref.classify(user(text))
 
 
+def test_native_and_python_agree_with_the_contexts_own_weights_and_concepts() -> None:
+    # ConversationWeights.own: a second table (shared + own weights, concepts folded into both)
+    # scores every context part; the same sums both ways, and a lone message is untouched by it.
+    _native()
+    with gzip.open(DEFAULT_MODEL_PATH, "rb") as fh:
+        shipped = json.loads(fh.read())
+    names = sorted(shipped["weights"])
+    own = {"ctx|" + name: [v * 0.5 - 0.1 * k for k, v in enumerate(shipped["weights"][name])] for name in names[::3]}
+    args = (shipped["classes"], shipped["bias"], {**shipped["weights"], **own}, 1.1)
+    fast = Classifier(*args, native=True, concepts=shipped["concepts"])
+    ref = Classifier(*args, native=False, concepts=shipped["concepts"])
+    plain = Classifier(*args[:2], shipped["weights"], 1.1, native=True, concepts=shipped["concepts"])
+    assert fast.native and not ref.native and fast._ctx_table is not fast._table
+    texts = _data_texts()[::11]
+    tools = [{"type": "function", "function": {"name": "run_query", "description": "run SQL on the warehouse"}}]
+    for i, text in enumerate(texts):
+        messages = [{"role": "system", "content": texts[i - 1]}, {"role": "user", "content": texts[i - 2][:300]},
+                    {"role": "assistant", "content": "ok"}, {"role": "user", "content": text}]
+        assert fast._sums(messages, tools) == ref._sums(messages, tools), text[:80]
+        assert fast.classify(user(text)) == plain.classify(user(text))
+    assert any(fast.logits(m, tools) != plain.logits(m, tools) for m in
+               ([{"role": "system", "content": t}, {"role": "user", "content": "go on"}] for t in texts[:20]))
+
+
 def test_native_and_python_language_detection_agree() -> None:
     _native()
     from router.classify import language
