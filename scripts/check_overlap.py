@@ -23,7 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "data" / "tasks"
-DEV_REAL = ROOT.parent / "shared" / "data" / "tasks" / "dev_real.jsonl"
+# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>)
+DEV_REAL = next((d / "shared/data/tasks/dev_real.jsonl" for d in ROOT.parents
+                 if (d / "shared/data/tasks/dev_real.jsonl").exists()), ROOT.parent / "shared/data/tasks/dev_real.jsonl")
 THRESHOLD = 0.5
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+")
 

@@ -50,7 +50,9 @@ from router.classify.evaluate import (  # noqa: E402
 )
 
 TASKS_DIR = ROOT / "data" / "tasks"
-DEV_REAL = ROOT.parent / "shared" / "data" / "tasks" / "dev_real.jsonl"
+# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>)
+DEV_REAL = next((d / "shared/data/tasks/dev_real.jsonl" for d in ROOT.parents
+                 if (d / "shared/data/tasks/dev_real.jsonl").exists()), ROOT.parent / "shared/data/tasks/dev_real.jsonl")
 PUBLIC_EVAL = TASKS_DIR / "public_eval.jsonl"
 THRESHOLDS = (0.5, 0.6, 0.7)
 

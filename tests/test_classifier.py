@@ -27,7 +27,9 @@ from router.classify.language import detect_language
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "data" / "tasks"
 TRAIN = TASKS_DIR / "train.jsonl"
-DEV_REAL = ROOT.parent / "shared" / "data" / "tasks" / "dev_real.jsonl"
+# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>)
+DEV_REAL = next((d / "shared/data/tasks/dev_real.jsonl" for d in ROOT.parents
+                 if (d / "shared/data/tasks/dev_real.jsonl").exists()), ROOT.parent / "shared/data/tasks/dev_real.jsonl")
 
 
 def user(text: str) -> list[dict]:
