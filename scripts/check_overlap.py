@@ -23,9 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "data" / "tasks"
-# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>)
-DEV_REAL = next((d / "shared/data/tasks/dev_real.jsonl" for d in ROOT.parents
-                 if (d / "shared/data/tasks/dev_real.jsonl").exists()), ROOT.parent / "shared/data/tasks/dev_real.jsonl")
+# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>);
+# scripts/eval_classifier.py and tests/test_classifier.py read it from here
+_SHARED_DEV_REAL = Path("shared", "data", "tasks", "dev_real.jsonl")
+DEV_REAL = next((d / _SHARED_DEV_REAL for d in ROOT.parents if (d / _SHARED_DEV_REAL).exists()),
+                ROOT.parent / _SHARED_DEV_REAL)
 THRESHOLD = 0.5
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+")
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from check_overlap import DEV_REAL  # noqa: E402
 from train_classifier import SHIPPED_C, source_of, training_rows  # noqa: E402
 
 from router.classify.classifier import DEFAULT_MODEL_PATH, Classifier  # noqa: E402
@@ -50,9 +51,6 @@ from router.classify.evaluate import (  # noqa: E402
 )
 
 TASKS_DIR = ROOT / "data" / "tasks"
-# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>)
-DEV_REAL = next((d / "shared/data/tasks/dev_real.jsonl" for d in ROOT.parents
-                 if (d / "shared/data/tasks/dev_real.jsonl").exists()), ROOT.parent / "shared/data/tasks/dev_real.jsonl")
 PUBLIC_EVAL = TASKS_DIR / "public_eval.jsonl"
 THRESHOLDS = (0.5, 0.6, 0.7)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,9 +28,17 @@ from router.classify.language import detect_language
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "data" / "tasks"
 TRAIN = TASKS_DIR / "train.jsonl"
-# ../shared beside the checkout, or beside a folder above it (a git worktree under /work/wt/<name>)
-DEV_REAL = next((d / "shared/data/tasks/dev_real.jsonl" for d in ROOT.parents
-                 if (d / "shared/data/tasks/dev_real.jsonl").exists()), ROOT.parent / "shared/data/tasks/dev_real.jsonl")
+
+
+def _check_overlap():  # scripts/check_overlap.py: the evaluation rows, and where the shared dev_real.jsonl is
+    spec = importlib.util.spec_from_file_location("check_overlap", ROOT / "scripts" / "check_overlap.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+CHECK_OVERLAP = _check_overlap()
+DEV_REAL = CHECK_OVERLAP.DEV_REAL
 
 
 def user(text: str) -> list[dict]:
@@ -635,11 +644,7 @@ def test_no_training_row_is_a_near_duplicate_of_an_evaluation_row() -> None:
     # no project-written training row may be within 0.5 token-Jaccard of a row of casual_eval*.jsonl,
     # conversations_eval.jsonl or the shared dev_real.jsonl (data/tasks/NOTICE.md). Offending
     # training rows are dropped (scripts/check_overlap.py --drop), never evaluation rows.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_overlap", ROOT / "scripts" / "check_overlap.py")
-    check = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(check)  # type: ignore[union-attr]
+    check = CHECK_OVERLAP
     assert TASKS_DIR / "public_eval.jsonl" in check.evaluation_files()
     index = check.evaluation_index()
     assert len(index.rows) > (2100 if DEV_REAL.exists() else 1450)
