@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for native in (True, False):
         for rule_name, path, rule in (("shipped rule", None, DEFAULT_CONVERSATION), (base, args.against, TWO_TEXTS)):
             model = Classifier.load(*([path] if path else []), native=None if native else False)
-            if path is None or not args.against:
+            if path is None:  # a model file given with --against keeps its own rule
                 model.conversation = rule
             models[f"{rule_name}, {'C' if model.native else 'pure Python'}"] = model
     result = measure(models, cases, args.repeat)
