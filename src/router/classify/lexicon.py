@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from router.classify.terms import MATHEMATICS
+
 __all__ = ["CONCEPTS", "add_concepts", "concepts_of", "fold", "is_concept", "members", "validate"]
 
 # concept -> members, grouped by language for review (the language does not matter to the model).
@@ -389,14 +391,22 @@ _RAW: dict[str, dict[str, str]] = {
 }
 
 
+_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+
+
+# Vocabularies: the long tail of a field's terms (router.classify.terms), one concept each.
+_VOCABULARIES: dict[str, dict[str, str]] = {"@mathematics": MATHEMATICS}
+
+
 def _member_name(word: str) -> str:
     """The feature name of a member as written above: ``c:X``/``c:XY`` stay, a word pair keeps its
-    space, everything else is a lower-case word or stem."""
+    space, everything else is a lower-case word or stem, its ASCII digits folded to zeros as the
+    tokenizer folds them (``esp32`` is the feature ``esp00``)."""
     if word.startswith("c:"):
         if not 3 <= len(word) <= 4:
             raise ValueError(f"a character member is one or two characters: {word!r}")
         return word
-    return word.lower()
+    return word.lower().translate(_DIGITS_TO_ZERO)
 
 
 def _build() -> dict[str, tuple[str, ...]]:
@@ -405,6 +415,9 @@ def _build() -> dict[str, tuple[str, ...]]:
         names: list[str] = []
         for text in langs.values():
             names.extend(_member_name(w) for w in _split(text))
+        out[concept] = tuple(dict.fromkeys(names))
+    for concept, langs in _VOCABULARIES.items():  # long lists, members separated by "|"
+        names = [_member_name(w.strip()) for text in langs.values() for w in text.split("|")]
         out[concept] = tuple(dict.fromkeys(names))
     return out
 
@@ -493,14 +506,13 @@ def fold(weights: Mapping[str, tuple[int, ...]], concepts: Mapping[str, Sequence
 
 def validate(table: Mapping[str, tuple[str, ...]] = CONCEPTS) -> list[str]:
     """Members that can never be a feature (the tokenizer can't produce them), for the tests."""
-    from router.classify.features import feature_name, names, text_keys
+    from router.classify.features import names, text_keys
 
     bad = []
     for concept, mem in table.items():
         for m in mem:
             if m.startswith("c:") or m.endswith("~"):
                 continue
-            produced = names(text_keys(m)) if " " in m else {feature_name(m.encode())}
-            if m not in produced:
+            if m not in names(text_keys(m)):
                 bad.append(f"{concept}: {m!r}")
     return bad
