@@ -2,6 +2,7 @@
 
     python benchmarks/bench_classifier.py [--repeat 3000] [--no-baseline]
     python benchmarks/bench_classifier.py --shape-ab     # the shape markers' cost: C, Python, off, same run
+    python benchmarks/bench_classifier.py --grams-ab     # the character n-gram model's cost: on, off, same run
 
 Inputs of about 50, 1,000 and 20,000 characters are built from the shipped training data (a mix
 of prose, code and maths), plus an agent conversation with tools and a stack trace. Prints p50 and
@@ -122,6 +123,24 @@ def shape_ab(repeat: int, rounds: int = 6) -> None:
               f"{a50 - b50:>10.1f} {p50 - b50:>10.1f} {a99 / b99:>9.2f}x {p99 / b99:>9.2f}x")
 
 
+def grams_ab(repeat: int, rounds: int = 6) -> None:
+    """The character n-gram model's cost: the shipped model as loaded and the same model without
+    its n-gram pass, in alternating rounds (order swapped each round), one process."""
+    on, off = Classifier.load(), Classifier.load()
+    off.grams = None  # the word model alone: no n-gram pass, no n-gram logits
+    arms = [("on", on), ("off", off)]
+    print(f"character n-grams on vs off, {rounds} rounds of {repeat} calls each, order swapped; "
+          f"scoring: {'C accelerator' if on.native else 'pure Python'}")
+    print(f"{'input':<16} {'on p50':>7} {'on p99':>7} {'off p50':>7} {'off p99':>7} {'p50 on/off':>10} {'p99 on/off':>10}")
+    for name, cases in suites().items():
+        got: dict[str, list[float]] = {label: [] for label, _ in arms}
+        for r in range(rounds):
+            for label, clf in (arms if r % 2 == 0 else arms[::-1]):
+                got[label] += samples_of(cases, repeat, clf.classify)
+        (a50, a99), (b50, b99) = (percentiles(got[label]) for label, _ in arms)
+        print(f"{name:<16} {a50:>7.1f} {a99:>7.1f} {b50:>7.1f} {b99:>7.1f} {a50 / b50:>9.2f}x {a99 / b99:>9.2f}x")
+
+
 def run(repeat: int) -> dict[str, tuple[float, float]]:
     classify([{"role": "user", "content": "warm up"}])
     results = {}
@@ -138,10 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the pure-Python baseline")
     ap.add_argument("--shape-ab", action="store_true",
                     help="the shape markers' cost: as loaded, in Python, off, in one run")
+    ap.add_argument("--grams-ab", action="store_true",
+                    help="the character n-gram model's cost: on and off, in one run")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the baseline child's output
     args = ap.parse_args(argv)
     if args.shape_ab:
         shape_ab(args.repeat)
+        return 0
+    if args.grams_ab:
+        grams_ab(args.repeat)
         return 0
 
     t0 = time.perf_counter()

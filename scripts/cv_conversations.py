@@ -12,7 +12,8 @@ files, so every single-text row but that source's) with the shipped model's C, a
 source's conversations are classified. ``conversations_eval.jsonl`` is never read. ``--grid`` scores
 other part weights and gates on the same fold models (the training conversations stay combined by
 the rule being cross-validated, so it is optimistic: confirm a choice by running again with it as
-the default). Needs numpy; about 2 minutes here.
+the default). The shipped model's character n-gram model is fitted beside each fold's word model
+(``--no-grams``: without it). Needs numpy; about 2 minutes here.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rule", help='another rule, as JSON: {"context": 0.3, "combined": 1, "tools": 0.5, ...}')
     ap.add_argument("--errors", action="store_true", help="list the misclassified training conversations (held out)")
     ap.add_argument("--c", type=float, help="inverse L2 strength (default: the shipped model's)")
+    ap.add_argument("--no-grams", action="store_true", help="the word model alone (no character n-gram model)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     rows = training_rows()
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     d = trainer.design(rows, conversation=rule)
     vocab = {name: j for j, name in enumerate(d.names)}
     k = len(d.classes)
-    start = trainer._start(d, trainer.shipped_model())
+    shipped = trainer.shipped_model()
+    start = trainer._start(d, shipped)
+    grams = None if args.no_grams else trainer.GramOptions.of(shipped.get("trained_on"))
+    gx = trainer.gram_design(rows, grams)[0] if grams is not None else None
     n_parts = len(clf.PARTS)
     main_z = np.zeros((len(conv), k))
     part_z = np.zeros((len(conv), n_parts, k))
@@ -92,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         train = np.array([i for i, s in enumerate(sources) if s != g])
         w, b = trainer.fit(d.x.take(train), d.y[train], k, c, d.weights[train], start=start)
         w = trainer._rounded(w, 0.02)
-        for j in np.flatnonzero(groups == g):
+        held = np.flatnonzero(groups == g)
+        if gx is not None:  # the character n-gram model of the last turn, fitted on the same rows
+            gz = grams.weight * trainer._gram_logits(gx, d.y, k, grams, d.weights, train, np.array(conv)[held], 0.02)
+            main_z[held] += gz
+        for j in held:
             vectors, size, sw, n = texts(rows[conv[j]], rule.own)
             z = trainer.vectorise(vectors, vocab).dot(w)
-            main_z[j] = z[0] + b
+            main_z[j] += z[0] + b
             part_z[j], sizes[j] = z[1:], size[1:]
             n_main[j], switch[j] = n, sw
     y = np.array([d.classes.index(rows[i]["task"]) for i in conv])

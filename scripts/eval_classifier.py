@@ -63,15 +63,16 @@ def _errors(rows: list[dict], outcomes: list) -> None:
 
 
 def loso(clf: Classifier, errors: bool) -> Report:
-    from router.classify.train import leave_one_source_out
+    from router.classify.train import GramOptions, leave_one_source_out
 
     rows = training_rows()
     sources = [source_of(r) for r in rows]
     c = float(clf.trained_on.get("C", SHIPPED_C[1]))
     started = time.perf_counter()
     print(f"\n== leave-one-source-out: {len(rows)} rows, {len(set(sources))} sources, C={c:g} (takes minutes)")
+    grams = GramOptions.of(clf.trained_on) if clf.grams is not None else None
     predictions = leave_one_source_out(rows, sources, c=c, conversation=clf.conversation,
-                                       temperature=clf.temperature)
+                                       temperature=clf.temperature, grams=grams)
     # Scored on the rows as written: the LaTeX-free training copies are left out.
     kept = [i for i, r in enumerate(rows) if not r.get("augmented")]
     rows, sources = [rows[i] for i in kept], [sources[i] for i in kept]

@@ -34,7 +34,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from router.classify.classifier import DEFAULT_CONVERSATION, DEFAULT_MODEL_PATH, ConversationWeights  # noqa: E402
 from router.classify.evaluate import load_rows  # noqa: E402
-from router.classify.train import train, write_model  # noqa: E402
+from router.classify.train import DEFAULT_GRAMS, GramOptions, train, write_model  # noqa: E402
 
 TASKS_DIR = ROOT / "data" / "tasks"
 BUNDLE = DEFAULT_MODEL_PATH.parent / "training_rows.jsonl.gz"
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c", type=float, action="append", help=f"inverse L2 strength (default: chosen from {SHIPPED_C})")
     ap.add_argument("--folds", type=int, default=FOLDS, help="source-grouped cross-validation folds")
     ap.add_argument("--rule", help='another conversation rule than the shipped one, as JSON: {"own": false, ...}')
+    ap.add_argument("--no-grams", action="store_true", help="the word model alone, without the character n-gram model")
+    ap.add_argument("--grams", help='the character n-gram model\'s options, as JSON: {"n": 4, "c": 100, "weight": 0.5}')
     args = ap.parse_args(argv)
 
     started = time.perf_counter()
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} rows from {len(set(sources))} sources ({', '.join(p.name for p in training_files())})")
     model = train(rows, c=args.c or SHIPPED_C, folds=args.folds, groups=sources, log=print,
                   conversation=ConversationWeights(**json.loads(args.rule)) if args.rule else DEFAULT_CONVERSATION,
+                  grams=None if args.no_grams else GramOptions(**json.loads(args.grams)) if args.grams else DEFAULT_GRAMS,
                   info={"files": [p.name for p in training_files() + list(args.extra or [])],
                         "sources": len(set(sources))})
     size = write_model(model, args.out)

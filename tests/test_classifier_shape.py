@@ -11,13 +11,14 @@ import random
 
 import pytest
 
-from router.classify.classifier import DEFAULT_MODEL_PATH, Classifier, extract_features
+from router.classify.classifier import DEFAULT_MODEL_PATH, Classifier, conversation_parts, extract_features
 from router.classify.features import (
     LAST_HEAD,
     LAST_TAIL,
     SHAPE_NAMES,
     SHAPE_PREFIX,
     SHAPE_VALUE,
+    char_grams,
     shape_features,
     text_keys,
 )
@@ -62,9 +63,10 @@ def _model_json() -> dict:
         return json.loads(fh.read())
 
 
-def _linear_logits(model: dict, vector: dict[str, float]) -> list[float]:
+def _linear_logits(model: dict, vector: dict[str, float], main: str | None = None) -> list[float]:
     """What training computes: the feature vector times the weights, plus the bias, over the temperature
-    (relative to the first class)."""
+    (relative to the first class); with the last user turn `main`, plus the n-gram model's logits
+    (its grams' vector times its weights, plus its bias) times its weight."""
     weights, k = model["weights"], len(model["classes"])
     z = list(model["bias"])
     for name, value in vector.items():
@@ -72,6 +74,11 @@ def _linear_logits(model: dict, vector: dict[str, float]) -> list[float]:
         if w is not None:
             for j in range(k):
                 z[j] += value * w[j]
+    if main is not None and (g := model.get("grams")):
+        grams = char_grams(main.lower(), g["n"])
+        for j in range(k):
+            z[j] += g["weight"] * (g["bias"][j] + sum(g["weights"].get(x, [0.0] * k)[j] for x in grams)
+                                   / len(grams) ** 0.5)
     return [(v - z[0]) / model["temperature"] for v in z]
 
 
@@ -90,7 +97,7 @@ def test_scoring_equals_the_training_vector_times_the_weights(native: bool) -> N
              "list every amount and date in this lease:\n\n" + "Rent EUR 1,450 due on the 1st. Deposit EUR 4,350.\n" * 6,
              "fix this\n\nTraceback (most recent call last):\n  File \"a.py\", line 3\nKeyError: 'user_id'\n"]
     for text in texts:
-        want = _linear_logits(model, extract_features(user(text)))
+        want = _linear_logits(model, extract_features(user(text)), conversation_parts(user(text), None)[0])
         got = clf.logits(user(text))
         # fixed-point rounding: 0.0005 per weight at most, and few features
         assert got == pytest.approx(want, abs=0.02), text[:40]

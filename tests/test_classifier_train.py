@@ -63,6 +63,45 @@ def test_training_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_the_character_gram_model_is_trained_written_and_scored_on_both_paths(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    import gzip
+    import json
+
+    from router.classify.language import native_module
+    from router.classify.train import GramOptions, train, write_model
+
+    sources = [r["source"] for r in ROWS]
+    model = train(ROWS, c=10.0, folds=3, min_df=1, groups=sources, grams=GramOptions(min_df=1))
+    assert model.grams is not None and model.grams["n"] == 4 and model.grams["weight"] == 0.5
+    assert model.info["grams"] == {"n": 4, "c": 100.0, "weight": 0.5, "min_df": 1}
+    plain = train(ROWS, c=10.0, folds=3, min_df=1, groups=sources, grams=None)
+    assert plain.grams is None and "grams" not in plain.to_json() and "grams" not in plain.info
+    path = tmp_path / "m.json.gz"
+    write_model(model, path)
+    ref = Classifier.load(path, native=False)
+    assert ref.grams is not None and GramOptions.of(ref.trained_on) == GramOptions(min_df=1)
+    # never seen whole, but sharing 4-grams with the rows of each task
+    texts = ["SELECTING titles FROM tables", "translating 'bonjour' into Frenchish", "", "\u3000 \n", "x" * 3000]
+    without = Classifier(model.classes, model.bias, model.weights, model.temperature, model.conversation,
+                         concepts=model.to_json()["concepts"], native=False)
+    assert any(ref.logits([{"role": "user", "content": t}]) != without.logits([{"role": "user", "content": t}])
+               for t in texts)
+    assert ref.classify([{"role": "user", "content": texts[0]}]).task == "sql"
+    if native_module() is not None:
+        fast = Classifier.load(path, native=True)
+        assert fast._gram_table is not None
+        for t in texts:
+            assert fast.logits([{"role": "user", "content": t}]) == ref.logits([{"role": "user", "content": t}])
+    # a broken n-gram section is refused with the file's name
+    data = json.loads(gzip.decompress(path.read_bytes()))
+    for broken in ({**data["grams"], "n": 0}, {**data["grams"], "bias": [0.0]}, {"n": 4}):
+        bad = tmp_path / "bad.json.gz"
+        bad.write_bytes(gzip.compress(json.dumps({**data, "grams": broken}).encode()))
+        with pytest.raises(ValueError, match="bad.json.gz: a broken task model"):
+            Classifier.load(bad)
+
+
 def test_train_without_numpy_says_what_to_install(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "a", "task": "x"}\n{"text": "b", "task": "y"}\n')

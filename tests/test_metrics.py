@@ -249,7 +249,7 @@ async def test_classifier_confidence_by_task_and_source_with_custom_tasks(custom
         rules:
           - {{if: {{task: sql}}, route: sql}}
           - {{route: chat}}
-        classifier: {{model: "{custom_model}", min_confidence: 0.5, fallback_task: chat}}
+        classifier: {{model: "{custom_model}", min_confidence: 0.7, fallback_task: chat}}
         """), env={})
     prom = PrometheusMeter(lock_free=lock_free)
     r = Router(policy, meters=[prom], monitor=False)

@@ -81,7 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from router.classify.classifier import DEFAULT_MODEL_PATH
     from router.classify.evaluate import load_rows
-    from router.classify.train import TrainError, shipped_model, shipped_rows, train, write_model
+    from router.classify.train import GramOptions, TrainError, shipped_model, shipped_rows, train, write_model
 
     started = time.perf_counter()
     try:
@@ -99,6 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         c = args.c or (float(start.get("trained_on", {}).get("C", 10.0)) if start else 10.0)
         model = train(rows, c=c, folds=folds, weights=weights, log=print, temperature=temperature,
                       min_df=1 if len(rows) < 2000 else 2, warm_start=start,
+                      grams=None if args.no_grams else GramOptions(min_df=1 if len(rows) < 2000 else 3),
                       info={"files": [str(p) for p in args.data], "with_shipped_data": args.with_shipped_data})
         size = write_model(model, args.out)
     except (OSError, ValueError, TrainError) as e:
@@ -256,6 +257,8 @@ def _parser() -> argparse.ArgumentParser:
                    "with --with-shipped-data 0: the shipped model's calibration, one fit)")
     t.add_argument("--data-weight", type=float, default=1.0, dest="data_weight",
                    help="sample weight of your rows beside the shipped ones (default 1)")
+    t.add_argument("--no-grams", action="store_true", dest="no_grams",
+                   help="fit the word model alone, without the character 4-gram model beside it")
     t.set_defaults(fn=_cmd_train)
 
     ev = sub.add_parser("eval", help="score a task model on labelled requests: accuracy, per-task precision/recall, "

@@ -1644,9 +1644,83 @@ strip_noise(PyObject *module, PyObject *arg)
     return result;
 }
 
+PyDoc_STRVAR(grams_doc,
+"grams(table, lowered, n) -> (sums, count)\n\n"
+"The weight sums (each class against class 0) and the number of distinct character n-grams of\n"
+"`lowered`, as features.char_grams reads it: its words (split at white space, as str.split) joined\n"
+"by one space, a space before and after, ASCII digits 1-9 read as 0; every run of `n` characters is\n"
+"looked up by the hash of its UTF-8 (surrogatepass) bytes in `table`.");
+
+static PyObject *
+grams(PyObject *module, PyObject *args)
+{
+    (void)module;
+    TableObject *table;
+    PyObject *text;
+    int n;
+    if (!PyArg_ParseTuple(args, "O!Ui:grams", &TableType, &table, &text, &n))
+        return NULL;
+    if (table->weights.slots == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Table is not built");
+        return NULL;
+    }
+    if (n < 1 || n > 16) {
+        PyErr_SetString(PyExc_ValueError, "n must be 1 to 16");
+        return NULL;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    /* the normalised text: at most len + 2 characters of at most 4 bytes; off[k] is where the
+     * k-th character starts, off[m] the end */
+    unsigned char *buf = PyMem_Malloc((size_t)(len + 2) * 4);
+    Py_ssize_t *off = PyMem_Malloc((size_t)(len + 3) * sizeof(Py_ssize_t));
+    if (buf == NULL || off == NULL) {
+        PyMem_Free(buf);
+        PyMem_Free(off);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t m = 0, b = 0;
+    int pending = 0;
+    off[m++] = b;
+    buf[b++] = ' ';
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (Py_UNICODE_ISSPACE(c)) {
+            pending = 1;
+            continue;
+        }
+        if (pending && m > 1) {
+            off[m++] = b;
+            buf[b++] = ' ';
+        }
+        pending = 0;
+        if (c >= '1' && c <= '9')
+            c = '0';
+        off[m++] = b;
+        b += utf8(c, buf + b);
+    }
+    off[m++] = b;
+    buf[b++] = ' ';
+    off[m] = b;
+    state_t st;
+    state_init(&st, table);
+    for (Py_ssize_t k = 0; k + n <= m && !st.failed; k++)
+        feature(&st, fnv(FNV_OFFSET, buf + off[k], off[k + n] - off[k]), NULL, 0);
+    PyMem_Free(buf);
+    PyMem_Free(off);
+    if (st.seen != st.stack)
+        PyMem_Free(st.seen);
+    if (st.failed)
+        return PyErr_NoMemory();
+    PyObject *sums = sums_tuple(&st);
+    return sums == NULL ? NULL : Py_BuildValue("(Nn)", sums, st.n);
+}
+
 static PyMethodDef methods[] = {
     {"score", score, METH_VARARGS, score_doc},
     {"shape", shape, METH_VARARGS, shape_doc},
+    {"grams", grams, METH_VARARGS, grams_doc},
     {"language", language, METH_VARARGS, language_doc},
     {"strip_noise", strip_noise, METH_O, strip_noise_doc},
     {NULL, NULL, 0, NULL},

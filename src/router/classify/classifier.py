@@ -47,6 +47,7 @@ from router.classify.features import (
     _tools_text,
     announces_new_topic,
     canonical_name,
+    char_grams,
     content_text,
     feature_key,
     names,
@@ -67,6 +68,7 @@ __all__ = [
     "Classification",
     "Classifier",
     "ConversationWeights",
+    "GramModel",
     "classify",
     "conversation_parts",
     "detect_language",
@@ -336,16 +338,43 @@ def _unpack(total: int, count: int) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class GramModel:
+    """The second model of a model file (``"grams"``): weights over the last user turn's character
+    ``n``-grams (:func:`router.classify.features.char_grams`), each row's grams valued one over the
+    square root of their number, and a bias; its logits are added to the word model's times
+    ``weight`` before the temperature."""
+
+    n: int
+    weight: float
+    bias: tuple[float, ...]
+    weights: Mapping[str, Sequence[float]]
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "weight": self.weight, "bias": list(self.bias),
+                "weights": {g: list(w) for g, w in self.weights.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> GramModel:
+        n, weight = int(data["n"]), float(data["weight"])
+        if not 1 <= n <= 16 or not weight >= 0:
+            raise ValueError("grams: n is 1 to 16 and weight at least 0")
+        return cls(n, weight, tuple(float(b) for b in data["bias"]), dict(data["weights"]))
+
+
 class Classifier:
     """A trained task model: ``Classifier.load(path).classify(messages, tools)``.
 
     The file is gzip-compressed JSON written by :mod:`router.classify.train`: ``{"format",
     "classes", "bias", "temperature", "conversation", "weights": {feature: [w per class]},
-    "concepts": {concept: [member features]}}``.
+    "concepts": {concept: [member features]}, "grams": {"n", "weight", "bias", "weights": {n-gram:
+    [w per class]}}}`` (``grams``, the character n-gram model, since 2026-12-05; files without it
+    score with the word model alone).
     """
 
-    __slots__ = ("_bias", "_ctx_stems", "_ctx_table", "_ctx_weights", "_native", "_native_shape", "_scale", "_shape",
-                 "_stems", "_table", "_weights", "bias", "classes", "conversation", "temperature", "trained_on")
+    __slots__ = ("_bias", "_ctx_stems", "_ctx_table", "_ctx_weights", "_gram_bias", "_gram_scale", "_gram_table",
+                 "_gram_weights", "_native", "_native_shape", "_scale", "_shape", "_stems", "_table", "_weights", "bias",
+                 "classes", "conversation", "grams", "temperature", "trained_on")
 
     def __init__(
         self,
@@ -358,10 +387,12 @@ class Classifier:
         native: bool | None = None,
         trained_on: Mapping | None = None,
         concepts: Mapping[str, Sequence[str]] | None = None,
+        grams: GramModel | None = None,
     ) -> None:
         """`native`: score with the C accelerator (True: required; None: when it was built;
         False: never, the pure-Python reference path). `concepts`: the members of each ``@concept``
-        feature in `weights` (the model file stores them), folded into the members' weights."""
+        feature in `weights` (the model file stores them), folded into the members' weights.
+        `grams`: the character n-gram model beside the word model (see :class:`GramModel`)."""
         k = len(classes)
         if not 2 <= k <= MAX_TASKS or len(set(classes)) != k or len(bias) != k:
             raise ValueError(f"a task model has 2 to {MAX_TASKS} distinct classes and one bias per class")
@@ -412,6 +443,7 @@ class Classifier:
             if self._ctx_table is None:  # (a fingerprint collision) both tables in Python, then
                 self._table = None
         self._native = self._table is not None
+        self._set_grams(grams, k)
         # (an accelerator built before it computed the markers: they are computed in Python)
         self._native_shape = self._native and bool(shape) and _native_has_shape
         if native and self._table is None:
@@ -423,6 +455,41 @@ class Classifier:
         # (bytes, str, tuples); stems have their own table.
         self._weights, self._stems = _python_tables(diffs)
         self._ctx_weights, self._ctx_stems = _python_tables(ctx) if own else (self._weights, self._stems)
+
+    def _set_grams(self, grams: GramModel | None, k: int) -> None:
+        """The n-gram model's tables: fixed-point differences like the word model's, in a C table of
+        their own (keyed by each gram's UTF-8) when the accelerator serves, else a Python dict."""
+        # (kept without its weights: the tables below hold them)
+        self.grams = None if grams is None else GramModel(grams.n, grams.weight, grams.bias, {})
+        self._gram_table = self._gram_weights = None
+        self._gram_bias, self._gram_scale = (0.0,) * (k - 1), 0.0
+        if grams is None:
+            return
+        if len(grams.bias) != k or any(len(w) != k for w in grams.weights.values()):
+            raise ValueError(f"grams: every n-gram and the bias need {k} weights, one per class")
+        diffs = {g: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for g, w in grams.weights.items()}
+        if diffs and max(max(map(max, diffs.values())), -min(map(min, diffs.values()))) > _WEIGHT_LIMIT * _FIXED:
+            raise ValueError(f"grams: a weight difference beyond +-{_WEIGHT_LIMIT}")
+        t = self.temperature
+        self._gram_bias = tuple(grams.weight * (b - grams.bias[0]) / t for b in grams.bias[1:])
+        self._gram_scale = grams.weight / (t * _FIXED)
+        if self._native and _native_grams is not None:
+            try:
+                self._gram_table = _NativeTable(k - 1, [(g.encode("utf-8", "surrogatepass"), *d)
+                                                        for g, d in diffs.items()], [], CJK_HEAD)
+                return
+            except (ValueError, OverflowError):  # a fingerprint collision: these in Python
+                pass
+        self._gram_weights = {g: _pack(d) for g, d in diffs.items()}
+
+    def _gram_sums(self, main: str) -> tuple[tuple[int, ...], int]:
+        """The n-gram model's fixed-point sums (each class against class 0) and distinct n-grams
+        of the last user turn."""
+        n = self.grams.n  # type: ignore[union-attr]
+        if self._gram_table is not None:
+            return _native_grams(self._gram_table, main.lower(), n)
+        grams = char_grams(main.lower(), n)
+        return tuple(_unpack(sum(map(self._gram_weights.get, grams, repeat(0))), len(self.classes) - 1)), len(grams)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH, *, native: bool | None = None) -> Classifier:
@@ -438,8 +505,9 @@ class Classifier:
                              "train one with `router train`")
         weights = ConversationWeights.from_json(data.get("conversation"))
         try:
+            grams = GramModel.from_json(data["grams"]) if data.get("grams") else None
             return cls(data["classes"], data["bias"], data["weights"], data.get("temperature", 1.0), weights,
-                       native=native, trained_on=data.get("trained_on"), concepts=data.get("concepts"))
+                       native=native, trained_on=data.get("trained_on"), concepts=data.get("concepts"), grams=grams)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: a broken task model ({exc})") from None
 
@@ -529,6 +597,11 @@ class Classifier:
                 f = g * self._scale / m ** conv.norm
                 for k, v in enumerate(c, 1):
                     z[k] += v * f
+        if self.grams is not None:  # the character n-gram model, times its weight
+            gs, gn = self._gram_sums(main)
+            f = self._gram_scale / math.sqrt(gn) if gn else 0.0
+            for k, (v, b) in enumerate(zip(gs, self._gram_bias, strict=True), 1):
+                z[k] += v * f + b
         return z
 
     def _probabilities(self, messages: Sequence[Mapping], tools: Sequence | None) -> list[float]:
@@ -553,9 +626,10 @@ class Classifier:
 
 # The optional C accelerator (built by setup.py); without it, or with ROUTER_CLASSIFIER_NATIVE=0,
 # the pure-Python path gives the same results.
-_NativeTable = _native_score = None
+_NativeTable = _native_score = _native_grams = None
 if (_features := native_module()) is not None:
     _NativeTable, _native_score = _features.Table, _features.score
+    _native_grams = getattr(_features, "grams", None)  # (a build of 2026-12-05 or later)
 _native_has_shape = hasattr(_features, "shape")  # the shape markers in C (a build of 2026-12-04 or later)
 
 _Sums = tuple[tuple[int, ...], int, tuple[tuple[tuple[int, ...], int] | None, ...], tuple[int, ...] | None]

@@ -132,6 +132,24 @@ def text_keys(text: str) -> Keys:
     return tokens, pairs
 
 
+GRAM = 4
+"""Characters per n-gram of the last user turn (:func:`char_grams`)."""
+_GRAM_DIGITS = str.maketrans("123456789", "000000000")
+
+
+def char_grams(lowered: str, n: int = GRAM) -> set[str]:
+    """The distinct character n-grams of a lower-cased text: its words (split at white space)
+    joined by one space, with a space before and after, ASCII digits 1-9 read as 0. They reach
+    what words miss: inflections and compounds (``Funktionen``, ``zaproszenia``), words glued
+    together, transliterations, and terms never seen whole (``openpyxl`` shares ``pyxl``).
+
+    >>> sorted(char_grams("go 2"))
+    [' go ', 'go 0', 'o 0 ']
+    """
+    s = " " + " ".join(lowered.translate(_GRAM_DIGITS).split()) + " "
+    return {s[i:i + n] for i in range(len(s) - n + 1)}
+
+
 # The shape of the last user turn: dense markers that say what the text is as a whole, beside
 # what its words say. Named ``__d:...`` (no text produces such a token). Their value in the feature
 # vector is SHAPE_VALUE, not 1, and they are not divided by the text's size: a small value makes

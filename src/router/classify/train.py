@@ -31,12 +31,16 @@ from router.classify.classifier import (
     DEFAULT_MODEL_PATH,
     MODEL_FORMAT,
     ConversationWeights,
+    GramModel,
+    conversation_parts,
     row_vector,
 )
+from router.classify.features import char_grams
 from router.classify.lexicon import is_concept, members
 
 __all__ = [
     "Fitted",
+    "GramOptions",
     "Matrix",
     "TrainError",
     "fit",
@@ -269,13 +273,67 @@ class Fitted:
     weights: dict[str, list[float]]
     info: dict[str, Any]
     conversation: ConversationWeights = DEFAULT_CONVERSATION
+    grams: dict[str, Any] | None = None  # the character n-gram model (GramModel.to_json), or None
 
     def to_json(self) -> dict[str, Any]:
         own = [c[len(CONTEXT_PREFIX):] for c in self.weights if c.startswith(CONTEXT_PREFIX)]
         concepts = {c: list(members(c)) for c in sorted({*self.weights, *own}) if is_concept(c)}
-        return {"format": MODEL_FORMAT, "classes": list(self.classes), "bias": self.bias,
-                "temperature": self.temperature, "conversation": self.conversation.to_json(),
-                "trained_on": self.info, "weights": self.weights, "concepts": concepts}
+        out = {"format": MODEL_FORMAT, "classes": list(self.classes), "bias": self.bias,
+               "temperature": self.temperature, "conversation": self.conversation.to_json(),
+               "trained_on": self.info, "weights": self.weights, "concepts": concepts}
+        if self.grams is not None:
+            out["grams"] = self.grams
+        return out
+
+
+@dataclass(frozen=True)
+class GramOptions:
+    """The second model: logistic regression over the last user turn's character n-grams
+    (:func:`router.classify.features.char_grams`), fitted on its own with a stronger L2 pull
+    (``c``) and added to the word model's logits times ``weight``. Two views fitted apart
+    generalise better than either, or than one model over both (docs/classifier.md)."""
+
+    n: int = 4
+    c: float = 100.0
+    weight: float = 0.5
+    min_df: int = 3
+
+    @classmethod
+    def of(cls, trained_on: Mapping[str, Any] | None) -> GramOptions | None:
+        """The options a model was trained with (its file's ``trained_on``; None: no n-gram model)."""
+        options = (trained_on or {}).get("grams")
+        if not options:
+            return None
+        return cls(int(options["n"]), float(options["c"]), float(options["weight"]), int(options["min_df"]))
+
+
+DEFAULT_GRAMS = GramOptions()
+
+
+def gram_design(rows: Sequence[Mapping[str, Any]], options: GramOptions,
+                vocab: Mapping[str, int] | None = None) -> tuple[Matrix, list[str]]:
+    """The n-gram matrix of every row's last user turn (each row's grams valued one over the
+    square root of their number), over the grams seen in at least ``min_df`` rows."""
+    vectors = []
+    for r in rows:
+        messages = r.get("messages") or [{"role": "user", "content": r.get("text", "")}]
+        main, _ = conversation_parts(messages, r.get("tools"), DEFAULT_CONVERSATION)
+        grams = char_grams(main.lower(), options.n) if main else set()
+        vectors.append(dict.fromkeys(grams, 1.0 / math.sqrt(len(grams))) if grams else {})
+    if vocab is None:
+        df: dict[str, int] = {}
+        for v in vectors:
+            for g in v:
+                df[g] = df.get(g, 0) + 1
+        vocab = {g: i for i, g in enumerate(sorted(g for g, k in df.items() if k >= options.min_df))}
+    names = sorted(vocab, key=vocab.__getitem__)
+    return vectorise(vectors, vocab), names
+
+
+def _gram_logits(gx: Matrix, y: Any, k: int, options: GramOptions, sw: Any, tr: Any, te: Any,
+                 min_weight: float) -> Any:
+    w, b = fit(gx.take(tr), y[tr], k, options.c, sw[tr])
+    return gx.take(te).dot(_rounded(w, min_weight)) + b
 
 
 def _temperature(logits: Any, y: Any) -> float:
@@ -342,7 +400,8 @@ def train(rows: Sequence[Mapping[str, Any]], *, c: float | Sequence[float] = 10.
           groups: Sequence[str] | None = None, weights: Sequence[float] | None = None, min_df: int = 2,
           min_weight: float = 0.02, log: Callable[[str], None] | None = None,
           info: Mapping[str, Any] | None = None, conversation: ConversationWeights = DEFAULT_CONVERSATION,
-          warm_start: Mapping[str, Any] | None = None, temperature: float = 1.0) -> Fitted:
+          warm_start: Mapping[str, Any] | None = None, temperature: float = 1.0,
+          grams: GramOptions | None = DEFAULT_GRAMS) -> Fitted:
     """Fit a model on labelled rows (``text`` or ``messages``/``tools``, and ``task``: any name).
 
     ``c``: the inverse L2 strength, or several to choose from by cross-validation. ``folds``
@@ -353,7 +412,7 @@ def train(rows: Sequence[Mapping[str, Any]], *, c: float | Sequence[float] = 10.
     to start the optimiser from, for the tasks and features it shares with these rows: the optimum
     is the same, it is only reached in fewer steps (``router train --with-shipped-data`` starts from
     the shipped model). ``temperature``: the softmax temperature when there is no cross-validation
-    to fit it.
+    to fit it. ``grams``: the character n-gram model beside the word model (None: none).
     """
     np = _numpy()
     say = log or (lambda _msg: None)
@@ -362,17 +421,30 @@ def train(rows: Sequence[Mapping[str, Any]], *, c: float | Sequence[float] = 10.
     say(f"{len(rows)} rows, {len(d.classes)} tasks, {len(d.names)} features (seen in >= {min_df} rows)")
     grid = [float(c)] if isinstance(c, int | float) else [float(v) for v in c]
     best_c = grid[0]
+    kk = len(d.classes)
+    gx, gnames = gram_design(rows, grams) if grams is not None else (None, [])
+    if gx is not None:
+        say(f"  character {grams.n}-grams: {len(gnames)} (seen in >= {grams.min_df} rows), C={grams.c:g}, "
+            f"weight {grams.weight:g}")
     if folds and folds > 1 and len(rows) >= 2 * folds:
         fold = _folds(d, folds, groups, rows)
         best_acc, best_logits = -1.0, None
+        gram_logits = np.zeros((len(rows), kk))
+        if gx is not None:  # the gram model's out-of-fold logits: the same for every C of the word model
+            for k in range(folds):
+                tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+                if len(te):
+                    gram_logits[te] = _gram_logits(gx, d.y, kk, grams, d.weights, tr, te, min_weight)
+            gram_logits *= grams.weight
         for cv in grid:
-            logits = np.zeros((len(rows), len(d.classes)))
+            logits = np.zeros((len(rows), kk))
             for k in range(folds):
                 tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
                 if not len(te):
                     continue
-                w, b = fit(d.x.take(tr), d.y[tr], len(d.classes), cv, d.weights[tr], start=start)
+                w, b = fit(d.x.take(tr), d.y[tr], kk, cv, d.weights[tr], start=start)
                 logits[te] = d.x.take(te).dot(_rounded(w, min_weight)) + b
+            logits += gram_logits
             acc = float((logits.argmax(1) == d.y).mean())
             say(f"  C={cv:g}: {folds}-fold accuracy {acc:.4f}")
             if acc > best_acc:
@@ -382,8 +454,17 @@ def train(rows: Sequence[Mapping[str, Any]], *, c: float | Sequence[float] = 10.
     w = _rounded(w, min_weight)
     out = {d.names[j]: [float(v) for v in w[j]] for j in np.flatnonzero(np.abs(w).max(axis=1) > 0).tolist()}
     say(f"C={best_c:g}, temperature={temperature}, {len(out)} features kept")
+    gram_model = None
+    if gx is not None:
+        gw, gb = fit(gx, d.y, kk, grams.c, d.weights)
+        gw = _rounded(gw, min_weight)
+        kept = {gnames[j]: [float(v) for v in gw[j]] for j in np.flatnonzero(np.abs(gw).max(axis=1) > 0).tolist()}
+        gram_model = GramModel(grams.n, grams.weight, tuple(round(float(v), 4) for v in gb), kept).to_json()
+        say(f"  {len(kept)} character {grams.n}-grams kept")
     meta = {"rows": len(rows), "C": best_c, **(info or {})}
-    return Fitted(d.classes, [round(float(v), 4) for v in b], temperature, out, meta, conversation)
+    if grams is not None:
+        meta["grams"] = {"n": grams.n, "c": grams.c, "weight": grams.weight, "min_df": grams.min_df}
+    return Fitted(d.classes, [round(float(v), 4) for v in b], temperature, out, meta, conversation, gram_model)
 
 
 def _start(d: Design, model: Mapping[str, Any]) -> Any:
@@ -408,15 +489,17 @@ def _start(d: Design, model: Mapping[str, Any]) -> Any:
 def leave_one_source_out(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], *, c: float = 10.0,
                          weights: Sequence[float] | None = None, min_df: int = 2, min_weight: float = 0.02,
                          conversation: ConversationWeights = DEFAULT_CONVERSATION, temperature: float = 1.0,
-                         log: Callable[[str], None] | None = None) -> list[tuple[str, float]]:
+                         log: Callable[[str], None] | None = None,
+                         grams: GramOptions | None = DEFAULT_GRAMS) -> list[tuple[str, float]]:
     """For every source, fit on all the other sources and predict its rows: (task, confidence)
     per row, each from a model that never saw the row's source. Confidences use ``temperature``
-    (the shipped model's). Fits start from the all-sources fit (the optimum is unique, so this
-    only saves time)."""
+    (the shipped model's); ``grams`` the character n-gram model's options (None: the word model
+    alone). Fits start from the all-sources fit (the optimum is unique, so this only saves time)."""
     np = _numpy()
     say = log or (lambda _msg: None)
     d = design(rows, weights=weights, min_df=min_df, conversation=conversation)
     k = len(d.classes)
+    gx = gram_design(rows, grams)[0] if grams is not None else None
     w, b = fit(d.x, d.y, k, c, d.weights)
     start = np.concatenate([w.ravel(), b])
     src = np.array(list(sources))
@@ -426,7 +509,10 @@ def leave_one_source_out(rows: Sequence[Mapping[str, Any]], sources: Sequence[st
         if len(set(d.y[tr].tolist())) < 2:
             continue
         ws, bs = fit(d.x.take(tr), d.y[tr], k, c, d.weights[tr], start=start)
-        z = (d.x.take(te).dot(_rounded(ws, min_weight)) + bs) / temperature
+        z = d.x.take(te).dot(_rounded(ws, min_weight)) + bs
+        if gx is not None:
+            z += grams.weight * _gram_logits(gx, d.y, k, grams, d.weights, tr, te, min_weight)
+        z /= temperature
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         for i, row_p in zip(te.tolist(), p.tolist(), strict=True):
