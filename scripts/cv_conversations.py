@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     rule = TWO_TEXTS if args.two_texts else STEP if args.step else clf.DEFAULT_CONVERSATION
     if args.rule:
         rule = clf.ConversationWeights(**json.loads(args.rule))
-    c = args.c or float(trainer.shipped_model().get("trained_on", {}).get("C", 100.0))
+    shipped = trainer.shipped_model()
+    c = args.c or float(shipped.get("trained_on", {}).get("C", 100.0))
     d = trainer.design(rows, conversation=rule)
     vocab = {name: j for j, name in enumerate(d.names)}
     k = len(d.classes)
-    shipped = trainer.shipped_model()
     start = trainer._start(d, shipped)
     grams = None if args.no_grams else trainer.GramOptions.of(shipped.get("trained_on"))
     gx = trainer.gram_design(rows, grams)[0] if grams is not None else None

@@ -338,6 +338,17 @@ def _unpack(total: int, count: int) -> list[int]:
     return out
 
 
+def _differences(weights: Mapping[str, Sequence[float]]) -> dict[str, tuple[int, ...]]:
+    """Each feature's K-1 differences to the first class, as fixed-point integers."""
+    return {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()}
+
+
+def _check_range(diffs: Mapping[str, tuple[int, ...]], what: str) -> None:
+    """ValueError when a difference is past the 16-bit range the C table stores."""
+    if diffs and max(max(map(max, diffs.values())), -min(map(min, diffs.values()))) > _WEIGHT_LIMIT * _FIXED:
+        raise ValueError(f"a weight difference beyond +-{_WEIGHT_LIMIT} {what}")
+
+
 @dataclass(frozen=True)
 class GramModel:
     """The second model of a model file (``"grams"``): weights over the last user turn's character
@@ -413,8 +424,7 @@ class Classifier:
         # iteration order, which varies with PYTHONHASHSEED).
         if any(len(w) != k for w in weights.values()):
             raise ValueError(f"every feature needs {k} weights, one per class")
-        raw = {name: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for name, w in weights.items()
-               if not name.startswith(SHAPE_PREFIX)}
+        raw = _differences({name: w for name, w in weights.items() if not name.startswith(SHAPE_PREFIX)})
         # The context's own weights (ConversationWeights.own): a word of the context scores its
         # shared weight plus its own, so the context gets a table of those sums.
         own = {name[len(CONTEXT_PREFIX):]: raw.pop(name) for name in [n for n in raw if n.startswith(CONTEXT_PREFIX)]}
@@ -434,8 +444,7 @@ class Classifier:
                  for name, w in weights.items() if name.startswith(SHAPE_PREFIX)}
         self._shape = {name: _pack(d) for name, d in shape.items()}
         for table in (diffs, ctx) if own else (diffs,):
-            if table and max(max(map(max, table.values())), -min(map(min, table.values()))) > _WEIGHT_LIMIT * _FIXED:
-                raise ValueError(f"a weight difference beyond +-{_WEIGHT_LIMIT} (concepts folded in)")
+            _check_range(table, "(concepts folded in)")
         self._weights, self._stems = self._ctx_weights, self._ctx_stems = {}, {}
         self._table = self._ctx_table = _native_table(diffs, k - 1, shape) if native is not False else None
         if own and self._table is not None:
@@ -467,9 +476,8 @@ class Classifier:
             return
         if len(grams.bias) != k or any(len(w) != k for w in grams.weights.values()):
             raise ValueError(f"grams: every n-gram and the bias need {k} weights, one per class")
-        diffs = {g: tuple([round((x - w[0]) * _FIXED) for x in w[1:]]) for g, w in grams.weights.items()}
-        if diffs and max(max(map(max, diffs.values())), -min(map(min, diffs.values()))) > _WEIGHT_LIMIT * _FIXED:
-            raise ValueError(f"grams: a weight difference beyond +-{_WEIGHT_LIMIT}")
+        diffs = _differences(grams.weights)
+        _check_range(diffs, "(grams)")
         t = self.temperature
         self._gram_bias = tuple(grams.weight * (b - grams.bias[0]) / t for b in grams.bias[1:])
         self._gram_scale = grams.weight / (t * _FIXED)

@@ -134,7 +134,8 @@ def text_keys(text: str) -> Keys:
 
 GRAM = 4
 """Characters per n-gram of the last user turn (:func:`char_grams`)."""
-_GRAM_DIGITS = str.maketrans("123456789", "000000000")
+DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+"""The tokenizer's folding of ASCII digits, for ``str.translate`` (words fold the same bytes)."""
 
 
 def char_grams(lowered: str, n: int = GRAM) -> set[str]:
@@ -146,7 +147,7 @@ def char_grams(lowered: str, n: int = GRAM) -> set[str]:
     >>> sorted(char_grams("go 2"))
     [' go ', 'go 0', 'o 0 ']
     """
-    s = " " + " ".join(lowered.translate(_GRAM_DIGITS).split()) + " "
+    s = " " + " ".join(lowered.translate(DIGITS_TO_ZERO).split()) + " "
     return {s[i:i + n] for i in range(len(s) - n + 1)}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from router.classify.features import DIGITS_TO_ZERO
 from router.classify.terms import MATHEMATICS
 
 __all__ = ["CONCEPTS", "add_concepts", "concepts_of", "fold", "is_concept", "members", "validate"]
@@ -391,9 +392,6 @@ _RAW: dict[str, dict[str, str]] = {
 }
 
 
-_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
-
-
 # Vocabularies: the long tail of a field's terms (router.classify.terms), one concept each.
 _VOCABULARIES: dict[str, dict[str, str]] = {"@mathematics": MATHEMATICS}
 
@@ -406,7 +404,7 @@ def _member_name(word: str) -> str:
         if not 3 <= len(word) <= 4:
             raise ValueError(f"a character member is one or two characters: {word!r}")
         return word
-    return word.lower().translate(_DIGITS_TO_ZERO)
+    return word.lower().translate(DIGITS_TO_ZERO)
 
 
 def _build() -> dict[str, tuple[str, ...]]:

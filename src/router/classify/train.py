@@ -310,8 +310,7 @@ class GramOptions:
 DEFAULT_GRAMS = GramOptions()
 
 
-def gram_design(rows: Sequence[Mapping[str, Any]], options: GramOptions,
-                vocab: Mapping[str, int] | None = None) -> tuple[Matrix, list[str]]:
+def gram_design(rows: Sequence[Mapping[str, Any]], options: GramOptions) -> tuple[Matrix, list[str]]:
     """The n-gram matrix of every row's last user turn (each row's grams valued one over the
     square root of their number), over the grams seen in at least ``min_df`` rows."""
     vectors = []
@@ -320,14 +319,12 @@ def gram_design(rows: Sequence[Mapping[str, Any]], options: GramOptions,
         main, _ = conversation_parts(messages, r.get("tools"), DEFAULT_CONVERSATION)
         grams = char_grams(main.lower(), options.n) if main else set()
         vectors.append(dict.fromkeys(grams, 1.0 / math.sqrt(len(grams))) if grams else {})
-    if vocab is None:
-        df: dict[str, int] = {}
-        for v in vectors:
-            for g in v:
-                df[g] = df.get(g, 0) + 1
-        vocab = {g: i for i, g in enumerate(sorted(g for g, k in df.items() if k >= options.min_df))}
-    names = sorted(vocab, key=vocab.__getitem__)
-    return vectorise(vectors, vocab), names
+    df: dict[str, int] = {}
+    for v in vectors:
+        for g in v:
+            df[g] = df.get(g, 0) + 1
+    names = sorted(g for g, k in df.items() if k >= options.min_df)
+    return vectorise(vectors, {g: i for i, g in enumerate(names)}), names
 
 
 def _gram_logits(gx: Matrix, y: Any, k: int, options: GramOptions, sw: Any, tr: Any, te: Any,
@@ -451,20 +448,25 @@ def train(rows: Sequence[Mapping[str, Any]], *, c: float | Sequence[float] = 10.
                 best_c, best_acc, best_logits = cv, acc, logits
         temperature = _temperature(best_logits, d.y)
     w, b = fit(d.x, d.y, len(d.classes), best_c, d.weights, start=start)
-    w = _rounded(w, min_weight)
-    out = {d.names[j]: [float(v) for v in w[j]] for j in np.flatnonzero(np.abs(w).max(axis=1) > 0).tolist()}
+    out = _kept(d.names, _rounded(w, min_weight))
     say(f"C={best_c:g}, temperature={temperature}, {len(out)} features kept")
     gram_model = None
     if gx is not None:
         gw, gb = fit(gx, d.y, kk, grams.c, d.weights)
-        gw = _rounded(gw, min_weight)
-        kept = {gnames[j]: [float(v) for v in gw[j]] for j in np.flatnonzero(np.abs(gw).max(axis=1) > 0).tolist()}
+        kept = _kept(gnames, _rounded(gw, min_weight))
         gram_model = GramModel(grams.n, grams.weight, tuple(round(float(v), 4) for v in gb), kept).to_json()
         say(f"  {len(kept)} character {grams.n}-grams kept")
     meta = {"rows": len(rows), "C": best_c, **(info or {})}
     if grams is not None:
         meta["grams"] = {"n": grams.n, "c": grams.c, "weight": grams.weight, "min_df": grams.min_df}
     return Fitted(d.classes, [round(float(v), 4) for v in b], temperature, out, meta, conversation, gram_model)
+
+
+def _kept(names: Sequence[str], w: Any) -> dict[str, list[float]]:
+    """Name -> weights of the rows of rounded weights ``w`` that are not all zero (what a model
+    file stores)."""
+    np = _numpy()
+    return {names[j]: [float(v) for v in w[j]] for j in np.flatnonzero(np.abs(w).max(axis=1) > 0).tolist()}
 
 
 def _start(d: Design, model: Mapping[str, Any]) -> Any:
